@@ -1,0 +1,510 @@
+//! The agent's main loop: the one owner of the role table, the hook slots
+//! and the connection. It sends heartbeats, applies what the coordinator
+//! says, fences expired leases, and decides which hook runs when.
+//!
+//! **Architecture invariant (fence first):** every turn of the loop starts
+//! by fencing expired leases, before any message, timer or hook result is
+//! handled; so an agent that wakes from SIGSTOP or suspend fences itself
+//! before it does anything else as primary. A primary's hook starts only
+//! while its lease is valid, checked at the moment it starts.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use proto::v1 as pb;
+use proto::v1::agent_message::Kind as Out;
+use proto::v1::coordinator_message::Kind as In;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, Interval, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use crate::clock;
+use crate::config::AgentConfig;
+use crate::connection::{self, Connection};
+use crate::hooks::{self, HookEnv, HookRun, Outcome};
+use crate::roles::{Assignment, Fencing, Role, Roles, StandbyMode};
+
+/// Heartbeats remembered for matching acknowledgements. An acknowledgement
+/// of an older one is too stale to matter.
+const SENT_WINDOW: usize = 256;
+/// Hook results kept for a coordinator that is unreachable right now.
+const MAX_PENDING_REPORTS: usize = 256;
+/// Running hooks get this long to finish when the agent stops.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+/// A session that lasted this long was healthy: reconnect at once.
+const STABLE_SESSION: Duration = Duration::from_secs(5);
+
+/// What a hook run is about: a new value means a new hook must run.
+#[derive(Debug, Clone, PartialEq)]
+enum HookKey {
+    Primary {
+        epoch: u64,
+    },
+    /// A secondary's hook runs again when the primary it follows changes.
+    Secondary {
+        primary: Option<String>,
+    },
+    Fenced {
+        epoch: u64,
+    },
+}
+
+impl HookKey {
+    fn role(&self) -> Role {
+        match self {
+            HookKey::Primary { .. } => Role::Primary,
+            HookKey::Secondary { .. } => Role::Secondary,
+            HookKey::Fenced { .. } => Role::Fenced,
+        }
+    }
+}
+
+/// The hook state of one group.
+#[derive(Default)]
+struct HookSlot {
+    last_started: Option<HookKey>,
+    /// Cancels the running hook, if one runs.
+    running: Option<CancellationToken>,
+}
+
+struct HookDone {
+    group: String,
+    env: HookEnv,
+    run: HookRun,
+}
+
+pub struct Agent {
+    config: AgentConfig,
+    roles: Roles,
+    slots: HashMap<String, HookSlot>,
+    done_tx: mpsc::UnboundedSender<HookDone>,
+    done_rx: mpsc::UnboundedReceiver<HookDone>,
+    conn: Option<Connection>,
+    connected_at: Instant,
+    /// When the coordinator last said anything on this connection.
+    last_inbound: Instant,
+    heartbeat_interval: Duration,
+    heartbeats: Interval,
+    next_seq: u64,
+    /// `(seq, sent at on the boot clock)` of recent heartbeats.
+    sent: VecDeque<(u64, Duration)>,
+    /// Hook results not yet delivered.
+    pending_reports: VecDeque<pb::HookResult>,
+}
+
+impl Agent {
+    pub fn new(config: AgentConfig) -> Agent {
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let interval = Duration::from_millis(500);
+        Agent {
+            config,
+            roles: Roles::default(),
+            slots: HashMap::new(),
+            done_tx,
+            done_rx,
+            conn: None,
+            connected_at: Instant::now(),
+            last_inbound: Instant::now(),
+            heartbeat_interval: interval,
+            heartbeats: heartbeat_timer(interval),
+            next_seq: 1,
+            sent: VecDeque::new(),
+            pending_reports: VecDeque::new(),
+        }
+    }
+
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        tracing::info!(node = %self.config.node_id, coordinators = ?self.config.coordinators, "agent starting");
+        let mut connecting = Some(Box::pin(connection::connect(
+            self.config.coordinators.clone(),
+            Duration::ZERO,
+        )));
+        loop {
+            self.fence_expired();
+            self.drive_hooks();
+
+            let lease_wake = self
+                .roles
+                .next_lease_end()
+                .map(|end| end.saturating_sub(clock::now()));
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                _ = sleep_for(lease_wake), if lease_wake.is_some() => {}
+                Some(done) = self.done_rx.recv() => self.on_hook_done(done),
+                message = next_message(&mut self.conn), if self.conn.is_some() => match message {
+                    Ok(message) => self.on_message(message),
+                    Err(reason) => self.disconnected(&reason),
+                },
+                _ = self.heartbeats.tick(), if self.conn.is_some() => self.heartbeat(),
+                conn = async { connecting.as_mut().expect("guarded").await }, if connecting.is_some() => {
+                    connecting = None;
+                    self.connected(conn);
+                }
+            }
+            if self.conn.is_none() && connecting.is_none() {
+                let delay = if self.connected_at.elapsed() >= STABLE_SESSION {
+                    Duration::ZERO
+                } else {
+                    Duration::from_millis(250)
+                };
+                connecting = Some(Box::pin(connection::connect(
+                    self.config.coordinators.clone(),
+                    delay,
+                )));
+            }
+        }
+        self.stop().await;
+    }
+
+    /// Fences every strict primary whose lease has ended.
+    fn fence_expired(&mut self) {
+        for group in self.roles.fence_expired(clock::now()) {
+            let epoch = self.roles.get(&group).map_or(0, |g| g.epoch);
+            tracing::warn!(%group, epoch, role = "fenced", "lease expired without renewal: fenced");
+        }
+    }
+
+    /// Starts the hook each group needs, one at a time per group.
+    fn drive_hooks(&mut self) {
+        let now = clock::now();
+        let mut starts = Vec::new();
+        for (group, state) in self.roles.iter() {
+            let desired = match state.role {
+                Role::Primary if self.roles.may_act(group, now) => {
+                    HookKey::Primary { epoch: state.epoch }
+                }
+                // Assigned but not yet granted a lease: nothing to run yet.
+                Role::Primary => continue,
+                Role::Secondary => HookKey::Secondary {
+                    primary: state.primary.clone(),
+                },
+                Role::Fenced => HookKey::Fenced { epoch: state.epoch },
+            };
+            let slot = self.slots.entry(group.clone()).or_default();
+            if slot.last_started.as_ref() == Some(&desired) {
+                continue;
+            }
+            if let Some(running) = &slot.running {
+                // Hooks of one group never overlap: stop the outdated one;
+                // the new one starts when it has exited.
+                running.cancel();
+                continue;
+            }
+            let previous = slot
+                .last_started
+                .as_ref()
+                .map_or("none", |k| k.role().as_str());
+            let env = HookEnv {
+                group: group.clone(),
+                node: self.config.node_id.clone(),
+                role: desired.role().as_str(),
+                previous_role: previous,
+                epoch: state.epoch,
+                primary: state.primary.clone().unwrap_or_default(),
+                standby_mode: state.standby_mode.as_str(),
+            };
+            slot.last_started = Some(desired);
+            starts.push(env);
+        }
+        for env in starts {
+            self.start_hook(env);
+        }
+    }
+
+    fn start_hook(&mut self, env: HookEnv) {
+        let Some(command) = self.config.hooks.on_role_change.clone() else {
+            tracing::info!(group = %env.group, epoch = env.epoch, role = env.role, previous_role = env.previous_role, "role change (no hook configured)");
+            self.report(&env, pb::HookOutcome::NotConfigured, None, String::new());
+            return;
+        };
+        let cancel = CancellationToken::new();
+        self.slots.get_mut(&env.group).expect("slot exists").running = Some(cancel.clone());
+        let timeout = self.config.hooks.timeout;
+        let done = self.done_tx.clone();
+        tokio::spawn(async move {
+            let run = hooks::run(&command, &env, timeout, cancel).await;
+            let _ = done.send(HookDone {
+                group: env.group.clone(),
+                env,
+                run,
+            });
+        });
+    }
+
+    fn on_hook_done(&mut self, done: HookDone) {
+        if let Some(slot) = self.slots.get_mut(&done.group) {
+            slot.running = None;
+        }
+        let HookRun {
+            outcome,
+            exit_code,
+            detail,
+        } = done.run;
+        let outcome = match outcome {
+            Outcome::Succeeded => pb::HookOutcome::Succeeded,
+            Outcome::Failed => pb::HookOutcome::Failed,
+            Outcome::TimedOut => pb::HookOutcome::TimedOut,
+            Outcome::Superseded => pb::HookOutcome::Superseded,
+        };
+        if outcome == pb::HookOutcome::Succeeded {
+            tracing::info!(group = %done.group, epoch = done.env.epoch, role = done.env.role, "hook succeeded");
+        } else {
+            tracing::warn!(group = %done.group, epoch = done.env.epoch, role = done.env.role, ?outcome, %detail, "hook did not succeed");
+        }
+        self.report(&done.env, outcome, exit_code, detail);
+        if done.env.role == Role::Secondary.as_str() {
+            self.roles.forget_released(&done.group);
+            if self.roles.get(&done.group).is_none() {
+                self.slots.remove(&done.group);
+            }
+        }
+    }
+
+    /// Sends a hook result, or keeps it for the next session.
+    fn report(
+        &mut self,
+        env: &HookEnv,
+        outcome: pb::HookOutcome,
+        exit_code: Option<i32>,
+        detail: String,
+    ) {
+        let role = match env.role {
+            "primary" => pb::Role::Primary,
+            "secondary" => pb::Role::Secondary,
+            _ => pb::Role::Fenced,
+        };
+        let result = pb::HookResult {
+            group: env.group.clone(),
+            epoch: env.epoch,
+            role: role as i32,
+            outcome: outcome as i32,
+            exit_code,
+            detail,
+        };
+        if !self.send(Out::HookResult(result.clone())) {
+            if self.pending_reports.len() == MAX_PENDING_REPORTS {
+                self.pending_reports.pop_front();
+            }
+            self.pending_reports.push_back(result);
+        }
+    }
+
+    fn connected(&mut self, conn: Connection) {
+        tracing::info!(url = %conn.url, "session open");
+        self.conn = Some(conn);
+        self.connected_at = Instant::now();
+        self.last_inbound = Instant::now();
+        let roles = self
+            .roles
+            .iter()
+            .map(|(group, g)| pb::GroupRole {
+                group: group.clone(),
+                role: role_to_proto(g.role) as i32,
+                epoch: g.epoch,
+            })
+            .collect();
+        self.send(Out::Hello(pb::Hello {
+            node_id: self.config.node_id.clone(),
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            roles,
+        }));
+        // A first heartbeat at once: the coordinator can grant a lease only
+        // in answer to one.
+        self.heartbeat();
+        self.heartbeats.reset();
+        while let Some(result) = self.pending_reports.pop_front() {
+            if !self.send(Out::HookResult(result.clone())) {
+                self.pending_reports.push_front(result);
+                break;
+            }
+        }
+    }
+
+    fn disconnected(&mut self, reason: &str) {
+        if self.conn.take().is_some() {
+            tracing::warn!(reason, "session with the coordinator lost; reconnecting");
+        }
+    }
+
+    /// Queues a message on the session. False when there is no usable one.
+    fn send(&mut self, kind: Out) -> bool {
+        let Some(conn) = &self.conn else {
+            return false;
+        };
+        match conn
+            .outbound
+            .try_send(pb::AgentMessage { kind: Some(kind) })
+        {
+            Ok(()) => true,
+            Err(e) => {
+                self.disconnected(&format!("cannot queue a message: {e}"));
+                false
+            }
+        }
+    }
+
+    fn heartbeat(&mut self) {
+        let silent = self.last_inbound.elapsed();
+        if silent > ack_timeout(self.heartbeat_interval) {
+            self.disconnected(&format!("no word from the coordinator for {silent:?}"));
+            return;
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        // The lease is counted from this instant, taken before sending.
+        let sent_at = clock::now();
+        if self.send(Out::Heartbeat(pb::Heartbeat {
+            seq,
+            checks: vec![],
+        })) {
+            if self.sent.len() == SENT_WINDOW {
+                self.sent.pop_front();
+            }
+            self.sent.push_back((seq, sent_at));
+        }
+    }
+
+    fn on_message(&mut self, message: pb::CoordinatorMessage) {
+        self.last_inbound = Instant::now();
+        let Some(kind) = message.kind else {
+            return;
+        };
+        match kind {
+            In::Welcome(w) => {
+                tracing::info!(coordinator = %w.coordinator_id, "welcomed");
+                if let Some(settings) = w.settings {
+                    self.apply_settings(settings);
+                }
+            }
+            In::Settings(settings) => self.apply_settings(settings),
+            In::Ack(ack) => self.on_ack(ack),
+            In::Assignment(a) => self.on_assignment(a),
+            In::Release(r) => match self.roles.release(&r.group, r.epoch) {
+                Ok(()) => {
+                    tracing::info!(group = %r.group, epoch = r.epoch, reason = %r.reason, "released from the group")
+                }
+                Err(refusal) => tracing::warn!(%refusal, "release refused"),
+            },
+        }
+    }
+
+    fn apply_settings(&mut self, settings: pb::Settings) {
+        let interval = Duration::from_millis(settings.heartbeat_interval_ms.max(1));
+        if interval != self.heartbeat_interval {
+            tracing::info!(?interval, "heartbeat interval set");
+            self.heartbeat_interval = interval;
+            self.heartbeats = heartbeat_timer(interval);
+        }
+    }
+
+    fn on_ack(&mut self, ack: pb::HeartbeatAck) {
+        let Some(&(_, sent_at)) = self.sent.iter().find(|(seq, _)| *seq == ack.seq) else {
+            return;
+        };
+        for grant in ack.grants {
+            let until = sent_at + Duration::from_millis(grant.lease_ttl_ms);
+            self.roles.grant(&grant.group, grant.epoch, until);
+        }
+    }
+
+    fn on_assignment(&mut self, a: pb::Assignment) {
+        let Some(role) = role_from_proto(a.role) else {
+            tracing::warn!(group = %a.group, "assignment without a role ignored");
+            return;
+        };
+        let previous = self.roles.get(&a.group).map(|g| (g.role, g.epoch));
+        let assignment = Assignment {
+            group: a.group.clone(),
+            epoch: a.epoch,
+            role,
+            primary: (!a.primary.is_empty()).then_some(a.primary),
+            standby_mode: match pb::StandbyMode::try_from(a.standby_mode) {
+                Ok(pb::StandbyMode::Warm) => StandbyMode::Warm,
+                Ok(pb::StandbyMode::Cold) => StandbyMode::Cold,
+                _ => StandbyMode::Hot,
+            },
+            fencing: match pb::Fencing::try_from(a.fencing) {
+                Ok(pb::Fencing::None) => Fencing::None,
+                _ => Fencing::Strict,
+            },
+        };
+        let primary = assignment.primary.clone();
+        match self.roles.assign(assignment) {
+            Ok(true) => tracing::info!(
+                group = %a.group,
+                epoch = a.epoch,
+                role = role.as_str(),
+                previous = ?previous,
+                primary = primary.as_deref().unwrap_or("-"),
+                "role assigned"
+            ),
+            Ok(false) => {}
+            Err(refusal) => tracing::warn!(%refusal, "assignment refused"),
+        }
+    }
+
+    /// Says goodbye and gives running hooks a moment to finish.
+    async fn stop(&mut self) {
+        tracing::info!("agent stopping");
+        self.send(Out::Goodbye(pb::Goodbye {
+            reason: "agent stopping".into(),
+        }));
+        let deadline = Instant::now() + STOP_GRACE;
+        while self.slots.values().any(|s| s.running.is_some()) {
+            match tokio::time::timeout_at(deadline, self.done_rx.recv()).await {
+                Ok(Some(done)) => self.on_hook_done(done),
+                _ => break,
+            }
+        }
+        for slot in self.slots.values() {
+            if let Some(running) = &slot.running {
+                running.cancel();
+            }
+        }
+        self.conn = None;
+    }
+}
+
+/// The next message of the open session, or why there is none.
+async fn next_message(conn: &mut Option<Connection>) -> Result<pb::CoordinatorMessage, String> {
+    let conn = conn.as_mut().expect("guarded by the select");
+    match conn.inbound.message().await {
+        Ok(Some(message)) => Ok(message),
+        Ok(None) => Err("the coordinator ended the session".into()),
+        Err(status) => Err(format!("session failed: {}", status.message())),
+    }
+}
+
+async fn sleep_for(d: Option<Duration>) {
+    tokio::time::sleep(d.unwrap_or_default()).await
+}
+
+fn heartbeat_timer(interval: Duration) -> Interval {
+    let mut timer = tokio::time::interval(interval);
+    timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    timer
+}
+
+/// How long the coordinator may stay silent before the session counts as
+/// dead (a half-open TCP connection never reports an error by itself).
+fn ack_timeout(heartbeat_interval: Duration) -> Duration {
+    (heartbeat_interval * 6).max(Duration::from_secs(2))
+}
+
+fn role_to_proto(role: Role) -> pb::Role {
+    match role {
+        Role::Primary => pb::Role::Primary,
+        Role::Secondary => pb::Role::Secondary,
+        Role::Fenced => pb::Role::Fenced,
+    }
+}
+
+fn role_from_proto(role: i32) -> Option<Role> {
+    match pb::Role::try_from(role).ok()? {
+        pb::Role::Primary => Some(Role::Primary),
+        pb::Role::Secondary => Some(Role::Secondary),
+        pb::Role::Fenced => Some(Role::Fenced),
+        pb::Role::Unspecified => None,
+    }
+}

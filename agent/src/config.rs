@@ -1,0 +1,257 @@
+//! The agent's configuration: command-line flags over a TOML file, resolved
+//! once into a checked [`AgentConfig`].
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, ValueEnum};
+use serde::Deserialize;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "failover-agent",
+    version,
+    about = "Reports this node to the failover coordinator and runs its hooks"
+)]
+pub struct Args {
+    /// TOML configuration file (see deploy/agent.example.toml).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// This node's id (overrides node_id in the file).
+    #[arg(long, value_name = "ID")]
+    pub node_id: Option<String>,
+    /// Coordinator URL; repeat for several coordinators (overrides the file)
+    /// [default: http://127.0.0.1:7400].
+    #[arg(long = "coordinator", value_name = "URL")]
+    pub coordinators: Vec<String>,
+    /// Log format [default: text].
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Check the configuration, print it, and exit.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// One URL or a list of them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    node_id: Option<String>,
+    coordinator: Option<OneOrMany>,
+    #[serde(default)]
+    hooks: HooksConfig,
+    #[serde(default)]
+    log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HooksConfig {
+    /// Command run (through `sh -c`) on every role change.
+    pub on_role_change: Option<String>,
+    /// A hook still running after this long is killed and reported failed.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for HooksConfig {
+    fn default() -> Self {
+        HooksConfig {
+            on_role_change: None,
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter; the RUST_LOG environment variable wins over it.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+/// The agent's resolved, checked configuration.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub node_id: String,
+    pub coordinators: Vec<String>,
+    pub hooks: HooksConfig,
+    pub log: LogConfig,
+}
+
+/// Longest hook timeout accepted.
+const MAX_HOOK_TIMEOUT: Duration = Duration::from_secs(3600);
+
+impl AgentConfig {
+    pub fn load(args: &Args) -> anyhow::Result<AgentConfig> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let node_id = args
+            .node_id
+            .clone()
+            .or(file.node_id)
+            .context("node_id is missing: set node_id in the config file or pass --node-id")?;
+        proto::names::validate_node_id(&node_id)?;
+        let coordinators = if !args.coordinators.is_empty() {
+            args.coordinators.clone()
+        } else {
+            match file.coordinator {
+                Some(OneOrMany::One(url)) => vec![url],
+                Some(OneOrMany::Many(urls)) => urls,
+                None => vec!["http://127.0.0.1:7400".into()],
+            }
+        };
+        if coordinators.is_empty() {
+            bail!("coordinator is an empty list: give at least one URL");
+        }
+        for url in &coordinators {
+            check_url(url)?;
+        }
+        let hooks = file.hooks;
+        if hooks.timeout.is_zero() || hooks.timeout > MAX_HOOK_TIMEOUT {
+            bail!(
+                "hooks.timeout must be between 1ms and {}, got {}",
+                humantime::format_duration(MAX_HOOK_TIMEOUT),
+                humantime::format_duration(hooks.timeout)
+            );
+        }
+        if hooks
+            .on_role_change
+            .as_deref()
+            .is_some_and(|c| c.trim().is_empty())
+        {
+            bail!("hooks.on_role_change is empty: remove it or give a command");
+        }
+        let mut log = file.log;
+        if let Some(format) = args.log_format {
+            log.format = format;
+        }
+        Ok(AgentConfig {
+            node_id,
+            coordinators,
+            hooks,
+            log,
+        })
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("config file {} is invalid", path.display()))
+}
+
+fn check_url(url: &str) -> anyhow::Result<()> {
+    let uri: tonic::transport::Uri = url
+        .parse()
+        .with_context(|| format!("coordinator URL {url:?} is not a valid URL"))?;
+    match uri.scheme_str() {
+        Some("http") | Some("https") if uri.host().is_some() => Ok(()),
+        _ => bail!("coordinator URL {url:?} must look like http://HOST:PORT"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(config: Option<PathBuf>) -> Args {
+        Args {
+            config,
+            node_id: None,
+            coordinators: vec![],
+            log_format: None,
+            check_config: false,
+        }
+    }
+
+    fn load(text: &str) -> anyhow::Result<AgentConfig> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, text).unwrap();
+        AgentConfig::load(&args(Some(path)))
+    }
+
+    #[test]
+    fn a_full_file_reads() {
+        let c = load(
+            "node_id = \"rec-1\"\ncoordinator = [\"http://a:7400\", \"http://b:7400\"]\n\
+             [hooks]\non_role_change = \"/bin/true\"\ntimeout = \"5s\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.node_id, "rec-1");
+        assert_eq!(c.coordinators.len(), 2);
+        assert_eq!(c.hooks.timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(
+            &path,
+            "node_id = \"rec-1\"\ncoordinator = \"http://a:7400\"\n",
+        )
+        .unwrap();
+        let mut a = args(Some(path));
+        a.node_id = Some("rec-2".into());
+        a.coordinators = vec!["http://b:7400".into()];
+        let c = AgentConfig::load(&a).unwrap();
+        assert_eq!(
+            (c.node_id.as_str(), c.coordinators[0].as_str()),
+            ("rec-2", "http://b:7400")
+        );
+    }
+
+    #[test]
+    fn mistakes_are_clear_errors() {
+        for (text, expect) in [
+            ("node_id = \"rec-1\"\nhookz = 1\n", "hookz"),
+            ("coordinator = \"http://a:1\"\n", "node_id is missing"),
+            ("node_id = \"Rec 1\"\n", "not allowed"),
+            (
+                "node_id = \"rec-1\"\ncoordinator = \"a:1\"\n",
+                "http://HOST:PORT",
+            ),
+            (
+                "node_id = \"rec-1\"\n[hooks]\ntimeout = \"0s\"\n",
+                "hooks.timeout",
+            ),
+            (
+                "node_id = \"rec-1\"\n[hooks]\ntimeout = \"-1s\"\n",
+                "invalid",
+            ),
+        ] {
+            let err = format!("{:#}", load(text).unwrap_err());
+            assert!(err.contains(expect), "{text:?}: {err}");
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! Opening a session stream to a coordinator: each configured address in
+//! turn, with exponential backoff and jitter, until one answers.
+
+use std::time::Duration;
+
+use proto::v1 as pb;
+use proto::v1::agent_service_client::AgentServiceClient;
+use rand::Rng;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+use tonic::transport::Endpoint;
+
+/// Messages the agent may queue for the coordinator before the connection
+/// counts as stuck.
+pub const OUTBOUND_CAPACITY: usize = 256;
+const FIRST_RETRY: Duration = Duration::from_millis(100);
+const MAX_RETRY: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// One open session stream.
+pub struct Connection {
+    pub url: String,
+    pub outbound: mpsc::Sender<pb::AgentMessage>,
+    pub inbound: Streaming<pb::CoordinatorMessage>,
+}
+
+/// Connects to the first coordinator that answers, waiting `delay` first.
+/// Never gives up: an agent keeps trying for as long as it runs.
+pub async fn connect(urls: Vec<String>, delay: Duration) -> Connection {
+    tokio::time::sleep(delay).await;
+    let mut retry = FIRST_RETRY;
+    for url in urls.iter().cycle() {
+        match open(url).await {
+            Ok(connection) => return connection,
+            Err(e) => {
+                // Full jitter keeps a fleet of agents from reconnecting in step.
+                let wait = rand::rng().random_range(Duration::ZERO..=retry);
+                tracing::warn!(%url, error = format!("{e:#}"), retry_in = ?wait, "cannot open a session with the coordinator");
+                tokio::time::sleep(wait).await;
+                retry = (retry * 2).min(MAX_RETRY);
+            }
+        }
+    }
+    unreachable!("the URL list is never empty")
+}
+
+async fn open(url: &str) -> anyhow::Result<Connection> {
+    let channel = Endpoint::from_shared(url.to_owned())?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .connect()
+        .await?;
+    let (outbound, rx) = mpsc::channel(OUTBOUND_CAPACITY);
+    let response = AgentServiceClient::new(channel)
+        .session(ReceiverStream::new(rx))
+        .await?;
+    Ok(Connection {
+        url: url.to_owned(),
+        outbound,
+        inbound: response.into_inner(),
+    })
+}

@@ -1,0 +1,17 @@
+//! The failover agent: runs on every node, keeps one session with the
+//! coordinator, holds this node's roles and leases, fences itself when a
+//! lease runs out, and runs the operator's hook on every role change.
+
+pub mod agent;
+pub mod clock;
+pub mod config;
+pub mod connection;
+pub mod hooks;
+pub mod roles;
+
+use tokio_util::sync::CancellationToken;
+
+/// Runs the agent until `shutdown` is cancelled.
+pub async fn run(config: config::AgentConfig, shutdown: CancellationToken) {
+    agent::Agent::new(config).run(shutdown).await
+}

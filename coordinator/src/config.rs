@@ -1,0 +1,176 @@
+//! The coordinator's configuration: command-line flags over a TOML file
+//! over defaults, resolved once into a checked [`Config`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, ValueEnum};
+use serde::Deserialize;
+
+use crate::policy::Policy;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "failover-coordinator",
+    version,
+    about = "Keeps failover groups and promotes their primaries"
+)]
+pub struct Args {
+    /// TOML configuration file (see deploy/coordinator.example.toml).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// gRPC listen address for agents and operators [default: 127.0.0.1:7400].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// HTTP listen address for /healthz and /readyz [default: 127.0.0.1:7401].
+    #[arg(long, value_name = "ADDR")]
+    pub http_listen: Option<SocketAddr>,
+    /// Directory of the embedded store [default: ./failover-data].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Log format [default: text].
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Check the configuration, print it, and exit.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub http_listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Bound on agent clock rate drift (`rho`); leases are waited out for
+    /// `ttl * (1 + clock_drift)`.
+    pub clock_drift: f64,
+    /// How many events the log keeps.
+    pub event_retention: u64,
+    /// How long a new agent stream may take to send its Hello.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Settings of new groups where `group add` gives none.
+    pub defaults: Policy,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter, e.g. `info` or `info,coordinator=debug`; the
+    /// RUST_LOG environment variable wins over it.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:7400".parse().expect("valid address"),
+            http_listen: "127.0.0.1:7401".parse().expect("valid address"),
+            data_dir: PathBuf::from("./failover-data"),
+            clock_drift: 0.01,
+            event_retention: 10_000,
+            connect_timeout: Duration::from_secs(30),
+            defaults: Policy::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads the file named by `--config` (if any), applies the flags on
+    /// top, and checks the result.
+    pub fn load(args: &Args) -> anyhow::Result<Config> {
+        let mut config = match &args.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        if let Some(v) = args.listen {
+            config.listen = v;
+        }
+        if let Some(v) = args.http_listen {
+            config.http_listen = v;
+        }
+        if let Some(v) = &args.data_dir {
+            config.data_dir = v.clone();
+        }
+        if let Some(v) = args.log_format {
+            config.log.format = v;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn from_file(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("config file {} is invalid", path.display()))
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if !(0.0..=0.5).contains(&self.clock_drift) {
+            bail!(
+                "clock_drift must be between 0 and 0.5, got {}",
+                self.clock_drift
+            );
+        }
+        if self.event_retention == 0 {
+            bail!("event_retention must be at least 1");
+        }
+        if self.connect_timeout.is_zero() {
+            bail!("connect_timeout must be greater than zero");
+        }
+        self.defaults
+            .validate()
+            .context("invalid [defaults] in the configuration")?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_typo_in_the_file_is_an_error_that_names_the_key() {
+        let err = toml::from_str::<Config>("listn = \"127.0.0.1:1\"").unwrap_err();
+        assert!(err.to_string().contains("listn"), "{err}");
+    }
+
+    #[test]
+    fn durations_read_like_500ms() {
+        let c: Config = toml::from_str(
+            "[defaults]\nheartbeat_interval = \"100ms\"\nfailover_timeout = \"300ms\"",
+        )
+        .unwrap();
+        assert_eq!(c.defaults.heartbeat_interval, Duration::from_millis(100));
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn zero_timeouts_are_refused() {
+        let c: Config = toml::from_str("[defaults]\nfailover_timeout = \"0s\"").unwrap();
+        assert!(c.validate().is_err());
+    }
+}

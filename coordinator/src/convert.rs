@@ -1,0 +1,230 @@
+//! Conversions between the wire types of `failover.v1` and the domain
+//! types of the engine, in both directions, in one place.
+
+use std::time::Duration;
+
+use proto::v1 as pb;
+
+use crate::engine::{AdminError, GroupView, NodeView, ToAgent};
+use crate::model::{CheckStatus, EventRecord, HookOutcome, Phase, Role};
+use crate::policy::{Fencing, Policy, PolicyPatch, StandbyMode};
+
+pub fn role_to_proto(role: Role) -> pb::Role {
+    match role {
+        Role::Primary => pb::Role::Primary,
+        Role::Secondary => pb::Role::Secondary,
+        Role::Fenced => pb::Role::Fenced,
+    }
+}
+
+pub fn role_from_proto(role: i32) -> Option<Role> {
+    match pb::Role::try_from(role).ok()? {
+        pb::Role::Primary => Some(Role::Primary),
+        pb::Role::Secondary => Some(Role::Secondary),
+        pb::Role::Fenced => Some(Role::Fenced),
+        pb::Role::Unspecified => None,
+    }
+}
+
+pub fn outcome_from_proto(outcome: i32) -> HookOutcome {
+    match pb::HookOutcome::try_from(outcome).unwrap_or(pb::HookOutcome::Unspecified) {
+        pb::HookOutcome::Succeeded => HookOutcome::Succeeded,
+        pb::HookOutcome::TimedOut => HookOutcome::TimedOut,
+        pb::HookOutcome::Superseded => HookOutcome::Superseded,
+        pb::HookOutcome::NotConfigured => HookOutcome::NotConfigured,
+        // Anything unknown counts as a failure: it never confirms anything.
+        pb::HookOutcome::Failed | pb::HookOutcome::Unspecified => HookOutcome::Failed,
+    }
+}
+
+fn standby_to_proto(mode: StandbyMode) -> pb::StandbyMode {
+    match mode {
+        StandbyMode::Hot => pb::StandbyMode::Hot,
+        StandbyMode::Warm => pb::StandbyMode::Warm,
+        StandbyMode::Cold => pb::StandbyMode::Cold,
+    }
+}
+
+fn fencing_to_proto(fencing: Fencing) -> pb::Fencing {
+    match fencing {
+        Fencing::Strict => pb::Fencing::Strict,
+        Fencing::None => pb::Fencing::None,
+    }
+}
+
+fn phase_to_proto(phase: Phase) -> pb::Phase {
+    match phase {
+        Phase::Active => pb::Phase::Active,
+        Phase::FailingOver => pb::Phase::FailingOver,
+        Phase::NoPrimary => pb::Phase::NoPrimary,
+        Phase::Maintenance => pb::Phase::Maintenance,
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+pub fn to_proto(message: ToAgent) -> pb::CoordinatorMessage {
+    use pb::coordinator_message::Kind;
+    let kind = match message {
+        ToAgent::Welcome {
+            coordinator_id,
+            heartbeat_interval,
+        } => Kind::Welcome(pb::Welcome {
+            coordinator_id,
+            settings: Some(pb::Settings {
+                heartbeat_interval_ms: millis(heartbeat_interval),
+            }),
+        }),
+        ToAgent::Settings { heartbeat_interval } => Kind::Settings(pb::Settings {
+            heartbeat_interval_ms: millis(heartbeat_interval),
+        }),
+        ToAgent::Ack { seq, grants } => Kind::Ack(pb::HeartbeatAck {
+            seq,
+            grants: grants
+                .into_iter()
+                .map(|g| pb::LeaseGrant {
+                    group: g.group,
+                    epoch: g.epoch,
+                    lease_ttl_ms: millis(g.ttl),
+                })
+                .collect(),
+        }),
+        ToAgent::Assignment(a) => Kind::Assignment(pb::Assignment {
+            group: a.group,
+            epoch: a.epoch,
+            role: role_to_proto(a.role) as i32,
+            primary: a.primary.unwrap_or_default(),
+            standby_mode: standby_to_proto(a.standby_mode) as i32,
+            fencing: fencing_to_proto(a.fencing) as i32,
+        }),
+        ToAgent::Release {
+            group,
+            epoch,
+            reason,
+        } => Kind::Release(pb::Release {
+            group,
+            epoch,
+            reason,
+        }),
+    };
+    pb::CoordinatorMessage { kind: Some(kind) }
+}
+
+pub fn checks_from_proto(checks: Vec<pb::CheckStatus>) -> Vec<CheckStatus> {
+    checks
+        .into_iter()
+        .map(|c| CheckStatus {
+            name: c.name,
+            passing: c.passing,
+            groups: c.groups,
+            detail: c.detail,
+        })
+        .collect()
+}
+
+/// Reads a requested policy change, refusing unknown enum values.
+pub fn policy_patch_from_proto(p: Option<pb::Policy>) -> Result<PolicyPatch, AdminError> {
+    let Some(p) = p else {
+        return Ok(PolicyPatch::default());
+    };
+    let standby_mode = match p.standby_mode.map(pb::StandbyMode::try_from) {
+        None => None,
+        Some(Ok(pb::StandbyMode::Hot)) => Some(StandbyMode::Hot),
+        Some(Ok(pb::StandbyMode::Warm)) => Some(StandbyMode::Warm),
+        Some(Ok(pb::StandbyMode::Cold)) => Some(StandbyMode::Cold),
+        Some(_) => return Err(invalid("standby_mode must be hot, warm or cold")),
+    };
+    let fencing = match p.fencing.map(pb::Fencing::try_from) {
+        None => None,
+        Some(Ok(pb::Fencing::Strict)) => Some(Fencing::Strict),
+        Some(Ok(pb::Fencing::None)) => Some(Fencing::None),
+        Some(_) => return Err(invalid("fencing must be strict or none")),
+    };
+    Ok(PolicyPatch {
+        heartbeat_interval: p.heartbeat_interval_ms.map(Duration::from_millis),
+        failover_timeout: p.failover_timeout_ms.map(Duration::from_millis),
+        standby_mode,
+        fencing,
+    })
+}
+
+fn invalid(message: &str) -> AdminError {
+    AdminError::InvalidArgument(message.to_owned())
+}
+
+pub fn policy_to_proto(p: &Policy) -> pb::Policy {
+    pb::Policy {
+        heartbeat_interval_ms: Some(millis(p.heartbeat_interval)),
+        failover_timeout_ms: Some(millis(p.failover_timeout)),
+        standby_mode: Some(standby_to_proto(p.standby_mode) as i32),
+        fencing: Some(fencing_to_proto(p.fencing) as i32),
+    }
+}
+
+pub fn group_to_proto(v: GroupView) -> pb::GroupStatus {
+    pb::GroupStatus {
+        name: v.name,
+        epoch: v.epoch,
+        primary: v.primary.unwrap_or_default(),
+        phase: phase_to_proto(v.phase) as i32,
+        phase_since_unix_ms: v.phase_since_unix_ms,
+        members: v
+            .members
+            .into_iter()
+            .map(|m| pb::MemberStatus {
+                node: m.node,
+                role: role_to_proto(m.role) as i32,
+                connected: m.connected,
+                healthy: m.healthy,
+                last_contact_unix_ms: m.last_contact_unix_ms,
+            })
+            .collect(),
+        policy: Some(policy_to_proto(&v.policy)),
+    }
+}
+
+pub fn node_to_proto(v: NodeView) -> pb::NodeStatus {
+    pb::NodeStatus {
+        node: v.node,
+        connected: v.connected,
+        healthy: v.healthy,
+        last_contact_unix_ms: v.last_contact_unix_ms,
+        address: v.address,
+        agent_version: v.agent_version,
+        groups: v
+            .groups
+            .into_iter()
+            .map(|(group, role, epoch)| pb::GroupRole {
+                group,
+                role: role_to_proto(role) as i32,
+                epoch,
+            })
+            .collect(),
+        checks: v
+            .checks
+            .into_iter()
+            .map(|c| pb::CheckStatus {
+                name: c.name,
+                passing: c.passing,
+                groups: c.groups,
+                detail: c.detail,
+            })
+            .collect(),
+    }
+}
+
+pub fn event_to_proto(e: EventRecord) -> pb::Event {
+    pb::Event {
+        seq: e.seq,
+        unix_ms: e.unix_ms,
+        group: e.group,
+        kind: e.kind.as_str().to_owned(),
+        epoch: e.epoch,
+        old_primary: e.old_primary.unwrap_or_default(),
+        new_primary: e.new_primary.unwrap_or_default(),
+        reason: e.reason,
+        actor: e.actor,
+    }
+}

@@ -1,0 +1,517 @@
+//! The decision core: every failover decision is made here, from
+//! `(state, input, now)`, and nothing here does IO.
+//!
+//! The engine turns inputs (session events, heartbeats, hook results, admin
+//! commands, the passage of time) into [`Effects`]: durable writes, messages
+//! to agents, sessions to close and replies to admin calls. The runtime
+//! applies the writes and makes them durable *before* it sends any message
+//! or reply of the same batch; that ordering is what makes "an epoch is
+//! durable before any agent hears of it" and "a change is acknowledged only
+//! once durable" true.
+//!
+//! **Architecture invariant:** the engine never reads a clock; time comes in
+//! as [`Now`].
+
+mod admin;
+mod decide;
+mod sessions;
+#[cfg(test)]
+mod tests;
+mod views;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::time::Instant;
+
+use crate::model::{CheckStatus, EventKind, EventRecord, GroupRecord, HookOutcome, Phase, Role};
+use crate::policy::{Fencing, Policy, PolicyPatch, StandbyMode};
+
+pub use views::{GroupView, MemberView, NodeView};
+
+/// Identifies one agent session (one gRPC stream); assigned by the runtime.
+pub type SessionId = u64;
+/// Identifies one pending admin call; assigned by the runtime.
+pub type ReplyId = u64;
+
+/// The current time, in both forms the engine needs.
+#[derive(Debug, Clone, Copy)]
+pub struct Now {
+    /// Monotonic: every lease and timeout is measured on it.
+    pub mono: Instant,
+    /// Wall clock, Unix milliseconds: only for display and the event log.
+    pub wall_ms: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Named in the Welcome message, so operators can tell coordinators apart.
+    pub coordinator_id: String,
+    /// Bound `rho` on how much slower an agent's clock may run than the
+    /// coordinator's; leases are waited out for `ttl * (1 + rho)`.
+    pub clock_drift: f64,
+    /// Used for a node that belongs to no group.
+    pub default_heartbeat_interval: Duration,
+    /// Settings of a new group where the operator gave none.
+    pub default_policy: Policy,
+}
+
+/// What an agent said when its session opened.
+#[derive(Debug, Clone)]
+pub struct Hello {
+    pub node: String,
+    pub agent_version: String,
+    pub address: String,
+    pub roles: Vec<ClaimedRole>,
+}
+
+/// A role an agent says it holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClaimedRole {
+    pub group: String,
+    pub role: Role,
+    pub epoch: u64,
+}
+
+/// An agent's report that a hook finished.
+#[derive(Debug, Clone)]
+pub struct HookReport {
+    pub group: String,
+    pub epoch: u64,
+    pub role: Role,
+    pub outcome: HookOutcome,
+    pub exit_code: Option<i32>,
+    pub detail: String,
+}
+
+#[derive(Debug)]
+pub enum Input {
+    SessionOpened {
+        session: SessionId,
+        hello: Hello,
+    },
+    Heartbeat {
+        session: SessionId,
+        seq: u64,
+        /// When the session received it: the coordinator's lower bound for
+        /// when the agent sent it.
+        received: Instant,
+        checks: Vec<CheckStatus>,
+    },
+    HookResult {
+        session: SessionId,
+        report: HookReport,
+    },
+    Goodbye {
+        session: SessionId,
+        reason: String,
+    },
+    SessionClosed {
+        session: SessionId,
+    },
+    Admin {
+        reply: ReplyId,
+        /// Who asked, for the event log.
+        actor: String,
+        command: AdminCommand,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub enum AdminCommand {
+    CreateGroup {
+        name: String,
+        members: Vec<String>,
+        policy: PolicyPatch,
+    },
+    ListGroups,
+    GetGroup {
+        name: String,
+    },
+    DeleteGroup {
+        name: String,
+    },
+    AddMember {
+        group: String,
+        node: String,
+        position: Option<usize>,
+    },
+    RemoveMember {
+        group: String,
+        node: String,
+    },
+    MoveMember {
+        group: String,
+        node: String,
+        position: usize,
+    },
+    Promote {
+        group: String,
+        to: String,
+    },
+    ListNodes,
+}
+
+#[derive(Debug, Clone)]
+pub enum AdminReply {
+    Group(GroupView),
+    Groups(Vec<GroupView>),
+    Nodes(Vec<NodeView>),
+    Deleted,
+}
+
+/// Why an admin command was refused. Each variant maps to one gRPC code.
+#[derive(Debug, Clone, Error, PartialEq)]
+pub enum AdminError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    Aborted(String),
+}
+
+pub type AdminResult = Result<AdminReply, AdminError>;
+
+/// A message for one agent.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToAgent {
+    Welcome {
+        coordinator_id: String,
+        heartbeat_interval: Duration,
+    },
+    Settings {
+        heartbeat_interval: Duration,
+    },
+    Ack {
+        seq: u64,
+        grants: Vec<LeaseGrant>,
+    },
+    Assignment(Assignment),
+    Release {
+        group: String,
+        epoch: u64,
+        reason: String,
+    },
+}
+
+/// Permission to act as primary of `group` at `epoch` for `ttl`, counted
+/// from when the agent sent the acknowledged heartbeat.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeaseGrant {
+    pub group: String,
+    pub epoch: u64,
+    pub ttl: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Assignment {
+    pub group: String,
+    pub epoch: u64,
+    pub role: Role,
+    pub primary: Option<String>,
+    pub standby_mode: StandbyMode,
+    pub fencing: Fencing,
+}
+
+/// A change to the durable store.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Write {
+    PutGroup(GroupRecord),
+    /// Deletes a group and remembers its epoch, so that a group created
+    /// later under the same name starts above it (agents that missed the
+    /// deletion still hold the old epochs).
+    DeleteGroup {
+        name: String,
+        epoch_floor: u64,
+    },
+    Event(EventRecord),
+}
+
+/// Everything the runtime must do after one step of the engine, in order:
+/// writes (made durable first), then sends, closes and replies.
+#[derive(Debug, Default)]
+pub struct Effects {
+    pub writes: Vec<Write>,
+    pub sends: Vec<(SessionId, ToAgent)>,
+    pub closes: Vec<SessionId>,
+    pub replies: Vec<(ReplyId, AdminResult)>,
+}
+
+impl Effects {
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty()
+            && self.sends.is_empty()
+            && self.closes.is_empty()
+            && self.replies.is_empty()
+    }
+}
+
+/// What the store held at start-up.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    pub groups: Vec<GroupRecord>,
+    pub epoch_floors: HashMap<String, u64>,
+    pub next_event_seq: u64,
+}
+
+pub struct Engine {
+    config: EngineConfig,
+    groups: BTreeMap<String, Group>,
+    /// Every node that is a member of a group or has a session.
+    nodes: BTreeMap<String, Node>,
+    /// Which node each live session belongs to.
+    sessions: HashMap<SessionId, String>,
+    /// `(instant, group)` for every group whose `lease_until` lies ahead:
+    /// the only moments at which time alone can change a decision.
+    timers: BTreeSet<(Instant, String)>,
+    epoch_floors: HashMap<String, u64>,
+    next_event_seq: u64,
+}
+
+/// One group: its durable record plus what the running coordinator knows.
+struct Group {
+    record: GroupRecord,
+    /// Until when a node that held this group's lease may still be acting
+    /// as primary, as far as the coordinator can tell (drift margin
+    /// included). Nobody else is promoted before this instant passes,
+    /// unless the holder confirmed that it stepped down.
+    lease_until: Option<Instant>,
+    /// The instant registered in `Engine::timers` for this group, if any.
+    timer: Option<Instant>,
+    /// A former primary told to step down at the current epoch, whose
+    /// confirmation (or lease expiry) is awaited.
+    stepping_down: Option<String>,
+    /// A planned switchover in progress.
+    switchover: Option<Switchover>,
+    /// The last node that held the role, for the event log.
+    last_primary: Option<String>,
+    phase: Phase,
+    phase_since_ms: u64,
+}
+
+struct Switchover {
+    target: String,
+    reply: ReplyId,
+    actor: String,
+}
+
+struct Node {
+    /// Groups this node is a member of.
+    groups: BTreeSet<String>,
+    session: Option<Session>,
+    /// Last message from the node (wall clock); 0 = not since start.
+    last_contact_ms: u64,
+    address: String,
+    agent_version: String,
+    checks: Vec<CheckStatus>,
+}
+
+/// One open agent session.
+struct Session {
+    id: SessionId,
+    /// The latest heartbeat: its sequence number and when it arrived.
+    last_heartbeat: Option<(u64, Instant)>,
+    /// The last assignment sent per group, so unchanged ones are not resent.
+    sent: HashMap<String, Assignment>,
+    /// The heartbeat interval last sent to the agent.
+    heartbeat_interval: Duration,
+}
+
+impl Node {
+    fn new() -> Self {
+        Node {
+            groups: BTreeSet::new(),
+            session: None,
+            last_contact_ms: 0,
+            address: String::new(),
+            agent_version: String::new(),
+            checks: Vec::new(),
+        }
+    }
+
+    /// Whether the node passes every check that applies to `group`.
+    fn passes_checks(&self, group: &str) -> bool {
+        self.checks
+            .iter()
+            .filter(|c| c.applies_to(group))
+            .all(|c| c.passing)
+    }
+
+    /// Connected: a session is open and has heartbeated within `within`.
+    fn heard_within(&self, now: Instant, within: Duration) -> bool {
+        self.session
+            .as_ref()
+            .and_then(|s| s.last_heartbeat)
+            .is_some_and(|(_, at)| now.saturating_duration_since(at) < within)
+    }
+}
+
+impl Engine {
+    /// Builds the engine from what the store held. Every group that has ever
+    /// had a primary starts with its lease assumed live for a full
+    /// `ttl * (1 + rho)`: the previous run may have granted one just before
+    /// it stopped, and nothing says when (invariant 1).
+    pub fn new(config: EngineConfig, recovered: Recovered, now: Now) -> Self {
+        let mut engine = Engine {
+            config,
+            groups: BTreeMap::new(),
+            nodes: BTreeMap::new(),
+            sessions: HashMap::new(),
+            timers: BTreeSet::new(),
+            epoch_floors: recovered.epoch_floors,
+            next_event_seq: recovered.next_event_seq,
+        };
+        for record in recovered.groups {
+            let name = record.name.clone();
+            for member in &record.members {
+                engine
+                    .nodes
+                    .entry(member.clone())
+                    .or_insert_with(Node::new)
+                    .groups
+                    .insert(name.clone());
+            }
+            let wait = engine.lease_wait(&record.policy);
+            let had_primary = record.epoch > 0;
+            engine.groups.insert(name.clone(), Group::new(record, now));
+            if had_primary {
+                engine.set_lease_until(&name, Some(now.mono + wait));
+            }
+            let phase = engine.compute_phase(&name, now);
+            engine.groups.get_mut(&name).expect("just inserted").phase = phase;
+        }
+        engine
+    }
+
+    /// Feeds one input to the engine.
+    pub fn handle(&mut self, input: Input, now: Now, out: &mut Effects) {
+        match input {
+            Input::SessionOpened { session, hello } => {
+                self.on_session_opened(session, hello, now, out)
+            }
+            Input::Heartbeat {
+                session,
+                seq,
+                received,
+                checks,
+            } => self.on_heartbeat(session, seq, received, checks, now, out),
+            Input::HookResult { session, report } => self.on_hook_result(session, report, now, out),
+            Input::Goodbye { session, reason } => self.on_goodbye(session, &reason),
+            Input::SessionClosed { session } => self.on_session_closed(session, now, out),
+            Input::Admin {
+                reply,
+                actor,
+                command,
+            } => self.on_admin(reply, &actor, command, now, out),
+        }
+    }
+
+    /// Acts on every deadline that has passed.
+    pub fn tick(&mut self, now: Now, out: &mut Effects) {
+        while let Some((at, name)) = self.timers.first().cloned() {
+            if at > now.mono {
+                break;
+            }
+            self.timers.pop_first();
+            if let Some(g) = self.groups.get_mut(&name) {
+                g.timer = None;
+            }
+            self.reconcile(&name, now, out);
+        }
+    }
+
+    /// The next instant at which [`Engine::tick`] has something to do.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.timers.first().map(|(at, _)| *at)
+    }
+
+    /// How long the coordinator waits out a lease of `policy`'s length.
+    fn lease_wait(&self, policy: &Policy) -> Duration {
+        lease_wait(self.config.clock_drift, policy)
+    }
+
+    /// Sets a group's `lease_until` and keeps `timers` in step with it.
+    fn set_lease_until(&mut self, name: &str, until: Option<Instant>) {
+        let Some(g) = self.groups.get_mut(name) else {
+            return;
+        };
+        g.lease_until = until;
+        if g.timer != until {
+            if let Some(old) = g.timer.take() {
+                self.timers.remove(&(old, name.to_owned()));
+            }
+            if let Some(at) = until {
+                self.timers.insert((at, name.to_owned()));
+                g.timer = Some(at);
+            }
+        }
+    }
+
+    /// Appends an event to the log (as a durable write).
+    fn record_event(&mut self, event: NewEvent<'_>, now: Now, out: &mut Effects) {
+        let seq = self.next_event_seq;
+        self.next_event_seq += 1;
+        tracing::info!(
+            group = event.group,
+            epoch = event.epoch,
+            kind = event.kind.as_str(),
+            old_primary = event.old_primary.unwrap_or("-"),
+            new_primary = event.new_primary.unwrap_or("-"),
+            actor = event.actor,
+            "{}",
+            event.reason
+        );
+        out.writes.push(Write::Event(EventRecord {
+            seq,
+            unix_ms: now.wall_ms,
+            group: event.group.to_owned(),
+            kind: event.kind,
+            epoch: event.epoch,
+            old_primary: event.old_primary.map(str::to_owned),
+            new_primary: event.new_primary.map(str::to_owned),
+            reason: event.reason,
+            actor: event.actor.to_owned(),
+        }));
+    }
+}
+
+/// `ttl * (1 + rho)`: how long after a grant the coordinator must assume
+/// the grantee may still be acting as primary.
+fn lease_wait(clock_drift: f64, policy: &Policy) -> Duration {
+    policy.failover_timeout.mul_f64(1.0 + clock_drift)
+}
+
+/// The parts of an event the caller supplies.
+struct NewEvent<'a> {
+    group: &'a str,
+    kind: EventKind,
+    epoch: u64,
+    old_primary: Option<&'a str>,
+    new_primary: Option<&'a str>,
+    reason: String,
+    actor: &'a str,
+}
+
+/// The actor name of automatic decisions.
+const COORDINATOR: &str = "coordinator";
+
+impl Group {
+    fn new(record: GroupRecord, now: Now) -> Self {
+        Group {
+            last_primary: record.primary.clone(),
+            record,
+            lease_until: None,
+            timer: None,
+            stepping_down: None,
+            switchover: None,
+            phase: Phase::NoPrimary,
+            phase_since_ms: now.wall_ms,
+        }
+    }
+}

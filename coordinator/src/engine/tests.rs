@@ -1,0 +1,613 @@
+//! Decision-core tests with explicit time: no clock, no IO, no sleeps.
+
+use std::time::Duration;
+
+use super::*;
+
+const TTL: Duration = Duration::from_secs(3);
+/// `TTL * (1 + rho)` with the default rho of 1%.
+const WAIT: Duration = Duration::from_millis(3030);
+
+/// A coordinator engine, a hand-driven clock and what the engine emitted.
+struct Sim {
+    engine: Engine,
+    now: Now,
+    next_session: SessionId,
+    next_reply: ReplyId,
+    sessions: HashMap<String, SessionId>,
+    seqs: HashMap<String, u64>,
+    /// Every effect emitted, in order.
+    log: Vec<Effects>,
+}
+
+fn config() -> EngineConfig {
+    EngineConfig {
+        coordinator_id: "test".into(),
+        clock_drift: 0.01,
+        default_heartbeat_interval: Duration::from_millis(500),
+        default_policy: Policy::default(),
+    }
+}
+
+impl Sim {
+    fn new() -> Self {
+        Self::recovered(Recovered::default())
+    }
+
+    fn recovered(recovered: Recovered) -> Self {
+        let now = Now {
+            mono: Instant::now(),
+            wall_ms: 1_000_000,
+        };
+        Sim {
+            engine: Engine::new(config(), recovered, now),
+            now,
+            next_session: 1,
+            next_reply: 1,
+            sessions: HashMap::new(),
+            seqs: HashMap::new(),
+            log: Vec::new(),
+        }
+    }
+
+    fn step(&mut self, input: Input) -> &Effects {
+        let mut out = Effects::default();
+        self.engine.handle(input, self.now, &mut out);
+        self.engine.tick(self.now, &mut out);
+        self.log.push(out);
+        self.log.last().unwrap()
+    }
+
+    fn advance(&mut self, d: Duration) -> &Effects {
+        self.now.mono += d;
+        self.now.wall_ms += d.as_millis() as u64;
+        let mut out = Effects::default();
+        self.engine.tick(self.now, &mut out);
+        self.log.push(out);
+        self.log.last().unwrap()
+    }
+
+    fn connect_claiming(&mut self, node: &str, roles: Vec<ClaimedRole>) -> SessionId {
+        let session = self.next_session;
+        self.next_session += 1;
+        self.sessions.insert(node.into(), session);
+        self.step(Input::SessionOpened {
+            session,
+            hello: Hello {
+                node: node.into(),
+                agent_version: "test".into(),
+                address: "127.0.0.1:1".into(),
+                roles,
+            },
+        });
+        self.heartbeat(node);
+        session
+    }
+
+    fn connect(&mut self, node: &str) -> SessionId {
+        self.connect_claiming(node, vec![])
+    }
+
+    fn heartbeat(&mut self, node: &str) -> &Effects {
+        let seq = self.seqs.entry(node.into()).or_default();
+        *seq += 1;
+        let input = Input::Heartbeat {
+            session: self.sessions[node],
+            seq: *seq,
+            received: self.now.mono,
+            checks: vec![],
+        };
+        self.step(input)
+    }
+
+    fn disconnect(&mut self, node: &str) {
+        let session = self.sessions.remove(node).unwrap();
+        self.step(Input::SessionClosed { session });
+    }
+
+    fn admin(&mut self, command: AdminCommand) -> (ReplyId, Option<AdminResult>) {
+        let reply = self.next_reply;
+        self.next_reply += 1;
+        let out = self.step(Input::Admin {
+            reply,
+            actor: "test".into(),
+            command,
+        });
+        let result = out
+            .replies
+            .iter()
+            .find(|(r, _)| *r == reply)
+            .map(|(_, r)| r.clone());
+        (reply, result)
+    }
+
+    fn create(&mut self, name: &str, members: &[&str]) -> AdminResult {
+        self.admin(AdminCommand::CreateGroup {
+            name: name.into(),
+            members: members.iter().map(|m| m.to_string()).collect(),
+            policy: PolicyPatch::default(),
+        })
+        .1
+        .expect("create answers at once")
+    }
+
+    fn view(&mut self, name: &str) -> GroupView {
+        self.engine.group_view(name, self.now)
+    }
+
+    fn primary(&mut self, name: &str) -> (Option<String>, u64) {
+        let v = self.view(name);
+        (v.primary, v.epoch)
+    }
+
+    /// Every assignment sent to `node`'s sessions, in order.
+    fn assignments_to(&self, node: &str) -> Vec<Assignment> {
+        let session = self.sessions.get(node).copied();
+        self.log
+            .iter()
+            .flat_map(|e| e.sends.iter())
+            .filter(|(s, _)| Some(*s) == session)
+            .filter_map(|(_, m)| match m {
+                ToAgent::Assignment(a) => Some(a.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn hook_done(&mut self, node: &str, group: &str, epoch: u64, role: Role) -> &Effects {
+        let session = self.sessions[node];
+        self.step(Input::HookResult {
+            session,
+            report: HookReport {
+                group: group.into(),
+                epoch,
+                role,
+                outcome: HookOutcome::Succeeded,
+                exit_code: Some(0),
+                detail: String::new(),
+            },
+        })
+    }
+
+    /// Keeps every connected node heartbeating for `d`, in steps of 500 ms.
+    fn run_for(&mut self, d: Duration, nodes: &[&str]) {
+        let step = Duration::from_millis(500);
+        let mut left = d;
+        while left > Duration::ZERO {
+            let s = step.min(left);
+            self.advance(s);
+            left -= s;
+            for n in nodes {
+                self.heartbeat(n);
+            }
+        }
+    }
+}
+
+fn three_members() -> Sim {
+    let mut sim = Sim::new();
+    for n in ["rec-1", "rec-2", "rec-3"] {
+        sim.connect(n);
+    }
+    sim.create("recorders", &["rec-1", "rec-2", "rec-3"])
+        .unwrap();
+    sim
+}
+
+#[test]
+fn first_connected_member_in_order_becomes_primary_with_epoch_1() {
+    let mut sim = Sim::new();
+    sim.connect("rec-3");
+    sim.connect("rec-2");
+    sim.create("recorders", &["rec-1", "rec-2", "rec-3"])
+        .unwrap();
+    assert_eq!(sim.primary("recorders"), (Some("rec-2".into()), 1));
+    let to_primary = sim.assignments_to("rec-2");
+    assert_eq!(to_primary.last().unwrap().role, Role::Primary);
+    let to_other = sim.assignments_to("rec-3");
+    assert_eq!(to_other.last().unwrap().role, Role::Secondary);
+    assert_eq!(to_other.last().unwrap().primary.as_deref(), Some("rec-2"));
+}
+
+#[test]
+fn promotion_is_written_in_the_same_step_as_its_assignment() {
+    let mut sim = Sim::new();
+    sim.connect("rec-1");
+    sim.create("recorders", &["rec-1"]).unwrap();
+    let step = sim.log.last().unwrap();
+    let written = step.writes.iter().any(
+        |w| matches!(w, Write::PutGroup(r) if r.epoch == 1 && r.primary.as_deref() == Some("rec-1")),
+    );
+    assert!(written, "the new epoch must be among this step's writes");
+    let grant = step.sends.iter().any(|(_, m)| matches!(m, ToAgent::Ack { grants, .. } if grants.len() == 1 && grants[0].epoch == 1));
+    assert!(grant, "the new primary gets a lease grant at once");
+}
+
+#[test]
+fn silent_primary_is_replaced_only_after_its_lease_with_drift_margin() {
+    let mut sim = three_members();
+    assert_eq!(sim.primary("recorders"), (Some("rec-1".into()), 1));
+    // rec-1 goes silent (kill -9): its last grant was at t0.
+    sim.disconnect("rec-1");
+    sim.run_for(TTL, &["rec-2", "rec-3"]);
+    assert_eq!(
+        sim.primary("recorders").0.as_deref(),
+        Some("rec-1"),
+        "promoted at ttl, inside the drift margin"
+    );
+    assert_eq!(sim.view("recorders").phase, Phase::FailingOver);
+    sim.advance(WAIT - TTL);
+    assert_eq!(sim.primary("recorders"), (Some("rec-2".into()), 2));
+    let kinds: Vec<_> = sim
+        .log
+        .last()
+        .unwrap()
+        .writes
+        .iter()
+        .filter_map(|w| match w {
+            Write::Event(e) => Some(e.kind),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(kinds, [EventKind::PrimaryLapsed, EventKind::Promoted]);
+}
+
+#[test]
+fn a_connected_primary_that_stops_heartbeating_is_replaced() {
+    // A partition that leaves the TCP session open, or a frozen agent.
+    let mut sim = three_members();
+    sim.run_for(WAIT + Duration::from_millis(10), &["rec-2", "rec-3"]);
+    assert_eq!(sim.primary("recorders"), (Some("rec-2".into()), 2));
+    let last = sim.assignments_to("rec-1").last().cloned().unwrap();
+    assert_eq!((last.role, last.epoch), (Role::Secondary, 2));
+}
+
+#[test]
+fn heartbeats_keep_the_primary_and_earn_grants() {
+    let mut sim = three_members();
+    sim.run_for(Duration::from_secs(20), &["rec-1", "rec-2", "rec-3"]);
+    assert_eq!(sim.primary("recorders"), (Some("rec-1".into()), 1));
+    let out = sim.heartbeat("rec-1");
+    let grants: Vec<_> = out
+        .sends
+        .iter()
+        .filter_map(|(_, m)| match m {
+            ToAgent::Ack { grants, .. } => Some(grants.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(grants[0][0].epoch, 1);
+    assert!(out.writes.is_empty(), "a heartbeat never touches the store");
+    let out = sim.heartbeat("rec-2");
+    assert!(
+        matches!(&out.sends[0].1, ToAgent::Ack { grants, .. } if grants.is_empty()),
+        "secondaries get no lease"
+    );
+}
+
+#[test]
+fn old_primary_comes_back_as_secondary() {
+    let mut sim = three_members();
+    sim.disconnect("rec-1");
+    sim.run_for(WAIT + Duration::from_millis(500), &["rec-2", "rec-3"]);
+    sim.connect_claiming(
+        "rec-1",
+        vec![ClaimedRole {
+            group: "recorders".into(),
+            role: Role::Primary,
+            epoch: 1,
+        }],
+    );
+    assert_eq!(sim.primary("recorders"), (Some("rec-2".into()), 2));
+    let last = sim.assignments_to("rec-1").last().cloned().unwrap();
+    assert_eq!((last.role, last.epoch), (Role::Secondary, 2));
+}
+
+#[test]
+fn no_candidate_means_no_primary_then_first_to_qualify_is_promoted() {
+    let mut sim = Sim::new();
+    sim.connect("rec-1");
+    sim.create("recorders", &["rec-1", "rec-2"]).unwrap();
+    sim.disconnect("rec-1");
+    sim.advance(WAIT);
+    assert_eq!(sim.primary("recorders"), (None, 2));
+    assert_eq!(sim.view("recorders").phase, Phase::NoPrimary);
+    sim.connect("rec-2");
+    assert_eq!(sim.primary("recorders"), (Some("rec-2".into()), 3));
+}
+
+#[test]
+fn restarted_coordinator_waits_out_a_full_lease_before_replacing_the_primary() {
+    let record = GroupRecord {
+        name: "recorders".into(),
+        members: vec!["rec-1".into(), "rec-2".into()],
+        policy: Policy::default(),
+        primary: Some("rec-1".into()),
+        epoch: 7,
+        created_unix_ms: 0,
+    };
+    let mut sim = Sim::recovered(Recovered {
+        groups: vec![record],
+        ..Default::default()
+    });
+    sim.connect("rec-2");
+    sim.run_for(WAIT - Duration::from_millis(10), &["rec-2"]);
+    assert_eq!(sim.primary("recorders"), (Some("rec-1".into()), 7));
+    sim.run_for(Duration::from_millis(20), &["rec-2"]);
+    assert_eq!(sim.primary("recorders"), (Some("rec-2".into()), 8));
+}
+
+#[test]
+fn restarted_coordinator_keeps_a_primary_that_comes_back() {
+    let record = GroupRecord {
+        name: "recorders".into(),
+        members: vec!["rec-1".into(), "rec-2".into()],
+        policy: Policy::default(),
+        primary: Some("rec-1".into()),
+        epoch: 7,
+        created_unix_ms: 0,
+    };
+    let mut sim = Sim::recovered(Recovered {
+        groups: vec![record],
+        ..Default::default()
+    });
+    sim.connect("rec-2");
+    sim.connect_claiming(
+        "rec-1",
+        vec![ClaimedRole {
+            group: "recorders".into(),
+            role: Role::Primary,
+            epoch: 7,
+        }],
+    );
+    sim.run_for(Duration::from_secs(10), &["rec-1", "rec-2"]);
+    assert_eq!(sim.primary("recorders"), (Some("rec-1".into()), 7));
+    assert_eq!(sim.view("recorders").phase, Phase::Active);
+}
+
+#[test]
+fn switchover_steps_down_first_and_promotes_on_confirmation() {
+    let mut sim = three_members();
+    let (reply, answer) = sim.admin(AdminCommand::Promote {
+        group: "recorders".into(),
+        to: "rec-3".into(),
+    });
+    assert!(
+        answer.is_none(),
+        "answered only once the promotion is durable"
+    );
+    assert_eq!(sim.primary("recorders"), (None, 2));
+    let told = sim.assignments_to("rec-1").last().cloned().unwrap();
+    assert_eq!((told.role, told.epoch), (Role::Secondary, 2));
+    assert!(
+        !sim.assignments_to("rec-3")
+            .iter()
+            .any(|a| a.role == Role::Primary),
+        "no promotion before the old primary stepped down"
+    );
+    // The old primary's heartbeats no longer extend its lease.
+    let out = sim.heartbeat("rec-1");
+    assert!(matches!(&out.sends[0].1, ToAgent::Ack { grants, .. } if grants.is_empty()));
+
+    let out = sim.hook_done("rec-1", "recorders", 2, Role::Secondary);
+    let replied = out
+        .replies
+        .iter()
+        .any(|(r, res)| *r == reply && res.is_ok());
+    assert!(replied);
+    assert_eq!(sim.primary("recorders"), (Some("rec-3".into()), 3));
+}
+
+#[test]
+fn switchover_without_confirmation_waits_for_the_lease() {
+    let mut sim = three_members();
+    sim.admin(AdminCommand::Promote {
+        group: "recorders".into(),
+        to: "rec-2".into(),
+    });
+    sim.run_for(
+        WAIT - Duration::from_millis(10),
+        &["rec-1", "rec-2", "rec-3"],
+    );
+    assert_eq!(sim.primary("recorders"), (None, 2));
+    sim.run_for(Duration::from_millis(20), &["rec-1", "rec-2", "rec-3"]);
+    assert_eq!(sim.primary("recorders"), (Some("rec-2".into()), 3));
+}
+
+#[test]
+fn a_stale_or_wrong_confirmation_does_not_end_the_wait() {
+    let mut sim = three_members();
+    sim.admin(AdminCommand::Promote {
+        group: "recorders".into(),
+        to: "rec-2".into(),
+    });
+    sim.hook_done("rec-1", "recorders", 1, Role::Secondary);
+    sim.hook_done("rec-3", "recorders", 2, Role::Secondary);
+    assert_eq!(sim.primary("recorders"), (None, 2));
+}
+
+#[test]
+fn refused_commands_change_nothing() {
+    let mut sim = three_members();
+    let before = sim.view("recorders");
+    let writes_before: usize = sim.log.iter().map(|e| e.writes.len()).sum();
+    let bad = [
+        AdminCommand::CreateGroup {
+            name: "recorders".into(),
+            members: vec!["rec-1".into()],
+            policy: PolicyPatch::default(),
+        },
+        AdminCommand::CreateGroup {
+            name: "x".into(),
+            members: vec![],
+            policy: PolicyPatch::default(),
+        },
+        AdminCommand::CreateGroup {
+            name: "x".into(),
+            members: vec!["a".into(), "a".into()],
+            policy: PolicyPatch::default(),
+        },
+        AdminCommand::CreateGroup {
+            name: "Bad_Name".into(),
+            members: vec!["a".into()],
+            policy: PolicyPatch::default(),
+        },
+        AdminCommand::CreateGroup {
+            name: "x".into(),
+            members: vec!["a".into()],
+            policy: PolicyPatch {
+                failover_timeout: Some(Duration::ZERO),
+                ..Default::default()
+            },
+        },
+        AdminCommand::GetGroup {
+            name: "nope".into(),
+        },
+        AdminCommand::DeleteGroup {
+            name: "nope".into(),
+        },
+        AdminCommand::AddMember {
+            group: "recorders".into(),
+            node: "rec-2".into(),
+            position: None,
+        },
+        AdminCommand::AddMember {
+            group: "recorders".into(),
+            node: "rec-9".into(),
+            position: Some(9),
+        },
+        AdminCommand::RemoveMember {
+            group: "recorders".into(),
+            node: "rec-9".into(),
+        },
+        AdminCommand::RemoveMember {
+            group: "recorders".into(),
+            node: "rec-1".into(),
+        },
+        AdminCommand::MoveMember {
+            group: "recorders".into(),
+            node: "rec-2".into(),
+            position: 3,
+        },
+        AdminCommand::Promote {
+            group: "recorders".into(),
+            to: "rec-9".into(),
+        },
+    ];
+    for command in bad {
+        let (_, result) = sim.admin(command.clone());
+        assert!(
+            matches!(result, Some(Err(_))),
+            "{command:?} was not refused: {result:?}"
+        );
+    }
+    sim.disconnect("rec-3");
+    let (_, result) = sim.admin(AdminCommand::Promote {
+        group: "recorders".into(),
+        to: "rec-3".into(),
+    });
+    assert!(matches!(
+        result,
+        Some(Err(AdminError::FailedPrecondition(_)))
+    ));
+    let writes_after: usize = sim.log.iter().map(|e| e.writes.len()).sum();
+    assert_eq!(
+        writes_before, writes_after,
+        "a refused command wrote something"
+    );
+    let mut after = sim.view("recorders");
+    after.members[2].connected = true;
+    after.members[2].healthy = true;
+    assert_eq!(before, after);
+}
+
+#[test]
+fn a_recreated_group_starts_above_the_deleted_one() {
+    let mut sim = three_members();
+    sim.admin(AdminCommand::DeleteGroup {
+        name: "recorders".into(),
+    });
+    let released = sim
+        .log
+        .last()
+        .unwrap()
+        .sends
+        .iter()
+        .any(|(_, m)| matches!(m, ToAgent::Release { epoch, .. } if *epoch == 2));
+    assert!(released);
+    sim.create("recorders", &["rec-1", "rec-2"]).unwrap();
+    assert_eq!(sim.primary("recorders"), (Some("rec-1".into()), 3));
+}
+
+#[test]
+fn claim_above_the_stored_epoch_raises_it() {
+    let mut sim = Sim::new();
+    sim.create("recorders", &["rec-1"]).unwrap();
+    sim.connect_claiming(
+        "rec-1",
+        vec![ClaimedRole {
+            group: "recorders".into(),
+            role: Role::Primary,
+            epoch: 41,
+        }],
+    );
+    let (primary, epoch) = sim.primary("recorders");
+    assert_eq!(primary.as_deref(), Some("rec-1"));
+    assert!(epoch > 41, "epoch {epoch} must exceed the claim");
+}
+
+#[test]
+fn stale_session_heartbeats_are_ignored() {
+    let mut sim = three_members();
+    let old = sim.sessions["rec-2"];
+    sim.connect("rec-2");
+    let out = sim.step(Input::Heartbeat {
+        session: old,
+        seq: 99,
+        received: sim.now.mono,
+        checks: vec![],
+    });
+    assert!(out.sends.is_empty());
+}
+
+#[test]
+fn moving_members_does_not_move_the_role() {
+    let mut sim = three_members();
+    let (_, result) = sim.admin(AdminCommand::MoveMember {
+        group: "recorders".into(),
+        node: "rec-3".into(),
+        position: 0,
+    });
+    let view = match result {
+        Some(Ok(AdminReply::Group(v))) => v,
+        other => panic!("{other:?}"),
+    };
+    let order: Vec<_> = view.members.iter().map(|m| m.node.as_str()).collect();
+    assert_eq!(order, ["rec-3", "rec-1", "rec-2"]);
+    assert_eq!(view.primary.as_deref(), Some("rec-1"));
+}
+
+#[test]
+fn heartbeat_interval_is_the_smallest_among_the_nodes_groups() {
+    let mut sim = Sim::new();
+    sim.connect("rec-1");
+    sim.create("a", &["rec-1"]).unwrap();
+    sim.admin(AdminCommand::CreateGroup {
+        name: "b".into(),
+        members: vec!["rec-1".into()],
+        policy: PolicyPatch {
+            heartbeat_interval: Some(Duration::from_millis(100)),
+            failover_timeout: Some(Duration::from_millis(300)),
+            ..Default::default()
+        },
+    });
+    let mut settings = sim
+        .log
+        .iter()
+        .flat_map(|e| e.sends.iter())
+        .filter_map(|(_, m)| match m {
+            ToAgent::Settings { heartbeat_interval } => Some(*heartbeat_interval),
+            _ => None,
+        });
+    assert_eq!(settings.next_back(), Some(Duration::from_millis(100)));
+}

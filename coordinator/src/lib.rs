@@ -1,0 +1,148 @@
+//! The failover coordinator: keeps failover groups in an embedded store,
+//! holds one session per agent, decides promotions and serves the admin API.
+//!
+//! [`run`] wires the parts together: store → engine → runtime actor, then
+//! the gRPC listener (agent sessions, admin, health, reflection) and the
+//! HTTP listener. See ARCHITECTURE.md for the map.
+
+pub mod admin;
+pub mod config;
+pub mod convert;
+pub mod engine;
+pub mod error;
+pub mod http;
+pub mod model;
+pub mod policy;
+pub mod runtime;
+pub mod session;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use proto::v1::admin_service_server::AdminServiceServer;
+use proto::v1::agent_service_server::AgentServiceServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::engine::{Engine, EngineConfig};
+use crate::runtime::Runtime;
+use crate::store::Store;
+
+/// How long shutdown waits for open streams to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Runs the coordinator until `shutdown` is cancelled (or the store fails).
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let data_dir = config.data_dir.clone();
+    let retention = config.event_retention;
+    let store = tokio::task::spawn_blocking(move || Store::open(&data_dir, retention))
+        .await
+        .context("store open panicked")??;
+    let store = Arc::new(store);
+    let recovered = store.recover()?;
+    let groups = recovered.groups.len();
+    let engine = Engine::new(
+        EngineConfig {
+            coordinator_id: coordinator_id(),
+            clock_drift: config.clock_drift,
+            default_heartbeat_interval: config.defaults.heartbeat_interval,
+            default_policy: config.defaults.clone(),
+        },
+        recovered,
+        runtime::now(),
+    );
+
+    let grpc_listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (gRPC)", config.listen))?;
+    let http_listener = TcpListener::bind(config.http_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (HTTP)", config.http_listen))?;
+
+    let (runtime, handle) = Runtime::new(engine, store);
+    // The runtime stops last: open sessions still need it to close.
+    let runtime_stop = CancellationToken::new();
+    let runtime_task = tokio::spawn(runtime.run(runtime_stop.clone()));
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<AgentServiceServer<session::AgentSessions>>()
+        .await;
+    health
+        .set_serving::<AdminServiceServer<admin::AdminApi>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building the reflection service")?;
+
+    let sessions =
+        session::AgentSessions::new(handle.clone(), config.connect_timeout, shutdown.clone());
+    let grpc = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(AgentServiceServer::new(sessions))
+        .add_service(AdminServiceServer::new(admin::AdminApi::new(
+            handle,
+            shutdown.clone(),
+        )))
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(grpc_listener),
+            shutdown.clone().cancelled_owned(),
+        );
+    let readiness = http::Readiness::default();
+    let http = axum::serve(http_listener, http::router(readiness.clone()))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+
+    tracing::info!(
+        grpc = %config.listen,
+        http = %config.http_listen,
+        data_dir = %config.data_dir.display(),
+        groups,
+        "coordinator serving"
+    );
+    readiness.set(true);
+
+    let grpc_task = tokio::spawn(grpc);
+    let http_task = tokio::spawn(async move { http.await });
+    let mut runtime_task = runtime_task;
+    let failure = tokio::select! {
+        _ = shutdown.cancelled() => None,
+        result = &mut runtime_task => Some(result),
+    };
+    readiness.set(false);
+    health
+        .set_not_serving::<AgentServiceServer<session::AgentSessions>>()
+        .await;
+    shutdown.cancel();
+    if tokio::time::timeout(SHUTDOWN_GRACE, async {
+        let _ = grpc_task.await;
+        let _ = http_task.await;
+    })
+    .await
+    .is_err()
+    {
+        tracing::warn!("open streams did not finish within {SHUTDOWN_GRACE:?}; stopping anyway");
+    }
+    runtime_stop.cancel();
+    let result = match failure {
+        Some(result) => result,
+        None => runtime_task.await,
+    };
+    result.context("coordinator runtime panicked")??;
+    tracing::info!("coordinator stopped");
+    Ok(())
+}
+
+/// Names this coordinator process in Welcome messages and logs.
+fn coordinator_id() -> String {
+    let started = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    format!("coordinator-{}-{started}", std::process::id())
+}

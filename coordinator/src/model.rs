@@ -1,0 +1,145 @@
+//! The coordinator's domain types: roles, phases, the durable group and
+//! event records. Plain data; the wire types live in `proto`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::policy::Policy;
+
+/// A node's role in one group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Primary,
+    Secondary,
+    /// Agent-side only: a primary whose lease ran out.
+    Fenced,
+}
+
+/// What a group is doing, derived from its state (never stored).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// A primary holds the role and is connected.
+    Active,
+    /// The primary is silent, stepping down, or its lease is being waited out.
+    FailingOver,
+    /// Nobody holds the role and no member qualifies: an alarm.
+    NoPrimary,
+    Maintenance,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Active => "active",
+            Phase::FailingOver => "failing_over",
+            Phase::NoPrimary => "no_primary",
+            Phase::Maintenance => "maintenance",
+        }
+    }
+}
+
+/// A group as it is stored: everything that must survive a restart.
+///
+/// Phase, leases and sessions are not here on purpose: they describe the
+/// running coordinator, and a restarted one rebuilds them (waiting out any
+/// lease it may have granted before it stopped).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupRecord {
+    pub name: String,
+    /// Member node ids in priority order (index 0 = highest priority).
+    pub members: Vec<String>,
+    pub policy: Policy,
+    pub primary: Option<String>,
+    /// The fencing token: grows by one on every change of `primary`.
+    pub epoch: u64,
+    pub created_unix_ms: u64,
+}
+
+/// One entry of the append-only event log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub seq: u64,
+    pub unix_ms: u64,
+    pub group: String,
+    pub kind: EventKind,
+    pub epoch: u64,
+    pub old_primary: Option<String>,
+    pub new_primary: Option<String>,
+    pub reason: String,
+    /// `coordinator` for automatic decisions, otherwise the admin client.
+    pub actor: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    GroupCreated,
+    GroupDeleted,
+    MemberAdded,
+    MemberRemoved,
+    MemberMoved,
+    /// A member became primary (with a new epoch).
+    Promoted,
+    /// The primary's lease ran out without a heartbeat: it is replaced.
+    PrimaryLapsed,
+    /// A planned switchover told the primary to step down (new epoch).
+    SteppingDown,
+    /// The stepping-down primary confirmed that it stopped acting.
+    StepDownConfirmed,
+    /// Nobody qualifies to be primary.
+    NoPrimary,
+    /// An agent reported an epoch above the stored one; the epoch was raised.
+    EpochRaised,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::GroupCreated => "group_created",
+            EventKind::GroupDeleted => "group_deleted",
+            EventKind::MemberAdded => "member_added",
+            EventKind::MemberRemoved => "member_removed",
+            EventKind::MemberMoved => "member_moved",
+            EventKind::Promoted => "promoted",
+            EventKind::PrimaryLapsed => "primary_lapsed",
+            EventKind::SteppingDown => "stepping_down",
+            EventKind::StepDownConfirmed => "step_down_confirmed",
+            EventKind::NoPrimary => "no_primary",
+            EventKind::EpochRaised => "epoch_raised",
+        }
+    }
+}
+
+/// One health check's latest result, as reported by an agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckStatus {
+    pub name: String,
+    pub passing: bool,
+    /// Groups the check applies to; empty = all of the node's groups.
+    pub groups: Vec<String>,
+    pub detail: String,
+}
+
+impl CheckStatus {
+    pub fn applies_to(&self, group: &str) -> bool {
+        self.groups.is_empty() || self.groups.iter().any(|g| g == group)
+    }
+}
+
+/// How a hook run ended, as reported by an agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookOutcome {
+    Succeeded,
+    Failed,
+    TimedOut,
+    Superseded,
+    NotConfigured,
+}
+
+impl HookOutcome {
+    /// The role change took effect on the node (the application was told).
+    pub fn took_effect(self) -> bool {
+        matches!(self, HookOutcome::Succeeded | HookOutcome::NotConfigured)
+    }
+}

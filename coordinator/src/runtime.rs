@@ -1,0 +1,303 @@
+//! The coordinator's single actor: it owns the engine, the store and the
+//! outbound half of every agent session, and applies the engine's effects.
+//!
+//! **Architecture invariant (write before tell):** the actor takes every
+//! input that is waiting (up to [`MAX_BATCH`]), runs them through the
+//! engine, commits all of the batch's writes with one flush and fsync, and
+//! only then sends messages, closes sessions and answers admin calls. A new
+//! epoch is therefore durable before any agent hears of it, an admin change
+//! is durable before it is acknowledged, and 1,000 simultaneous promotions
+//! cost one flush, not 1,000.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use proto::v1::CoordinatorMessage;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+use crate::convert::to_proto;
+use crate::engine::{
+    AdminCommand, AdminError, AdminResult, Effects, Engine, Input, Now, ReplyId, SessionId, Write,
+};
+use crate::model::EventRecord;
+use crate::store::{Store, StoreError};
+
+/// Most inputs handled in one batch: bounds how long one batch delays the
+/// acknowledgements it carries.
+const MAX_BATCH: usize = 4096;
+/// Inputs waiting for the actor; sessions wait (and stop reading their
+/// streams) when it is full.
+const INPUT_CAPACITY: usize = 65_536;
+/// Events buffered for slow watchers before they are told they lagged.
+const EVENT_BROADCAST_CAPACITY: usize = 4096;
+
+/// The outbound half of one agent session.
+pub type Outbound = mpsc::Sender<Result<CoordinatorMessage, Status>>;
+
+enum Request {
+    Input(Input),
+    OpenSession {
+        input: Input,
+        outbound: Outbound,
+        cancel: CancellationToken,
+    },
+    Admin {
+        actor: String,
+        command: AdminCommand,
+        reply: oneshot::Sender<AdminResult>,
+    },
+}
+
+/// Cloneable handle through which sessions and admin calls reach the actor.
+#[derive(Clone)]
+pub struct Handle {
+    requests: mpsc::Sender<Request>,
+    next_session: Arc<AtomicU64>,
+    events: broadcast::Sender<EventRecord>,
+    store: Arc<Store>,
+}
+
+impl Handle {
+    pub fn new_session_id(&self) -> SessionId {
+        self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Registers a session's outbound stream and hands its Hello to the engine.
+    pub async fn open_session(&self, input: Input, outbound: Outbound, cancel: CancellationToken) {
+        let _ = self
+            .requests
+            .send(Request::OpenSession {
+                input,
+                outbound,
+                cancel,
+            })
+            .await;
+    }
+
+    pub async fn input(&self, input: Input) {
+        let _ = self.requests.send(Request::Input(input)).await;
+    }
+
+    pub async fn admin(&self, actor: String, command: AdminCommand) -> AdminResult {
+        let (reply, answer) = oneshot::channel();
+        let request = Request::Admin {
+            actor,
+            command,
+            reply,
+        };
+        let stopped = || AdminError::Aborted("the coordinator is shutting down".into());
+        self.requests.send(request).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// New events, as they are committed.
+    pub fn subscribe_events(&self) -> broadcast::Receiver<EventRecord> {
+        self.events.subscribe()
+    }
+
+    /// Retained events, read straight from the store.
+    pub async fn events(
+        &self,
+        group: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.events(group.as_deref(), limit))
+            .await
+            .expect("event read does not panic")
+    }
+}
+
+struct SessionOut {
+    outbound: Outbound,
+    cancel: CancellationToken,
+}
+
+pub struct Runtime {
+    engine: Engine,
+    store: Arc<Store>,
+    requests: mpsc::Receiver<Request>,
+    events: broadcast::Sender<EventRecord>,
+    sessions: HashMap<SessionId, SessionOut>,
+    replies: HashMap<ReplyId, oneshot::Sender<AdminResult>>,
+    next_reply: ReplyId,
+}
+
+impl Runtime {
+    pub fn new(engine: Engine, store: Arc<Store>) -> (Runtime, Handle) {
+        let (tx, rx) = mpsc::channel(INPUT_CAPACITY);
+        let (events, _) = broadcast::channel(EVENT_BROADCAST_CAPACITY);
+        let handle = Handle {
+            requests: tx,
+            next_session: Arc::new(AtomicU64::new(1)),
+            events: events.clone(),
+            store: store.clone(),
+        };
+        let runtime = Runtime {
+            engine,
+            store,
+            requests: rx,
+            events,
+            sessions: HashMap::new(),
+            replies: HashMap::new(),
+            next_reply: 1,
+        };
+        (runtime, handle)
+    }
+
+    /// Runs until `shutdown` is cancelled. An error means the store failed:
+    /// the in-memory state may be ahead of the disk, so the coordinator
+    /// must stop rather than tell anyone about it.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), StoreError> {
+        loop {
+            let deadline = self.engine.next_deadline();
+            let first = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                request = self.requests.recv() => match request {
+                    Some(r) => Some(r),
+                    None => break,
+                },
+                _ = sleep_until(deadline), if deadline.is_some() => None,
+            };
+            let now = now();
+            let mut out = Effects::default();
+            if let Some(request) = first {
+                self.accept(request, now, &mut out);
+                for _ in 1..MAX_BATCH {
+                    match self.requests.try_recv() {
+                        Ok(request) => self.accept(request, now, &mut out),
+                        Err(_) => break,
+                    }
+                }
+            }
+            self.engine.tick(now, &mut out);
+            self.apply(out).await?;
+        }
+        for (_, s) in self.sessions.drain() {
+            s.cancel.cancel();
+        }
+        Ok(())
+    }
+
+    fn accept(&mut self, request: Request, now: Now, out: &mut Effects) {
+        match request {
+            Request::Input(input) => {
+                if let Input::SessionClosed { session } = &input {
+                    self.sessions.remove(session);
+                }
+                self.engine.handle(input, now, out);
+            }
+            Request::OpenSession {
+                input,
+                outbound,
+                cancel,
+            } => {
+                if let Input::SessionOpened { session, .. } = &input {
+                    self.sessions
+                        .insert(*session, SessionOut { outbound, cancel });
+                }
+                self.engine.handle(input, now, out);
+            }
+            Request::Admin {
+                actor,
+                command,
+                reply,
+            } => {
+                let id = self.next_reply;
+                self.next_reply += 1;
+                self.replies.insert(id, reply);
+                self.engine.handle(
+                    Input::Admin {
+                        reply: id,
+                        actor,
+                        command,
+                    },
+                    now,
+                    out,
+                );
+            }
+        }
+    }
+
+    async fn apply(&mut self, out: Effects) -> Result<(), StoreError> {
+        let Effects {
+            writes,
+            sends,
+            closes,
+            replies,
+        } = out;
+        let writes = if writes.is_empty() {
+            writes
+        } else {
+            let store = self.store.clone();
+            let (writes, result) = tokio::task::spawn_blocking(move || {
+                let result = store.commit(&writes);
+                (writes, result)
+            })
+            .await
+            .expect("commit does not panic");
+            if let Err(e) = result {
+                tracing::error!(error = %e, "store commit failed: stopping so that nothing uncommitted is ever announced");
+                for (id, _) in replies {
+                    if let Some(tx) = self.replies.remove(&id) {
+                        let _ = tx.send(Err(AdminError::Aborted(format!("store failure: {e}"))));
+                    }
+                }
+                return Err(e);
+            }
+            writes
+        };
+        for write in writes {
+            if let Write::Event(event) = write {
+                let _ = self.events.send(event);
+            }
+        }
+        for (session, message) in sends {
+            let Some(s) = self.sessions.get(&session) else {
+                continue;
+            };
+            if let Err(e) = s.outbound.try_send(Ok(to_proto(message))) {
+                // A full buffer means the agent stopped reading: close the
+                // session rather than drop messages silently; it reconnects.
+                tracing::warn!(session, error = %e, "agent is not reading its session; closing it");
+                if let Some(s) = self.sessions.remove(&session) {
+                    s.cancel.cancel();
+                }
+            }
+        }
+        for session in closes {
+            if let Some(s) = self.sessions.remove(&session) {
+                s.cancel.cancel();
+            }
+        }
+        for (id, result) in replies {
+            if let Some(tx) = self.replies.remove(&id) {
+                let _ = tx.send(result);
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The current time in both forms the engine uses.
+pub fn now() -> Now {
+    Now {
+        mono: Instant::now(),
+        wall_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+    }
+}

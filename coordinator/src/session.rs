@@ -1,0 +1,195 @@
+//! The agent-facing gRPC service: one task per `Session` stream that reads
+//! the agent's Hello, then relays heartbeats, hook results and goodbye to
+//! the runtime until the stream ends.
+//!
+//! This file owns the protocol rules of a session (Hello first, within
+//! `connect_timeout`; one Hello per session); the engine owns what the
+//! messages mean.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use proto::names;
+use proto::v1 as pb;
+use proto::v1::agent_message::Kind;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::convert::{checks_from_proto, outcome_from_proto, role_from_proto};
+use crate::engine::{ClaimedRole, Hello, HookReport, Input};
+use crate::runtime::Handle;
+
+/// Messages buffered per agent before the runtime gives up on it.
+const OUTBOUND_CAPACITY: usize = 1024;
+
+pub struct AgentSessions {
+    handle: Handle,
+    /// How long a new stream may take to send its Hello.
+    connect_timeout: Duration,
+    /// Cancelled at shutdown; each session's token is a child of it.
+    shutdown: CancellationToken,
+}
+
+impl AgentSessions {
+    pub fn new(handle: Handle, connect_timeout: Duration, shutdown: CancellationToken) -> Self {
+        AgentSessions {
+            handle,
+            connect_timeout,
+            shutdown,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::agent_service_server::AgentService for AgentSessions {
+    type SessionStream = ReceiverStream<Result<pb::CoordinatorMessage, Status>>;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<pb::AgentMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let address = request
+            .remote_addr()
+            .map_or_else(String::new, |a: SocketAddr| a.to_string());
+        let inbound = request.into_inner();
+        let (outbound, rx) = mpsc::channel(OUTBOUND_CAPACITY);
+        // Answer with the response stream at once: the agent's call returns
+        // on our response headers, and only then does it send its Hello.
+        tokio::spawn(run_session(
+            self.handle.clone(),
+            inbound,
+            outbound,
+            address,
+            self.connect_timeout,
+            self.shutdown.child_token(),
+        ));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+async fn run_session(
+    handle: Handle,
+    mut inbound: Streaming<pb::AgentMessage>,
+    outbound: crate::runtime::Outbound,
+    address: String,
+    connect_timeout: Duration,
+    cancel: CancellationToken,
+) {
+    let hello = match read_hello(&mut inbound, connect_timeout).await {
+        Ok(hello) => hello,
+        Err(status) => {
+            tracing::warn!(%address, error = %status.message(), "agent session refused");
+            let _ = outbound.send(Err(status)).await;
+            return;
+        }
+    };
+    let session = handle.new_session_id();
+    let node = hello.node_id.clone();
+    let claims = hello
+        .roles
+        .into_iter()
+        .filter(|r| names::validate_group_name(&r.group).is_ok())
+        .filter_map(|r| {
+            Some(ClaimedRole {
+                role: role_from_proto(r.role)?,
+                group: r.group,
+                epoch: r.epoch,
+            })
+        })
+        .collect();
+    let input = Input::SessionOpened {
+        session,
+        hello: Hello {
+            node: node.clone(),
+            agent_version: hello.agent_version,
+            address,
+            roles: claims,
+        },
+    };
+    // From here on only the runtime holds the outbound sender, so the
+    // response stream ends when the runtime drops the session.
+    handle.open_session(input, outbound, cancel.clone()).await;
+
+    loop {
+        let message = tokio::select! {
+            _ = cancel.cancelled() => break,
+            message = inbound.message() => message,
+        };
+        let kind = match message {
+            Ok(Some(pb::AgentMessage { kind: Some(kind) })) => kind,
+            Ok(Some(pb::AgentMessage { kind: None })) => continue,
+            Ok(None) => break,
+            Err(status) => {
+                tracing::debug!(%node, session, error = %status, "agent stream broke");
+                break;
+            }
+        };
+        let input = match kind {
+            Kind::Heartbeat(hb) => Input::Heartbeat {
+                session,
+                seq: hb.seq,
+                received: Instant::now(),
+                checks: checks_from_proto(hb.checks),
+            },
+            Kind::HookResult(r) => {
+                let Some(role) = role_from_proto(r.role) else {
+                    continue;
+                };
+                Input::HookResult {
+                    session,
+                    report: HookReport {
+                        group: r.group,
+                        epoch: r.epoch,
+                        role,
+                        outcome: outcome_from_proto(r.outcome),
+                        exit_code: r.exit_code,
+                        detail: r.detail,
+                    },
+                }
+            }
+            Kind::Goodbye(g) => Input::Goodbye {
+                session,
+                reason: g.reason,
+            },
+            Kind::Hello(_) => {
+                tracing::warn!(%node, session, "second Hello on one session; closing it");
+                break;
+            }
+        };
+        handle.input(input).await;
+    }
+    handle.input(Input::SessionClosed { session }).await;
+}
+
+/// Waits for the first message, which must be a valid Hello.
+async fn read_hello(
+    inbound: &mut Streaming<pb::AgentMessage>,
+    connect_timeout: Duration,
+) -> Result<pb::Hello, Status> {
+    let first = tokio::time::timeout(connect_timeout, inbound.message())
+        .await
+        .map_err(|_| {
+            Status::deadline_exceeded(format!(
+                "no Hello within the connect timeout of {}",
+                humantime::format_duration(connect_timeout)
+            ))
+        })??;
+    match first {
+        Some(pb::AgentMessage {
+            kind: Some(Kind::Hello(hello)),
+        }) => {
+            names::validate_node_id(&hello.node_id)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            Ok(hello)
+        }
+        Some(_) => Err(Status::failed_precondition(
+            "the first message of a session must be a Hello",
+        )),
+        None => Err(Status::cancelled(
+            "the agent closed the stream before its Hello",
+        )),
+    }
+}

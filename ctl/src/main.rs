@@ -1,0 +1,242 @@
+//! `failoverctl`: the operator's tool. Parses the command line, calls the
+//! coordinator's admin API, prints the answer. Exit status 0 on success,
+//! 1 with a one-line reason on stderr when the coordinator refuses or
+//! cannot be reached, 2 for a malformed command line.
+
+mod cli;
+mod output;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use cli::{Cli, Command, GroupCommand, MemberCommand, NodeCommand, Output};
+use futures::StreamExt;
+use proto::v1 as pb;
+use proto::v1::admin_service_client::AdminServiceClient;
+use tonic::transport::{Channel, Endpoint};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => return usage_error(&e),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime starts");
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A malformed command line: clap's reason on one line, exit status 2.
+fn usage_error(e: &clap::Error) -> ExitCode {
+    let rendered = e.render().to_string();
+    // clap's reason is the paragraph before its usage block.
+    let reason = rendered
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join(" ");
+    if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        eprint!("{rendered}");
+    } else {
+        eprintln!("{reason} (see failoverctl --help)");
+    }
+    ExitCode::from(2)
+}
+
+/// The error and its causes on one line; a coordinator's refusal is shown
+/// as its message alone.
+fn one_line(e: &anyhow::Error) -> String {
+    if let Some(status) = e.downcast_ref::<tonic::Status>() {
+        return status_line(status);
+    }
+    format!("{e:#}").replace('\n', " ")
+}
+
+fn status_line(status: &tonic::Status) -> String {
+    let message = status.message().replace('\n', " ");
+    match status.code() {
+        tonic::Code::Unavailable => format!("coordinator unavailable: {message}"),
+        tonic::Code::Unknown | tonic::Code::Internal => format!("coordinator failed: {message}"),
+        _ => message,
+    }
+}
+
+async fn connect(url: &str) -> anyhow::Result<AdminServiceClient<Channel>> {
+    let endpoint = Endpoint::from_shared(url.to_owned())
+        .with_context(|| format!("{url:?} is not a valid coordinator URL"))?
+        .connect_timeout(CONNECT_TIMEOUT);
+    let channel = endpoint
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the coordinator at {url}"))?;
+    Ok(AdminServiceClient::new(channel))
+}
+
+fn print(output: Output, json: serde_json::Value, table: String) {
+    match output {
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&json).expect("JSON prints")
+        ),
+        Output::Table => println!("{}", table.trim_end()),
+    }
+}
+
+fn print_group(output: Output, g: &pb::GroupStatus) {
+    print(output, output::group_json(g), output::group_table(g));
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut client = connect(&cli.coordinator).await?;
+    let out = cli.output;
+    match cli.command {
+        Command::Group(GroupCommand::Add(args)) => {
+            let p = args.policy;
+            let request = pb::CreateGroupRequest {
+                name: args.name,
+                members: args.members,
+                policy: Some(pb::Policy {
+                    heartbeat_interval_ms: p.heartbeat_interval.map(|d| d.as_millis() as u64),
+                    failover_timeout_ms: p.failover_timeout.map(|d| d.as_millis() as u64),
+                    standby_mode: p.standby_mode.map(|m| {
+                        (match m {
+                            cli::StandbyMode::Hot => pb::StandbyMode::Hot,
+                            cli::StandbyMode::Warm => pb::StandbyMode::Warm,
+                            cli::StandbyMode::Cold => pb::StandbyMode::Cold,
+                        }) as i32
+                    }),
+                    fencing: p.fencing.map(|f| {
+                        (match f {
+                            cli::Fencing::Strict => pb::Fencing::Strict,
+                            cli::Fencing::None => pb::Fencing::None,
+                        }) as i32
+                    }),
+                }),
+            };
+            let g = client.create_group(request).await?.into_inner();
+            print_group(out, &g);
+        }
+        Command::Group(GroupCommand::List) => {
+            let groups = client
+                .list_groups(pb::ListGroupsRequest {})
+                .await?
+                .into_inner()
+                .groups;
+            print(
+                out,
+                output::groups_json(&groups),
+                output::groups_table(&groups),
+            );
+        }
+        Command::Group(GroupCommand::Show { name }) => {
+            let g = client
+                .get_group(pb::GetGroupRequest { name })
+                .await?
+                .into_inner();
+            print_group(out, &g);
+        }
+        Command::Group(GroupCommand::Delete { name }) => {
+            client
+                .delete_group(pb::DeleteGroupRequest { name: name.clone() })
+                .await?;
+            print(
+                out,
+                serde_json::json!({ "deleted": name }),
+                format!("group {name} deleted"),
+            );
+        }
+        Command::Group(GroupCommand::Promote { name, to }) => {
+            let g = client
+                .promote(pb::PromoteRequest { group: name, to })
+                .await?
+                .into_inner();
+            print_group(out, &g);
+        }
+        Command::Group(GroupCommand::Member(member)) => {
+            let g = match member {
+                MemberCommand::Add {
+                    name,
+                    node,
+                    position,
+                } => {
+                    let request = pb::AddMemberRequest {
+                        group: name,
+                        node,
+                        position,
+                    };
+                    client.add_member(request).await?
+                }
+                MemberCommand::Remove { name, node } => {
+                    let request = pb::RemoveMemberRequest { group: name, node };
+                    client.remove_member(request).await?
+                }
+                MemberCommand::Move {
+                    name,
+                    node,
+                    position,
+                } => {
+                    let request = pb::MoveMemberRequest {
+                        group: name,
+                        node,
+                        position,
+                    };
+                    client.move_member(request).await?
+                }
+            }
+            .into_inner();
+            print_group(out, &g);
+        }
+        Command::Node(NodeCommand::List) => {
+            let nodes = client
+                .list_nodes(pb::ListNodesRequest {})
+                .await?
+                .into_inner()
+                .nodes;
+            print(out, output::nodes_json(&nodes), output::nodes_table(&nodes));
+        }
+        Command::Events(args) => {
+            let request = pb::ListEventsRequest {
+                group: args.group.unwrap_or_default(),
+                limit: args.limit,
+            };
+            if args.follow {
+                let mut stream = client.watch_events(request).await?.into_inner();
+                while let Some(event) = stream.next().await {
+                    let event = event?;
+                    match out {
+                        Output::Json => println!("{}", output::event_json(&event)),
+                        Output::Table => println!("{}", output::event_line(&event)),
+                    }
+                }
+            } else {
+                let events = client.list_events(request).await?.into_inner().events;
+                let json =
+                    serde_json::Value::Array(events.iter().map(output::event_json).collect());
+                let lines = events
+                    .iter()
+                    .map(output::event_line)
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                print(out, json, lines);
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,269 @@
+//! How `failoverctl` prints what the coordinator answered: aligned tables
+//! for people, JSON for scripts (the documented `group show -o json`
+//! contract: name, epoch, primary, members with node/role/connected/healthy).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use comfy_table::presets::NOTHING;
+use comfy_table::{Cell, Table};
+use proto::v1 as pb;
+use serde_json::{Value, json};
+
+pub fn role_name(role: i32) -> &'static str {
+    match pb::Role::try_from(role).unwrap_or(pb::Role::Unspecified) {
+        pb::Role::Primary => "primary",
+        pb::Role::Secondary => "secondary",
+        pb::Role::Fenced => "fenced",
+        pb::Role::Unspecified => "unknown",
+    }
+}
+
+fn phase_name(phase: i32) -> &'static str {
+    match pb::Phase::try_from(phase).unwrap_or(pb::Phase::Unspecified) {
+        pb::Phase::Active => "active",
+        pb::Phase::FailingOver => "failing_over",
+        pb::Phase::NoPrimary => "no_primary",
+        pb::Phase::Maintenance => "maintenance",
+        pb::Phase::Unspecified => "unknown",
+    }
+}
+
+fn standby_name(mode: Option<i32>) -> &'static str {
+    match mode.map(pb::StandbyMode::try_from) {
+        Some(Ok(pb::StandbyMode::Warm)) => "warm",
+        Some(Ok(pb::StandbyMode::Cold)) => "cold",
+        _ => "hot",
+    }
+}
+
+fn fencing_name(fencing: Option<i32>) -> &'static str {
+    match fencing.map(pb::Fencing::try_from) {
+        Some(Ok(pb::Fencing::None)) => "none",
+        _ => "strict",
+    }
+}
+
+fn duration_ms(ms: Option<u64>) -> String {
+    humantime::format_duration(Duration::from_millis(ms.unwrap_or(0))).to_string()
+}
+
+fn non_empty(s: &str) -> Value {
+    if s.is_empty() { Value::Null } else { json!(s) }
+}
+
+fn time(unix_ms: u64) -> Value {
+    if unix_ms == 0 {
+        Value::Null
+    } else {
+        json!(
+            humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(unix_ms))
+                .to_string()
+        )
+    }
+}
+
+/// "3s ago", or "never" for 0.
+fn ago(unix_ms: u64) -> String {
+    if unix_ms == 0 {
+        return "never".into();
+    }
+    let then = UNIX_EPOCH + Duration::from_millis(unix_ms);
+    let elapsed = SystemTime::now().duration_since(then).unwrap_or_default();
+    let rounded = Duration::from_millis(elapsed.as_millis() as u64 / 100 * 100);
+    format!("{} ago", humantime::format_duration(rounded))
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}
+
+fn table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(NOTHING);
+    t.set_header(header.iter().map(Cell::new));
+    t
+}
+
+pub fn group_json(g: &pb::GroupStatus) -> Value {
+    let policy = g.policy.unwrap_or_default();
+    json!({
+        "name": g.name,
+        "epoch": g.epoch,
+        "primary": non_empty(&g.primary),
+        "phase": phase_name(g.phase),
+        "phase_since": time(g.phase_since_unix_ms),
+        "members": g.members.iter().enumerate().map(|(i, m)| json!({
+            "node": m.node,
+            "position": i,
+            "role": role_name(m.role),
+            "connected": m.connected,
+            "healthy": m.healthy,
+            "last_contact": time(m.last_contact_unix_ms),
+        })).collect::<Vec<_>>(),
+        "policy": {
+            "heartbeat_interval": duration_ms(policy.heartbeat_interval_ms),
+            "failover_timeout": duration_ms(policy.failover_timeout_ms),
+            "standby_mode": standby_name(policy.standby_mode),
+            "fencing": fencing_name(policy.fencing),
+        },
+    })
+}
+
+pub fn group_table(g: &pb::GroupStatus) -> String {
+    let policy = g.policy.unwrap_or_default();
+    let primary = if g.primary.is_empty() {
+        "-"
+    } else {
+        g.primary.as_str()
+    };
+    let mut out = format!(
+        "group:    {}\nphase:    {} (since {})\nepoch:    {}\nprimary:  {}\npolicy:   heartbeat-interval {}, failover-timeout {}, standby-mode {}, fencing {}\n\n",
+        g.name,
+        phase_name(g.phase),
+        ago(g.phase_since_unix_ms),
+        g.epoch,
+        primary,
+        duration_ms(policy.heartbeat_interval_ms),
+        duration_ms(policy.failover_timeout_ms),
+        standby_name(policy.standby_mode),
+        fencing_name(policy.fencing),
+    );
+    let mut t = table(&[
+        "POS",
+        "NODE",
+        "ROLE",
+        "CONNECTED",
+        "HEALTHY",
+        "LAST CONTACT",
+    ]);
+    for (i, m) in g.members.iter().enumerate() {
+        t.add_row(vec![
+            i.to_string(),
+            m.node.clone(),
+            role_name(m.role).into(),
+            yes_no(m.connected).into(),
+            yes_no(m.healthy).into(),
+            ago(m.last_contact_unix_ms),
+        ]);
+    }
+    out.push_str(&t.to_string());
+    out
+}
+
+pub fn groups_json(groups: &[pb::GroupStatus]) -> Value {
+    Value::Array(groups.iter().map(group_json).collect())
+}
+
+pub fn groups_table(groups: &[pb::GroupStatus]) -> String {
+    let mut t = table(&["NAME", "PHASE", "PRIMARY", "EPOCH", "MEMBERS"]);
+    for g in groups {
+        t.add_row(vec![
+            g.name.clone(),
+            phase_name(g.phase).into(),
+            if g.primary.is_empty() {
+                "-".into()
+            } else {
+                g.primary.clone()
+            },
+            g.epoch.to_string(),
+            g.members
+                .iter()
+                .map(|m| m.node.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+        ]);
+    }
+    t.to_string()
+}
+
+pub fn nodes_json(nodes: &[pb::NodeStatus]) -> Value {
+    Value::Array(
+        nodes
+            .iter()
+            .map(|n| {
+                json!({
+                    "node": n.node,
+                    "connected": n.connected,
+                    "healthy": n.healthy,
+                    "last_contact": time(n.last_contact_unix_ms),
+                    "address": non_empty(&n.address),
+                    "agent_version": non_empty(&n.agent_version),
+                    "groups": n.groups.iter().map(|g| json!({
+                        "group": g.group,
+                        "role": role_name(g.role),
+                        "epoch": g.epoch,
+                    })).collect::<Vec<_>>(),
+                    "checks": n.checks.iter().map(|c| json!({
+                        "name": c.name,
+                        "passing": c.passing,
+                        "groups": c.groups,
+                        "detail": c.detail,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect(),
+    )
+}
+
+pub fn nodes_table(nodes: &[pb::NodeStatus]) -> String {
+    let mut t = table(&[
+        "NODE",
+        "CONNECTED",
+        "HEALTHY",
+        "LAST CONTACT",
+        "ADDRESS",
+        "GROUPS",
+    ]);
+    for n in nodes {
+        let groups = n
+            .groups
+            .iter()
+            .map(|g| format!("{}:{}", g.group, role_name(g.role)))
+            .collect::<Vec<_>>()
+            .join(",");
+        t.add_row(vec![
+            n.node.clone(),
+            yes_no(n.connected).into(),
+            yes_no(n.healthy).into(),
+            ago(n.last_contact_unix_ms),
+            if n.address.is_empty() {
+                "-".into()
+            } else {
+                n.address.clone()
+            },
+            groups,
+        ]);
+    }
+    t.to_string()
+}
+
+pub fn event_json(e: &pb::Event) -> Value {
+    json!({
+        "seq": e.seq,
+        "time": time(e.unix_ms),
+        "group": e.group,
+        "kind": e.kind,
+        "epoch": e.epoch,
+        "old_primary": non_empty(&e.old_primary),
+        "new_primary": non_empty(&e.new_primary),
+        "reason": e.reason,
+        "actor": e.actor,
+    })
+}
+
+/// One event as one line, for tables and `--follow`.
+pub fn event_line(e: &pb::Event) -> String {
+    let time = humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(e.unix_ms));
+    let change = match (e.old_primary.as_str(), e.new_primary.as_str()) {
+        ("", "") => String::new(),
+        (old, new) => format!(
+            " {} -> {}",
+            if old.is_empty() { "-" } else { old },
+            if new.is_empty() { "-" } else { new }
+        ),
+    };
+    format!(
+        "{time} #{} {} {} epoch={}{change} by {}: {}",
+        e.seq, e.group, e.kind, e.epoch, e.actor, e.reason
+    )
+}

@@ -1,0 +1,14 @@
+//! The `failover.v1` wire contract (generated from proto/) and the naming
+//! rules every part of the product agrees on.
+
+pub mod names;
+
+/// Generated messages and services of package `failover.v1`.
+#[allow(clippy::all)]
+pub mod v1 {
+    tonic::include_proto!("failover.v1");
+}
+
+/// Encoded descriptor set of `failover.v1`, served by gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/failover_descriptor.bin"));

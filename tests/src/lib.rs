@@ -1,0 +1,469 @@
+//! Test harness for real-process tests: starts the real coordinator and
+//! agents from the build's target directory, drives them with the real
+//! `failoverctl`, and reads what the agents' hook scripts recorded.
+//!
+//! Every process is killed (SIGKILL) when its handle drops, so a failing
+//! test leaves nothing running. Nothing here sleeps to synchronise: waits
+//! poll a condition until a deadline.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+/// How long any wait in a test may take before it fails. Generous: CI
+/// machines are shared and slow; a correct system is usually far faster.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Group settings the tests use: fast enough to keep tests short, slow
+/// enough that a loaded machine causes no false failovers.
+pub const FAST: [&str; 4] = ["--heartbeat-interval", "100ms", "--failover-timeout", "1s"];
+
+/// Directory holding the built binaries (`target/debug`), found next to
+/// the running test executable unless FAILOVER_BIN_DIR says otherwise.
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("FAILOVER_BIN_DIR") {
+        return dir.into();
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test binary>
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps")
+        .to_owned()
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (cargo build --bins; ./test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// The workspace root, for the example files under deploy/.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits in the workspace")
+        .to_owned()
+}
+
+/// A free port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A child process killed with SIGKILL when dropped.
+pub struct Proc {
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(mut command: Command, log: PathBuf) -> Proc {
+        let file = std::fs::File::create(&log).expect("log file");
+        command
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log file"))
+            .stderr(file);
+        let child = command.spawn().expect("process starts");
+        Proc { child, log }
+    }
+
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        kill(self.pid(), signal).expect("signal delivered");
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "process did not exit; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One line a hook script wrote: the hook contract's variables, and when
+/// (nanoseconds since the epoch) the hook started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookLine {
+    pub at_ns: u128,
+    pub node: String,
+    pub group: String,
+    pub role: String,
+    pub previous: String,
+    pub epoch: u64,
+    pub primary: String,
+    pub standby_mode: String,
+}
+
+/// What failoverctl printed and how it exited.
+#[derive(Debug)]
+pub struct CtlOutput {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CtlOutput {
+    fn from(output: Output) -> CtlOutput {
+        CtlOutput {
+            status: output.status,
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+}
+
+/// A coordinator and any number of agents in one temporary directory.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    pub coordinator: Option<Proc>,
+    pub agents: BTreeMap<String, Proc>,
+    coordinator_starts: u32,
+}
+
+impl Cluster {
+    /// Starts a coordinator on free ports with a fresh store.
+    pub fn start() -> Cluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let hook = dir.path().join("hook.sh");
+        std::fs::write(
+            &hook,
+            format!(
+                "#!/bin/sh\n\
+                 echo \"at=$(date +%s%N) node=$FAILOVER_NODE group=$FAILOVER_GROUP \
+                 role=$FAILOVER_ROLE prev=$FAILOVER_PREVIOUS_ROLE epoch=$FAILOVER_EPOCH \
+                 primary=$FAILOVER_PRIMARY mode=$FAILOVER_STANDBY_MODE\" >> {}\n",
+                dir.path().join("hooks.log").display()
+            ),
+        )
+        .expect("hook script");
+        set_executable(&hook);
+        let mut cluster = Cluster {
+            grpc: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            http: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            dir,
+            coordinator: None,
+            agents: BTreeMap::new(),
+            coordinator_starts: 0,
+        };
+        cluster.start_coordinator();
+        cluster
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Starts (or restarts) the coordinator on the same ports and store,
+    /// and waits until it is ready.
+    pub fn start_coordinator(&mut self) {
+        assert!(self.coordinator.is_none(), "coordinator already running");
+        self.coordinator_starts += 1;
+        let mut command = Command::new(bin("failover-coordinator"));
+        command
+            .arg("--listen")
+            .arg(self.grpc.to_string())
+            .arg("--http-listen")
+            .arg(self.http.to_string())
+            .arg("--data-dir")
+            .arg(self.path("data"))
+            .env("RUST_LOG", "info");
+        let log = self.path(&format!("coordinator-{}.log", self.coordinator_starts));
+        self.coordinator = Some(Proc::spawn(command, log));
+        self.wait_until("the coordinator is ready", || {
+            (http_get(self.http, "/readyz").map(|(code, _)| code) == Some(200)).then_some(())
+        });
+    }
+
+    /// `kill -9` of the coordinator.
+    pub fn kill_coordinator(&mut self) {
+        let mut proc = self.coordinator.take().expect("coordinator running");
+        proc.signal(Signal::SIGKILL);
+        proc.wait_exit();
+    }
+
+    /// Writes an agent configuration whose hook is the recording script.
+    pub fn agent_config(&self, node: &str, extra: &str) -> PathBuf {
+        let path = self.path(&format!("{node}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "node_id = \"{node}\"\ncoordinator = \"{}\"\n\n[hooks]\non_role_change = \"{}\"\ntimeout = \"10s\"\n{extra}",
+                self.url(),
+                self.path("hook.sh").display()
+            ),
+        )
+        .expect("agent config");
+        path
+    }
+
+    /// Starts an agent for `node` with the recording hook.
+    pub fn start_agent(&mut self, node: &str) {
+        let config = self.agent_config(node, "");
+        self.start_agent_with(node, &config);
+    }
+
+    pub fn start_agent_with(&mut self, node: &str, config: &Path) {
+        let mut command = Command::new(bin("failover-agent"));
+        command.arg("--config").arg(config).env("RUST_LOG", "info");
+        let log = unique(self.path(&format!("agent-{node}.log")));
+        self.agents
+            .insert(node.to_owned(), Proc::spawn(command, log));
+    }
+
+    /// `kill -9` of an agent.
+    pub fn kill_agent(&mut self, node: &str) {
+        let mut proc = self.agents.remove(node).expect("agent running");
+        proc.signal(Signal::SIGKILL);
+        proc.wait_exit();
+    }
+
+    pub fn agent(&self, node: &str) -> &Proc {
+        &self.agents[node]
+    }
+
+    /// Runs failoverctl against this cluster's coordinator.
+    pub fn ctl(&self, args: &[&str]) -> CtlOutput {
+        let output = Command::new(bin("failoverctl"))
+            .arg("--coordinator")
+            .arg(self.url())
+            .args(args)
+            .output()
+            .expect("failoverctl runs");
+        CtlOutput::from(output)
+    }
+
+    /// Runs failoverctl and insists that it succeeds.
+    pub fn ctl_ok(&self, args: &[&str]) -> String {
+        let out = self.ctl(args);
+        assert!(
+            out.status.success(),
+            "failoverctl {args:?} failed: {}{}",
+            out.stderr,
+            self.logs()
+        );
+        out.stdout
+    }
+
+    /// Runs failoverctl with `-o json` and parses the answer.
+    pub fn ctl_json(&self, args: &[&str]) -> Value {
+        let mut full = args.to_vec();
+        full.extend(["-o", "json"]);
+        serde_json::from_str(&self.ctl_ok(&full)).expect("failoverctl prints JSON")
+    }
+
+    /// `group show NAME -o json`.
+    pub fn group(&self, name: &str) -> Value {
+        self.ctl_json(&["group", "show", name])
+    }
+
+    /// Creates a group with the fast test settings.
+    pub fn add_group(&self, name: &str, members: &[&str]) -> Value {
+        let mut args = vec!["group", "add", name];
+        for m in members {
+            args.extend(["--member", m]);
+        }
+        args.extend(FAST);
+        args.extend(["-o", "json"]);
+        serde_json::from_str(&self.ctl_ok(&args)).expect("JSON")
+    }
+
+    /// Waits until every listed member of `group` shows as connected.
+    pub fn wait_connected(&self, group: &str, nodes: &[&str]) {
+        self.wait_until(&format!("{nodes:?} connected in {group}"), || {
+            let g = self.group(group);
+            nodes
+                .iter()
+                .all(|n| member(&g, n)["connected"] == Value::Bool(true))
+                .then_some(())
+        });
+    }
+
+    /// Waits until `node list` shows every listed node connected.
+    pub fn wait_nodes(&self, nodes: &[&str]) {
+        self.wait_until(&format!("{nodes:?} connected"), || {
+            let list = self.ctl_json(&["node", "list"]);
+            nodes
+                .iter()
+                .all(|n| {
+                    list.as_array()
+                        .expect("array")
+                        .iter()
+                        .any(|e| e["node"] == *n && e["connected"] == Value::Bool(true))
+                })
+                .then_some(())
+        });
+    }
+
+    /// Waits until `group` has `node` as primary, and returns the group.
+    pub fn wait_primary(&self, group: &str, node: &str) -> Value {
+        self.wait_until(&format!("{node} is primary of {group}"), || {
+            let g = self.group(group);
+            (g["primary"] == node).then_some(g)
+        })
+    }
+
+    /// Polls `check` until it returns a value or [`PATIENCE`] runs out.
+    pub fn wait_until<T>(&self, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(value) = check() {
+                return value;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting until {what}{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Every hook line recorded so far, in file order.
+    pub fn hooks(&self) -> Vec<HookLine> {
+        let text = std::fs::read_to_string(self.path("hooks.log")).unwrap_or_default();
+        text.lines().filter_map(parse_hook_line).collect()
+    }
+
+    /// Waits for a hook line matching `pred` and returns it.
+    pub fn wait_hook(&self, what: &str, pred: impl Fn(&HookLine) -> bool) -> HookLine {
+        self.wait_until(what, || self.hooks().into_iter().find(|h| pred(h)))
+    }
+
+    /// All logs of this cluster, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::from("\n--- hooks.log ---\n");
+        out.push_str(&std::fs::read_to_string(self.path("hooks.log")).unwrap_or_default());
+        let mut entries: Vec<_> = std::fs::read_dir(self.dir.path())
+            .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        entries.sort();
+        for path in entries {
+            if path.extension().is_some_and(|e| e == "log") && !path.ends_with("hooks.log") {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(60).collect();
+                out.push_str(&format!("\n--- {} (last 60 lines) ---\n", path.display()));
+                for line in tail.into_iter().rev() {
+                    out.push_str(line);
+                    out.push('\n');
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The member entry for `node` in a `group show -o json` answer.
+pub fn member<'a>(group: &'a Value, node: &str) -> &'a Value {
+    group["members"]
+        .as_array()
+        .expect("members is an array")
+        .iter()
+        .find(|m| m["node"] == node)
+        .unwrap_or_else(|| panic!("{node} is not a member of {group}"))
+}
+
+/// Member node ids in priority order.
+pub fn member_order(group: &Value) -> Vec<String> {
+    group["members"]
+        .as_array()
+        .expect("members is an array")
+        .iter()
+        .map(|m| m["node"].as_str().expect("node").to_owned())
+        .collect()
+}
+
+pub fn epoch(group: &Value) -> u64 {
+    group["epoch"].as_u64().expect("epoch is an integer")
+}
+
+fn parse_hook_line(line: &str) -> Option<HookLine> {
+    let mut fields = BTreeMap::new();
+    for part in line.split_whitespace() {
+        let (k, v) = part.split_once('=')?;
+        fields.insert(k, v);
+    }
+    Some(HookLine {
+        at_ns: fields.get("at")?.parse().ok()?,
+        node: fields.get("node")?.to_string(),
+        group: fields.get("group")?.to_string(),
+        role: fields.get("role")?.to_string(),
+        previous: fields.get("prev")?.to_string(),
+        epoch: fields.get("epoch")?.parse().ok()?,
+        primary: fields.get("primary").copied().unwrap_or("").to_string(),
+        standby_mode: fields.get("mode").copied().unwrap_or("").to_string(),
+    })
+}
+
+/// A minimal HTTP/1.0 GET: status code and body.
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let code = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    Some((code, body))
+}
+
+fn set_executable(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+}
+
+fn unique(path: PathBuf) -> PathBuf {
+    let mut candidate = path.clone();
+    let mut n = 1;
+    while candidate.exists() {
+        candidate = path.with_extension(format!("{n}.log"));
+        n += 1;
+    }
+    candidate
+}

@@ -1,0 +1,9 @@
+//! Real-process tests: the real coordinator, real agents, real hook
+//! scripts, driven through failoverctl as an operator would.
+
+mod bad_input;
+mod failover;
+mod operations;
+mod restart;
+mod source;
+mod switchover;
