@@ -22,7 +22,8 @@ use crate::clock;
 use crate::config::AgentConfig;
 use crate::connection::{self, Connection};
 use crate::hooks::{self, HookEnv, HookRun, Outcome};
-use crate::roles::{Assignment, Fencing, Role, Roles, StandbyMode};
+use crate::role_log::RoleLog;
+use crate::roles::{Assignment, Fencing, Role, Roles, StandbyMode, fence_margin};
 
 /// Heartbeats remembered for matching acknowledgements. An acknowledgement
 /// of an older one is too stale to matter.
@@ -76,6 +77,7 @@ struct HookDone {
 pub struct Agent {
     config: AgentConfig,
     roles: Roles,
+    role_log: RoleLog,
     slots: HashMap<String, HookSlot>,
     done_tx: mpsc::UnboundedSender<HookDone>,
     done_rx: mpsc::UnboundedReceiver<HookDone>,
@@ -93,12 +95,23 @@ pub struct Agent {
 }
 
 impl Agent {
-    pub fn new(config: AgentConfig) -> Agent {
+    pub fn new(config: AgentConfig) -> anyhow::Result<Agent> {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let interval = Duration::from_millis(500);
-        Agent {
+        let role_log = RoleLog::open(config.role_log.as_deref(), &config.node_id).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot open the role log {}: {e}",
+                config
+                    .role_log
+                    .as_deref()
+                    .unwrap_or(std::path::Path::new(""))
+                    .display()
+            )
+        })?;
+        Ok(Agent {
             config,
             roles: Roles::default(),
+            role_log,
             slots: HashMap::new(),
             done_tx,
             done_rx,
@@ -110,7 +123,7 @@ impl Agent {
             next_seq: 1,
             sent: VecDeque::new(),
             pending_reports: VecDeque::new(),
-        }
+        })
     }
 
     pub async fn run(mut self, shutdown: CancellationToken) {
@@ -162,6 +175,8 @@ impl Agent {
         for group in self.roles.fence_expired(clock::now()) {
             let epoch = self.roles.get(&group).map_or(0, |g| g.epoch);
             tracing::warn!(%group, epoch, role = "fenced", "lease expired without renewal: fenced");
+            self.role_log
+                .record("lease_expired", &group, epoch, "fenced", "");
         }
     }
 
@@ -213,6 +228,13 @@ impl Agent {
     }
 
     fn start_hook(&mut self, env: HookEnv) {
+        self.role_log.record(
+            "effective",
+            &env.group,
+            env.epoch,
+            env.role,
+            env.previous_role,
+        );
         let Some(command) = self.config.hooks.on_role_change.clone() else {
             tracing::info!(group = %env.group, epoch = env.epoch, role = env.role, previous_role = env.previous_role, "role change (no hook configured)");
             self.report(&env, pb::HookOutcome::NotConfigured, None, String::new());
@@ -252,6 +274,13 @@ impl Agent {
         } else {
             tracing::warn!(group = %done.group, epoch = done.env.epoch, role = done.env.role, ?outcome, %detail, "hook did not succeed");
         }
+        self.role_log.record(
+            "hook_done",
+            &done.group,
+            done.env.epoch,
+            done.env.role,
+            outcome.as_str_name(),
+        );
         self.report(&done.env, outcome, exit_code, detail);
         if done.env.role == Role::Secondary.as_str() {
             self.roles.forget_released(&done.group);
@@ -295,19 +324,10 @@ impl Agent {
         self.conn = Some(conn);
         self.connected_at = Instant::now();
         self.last_inbound = Instant::now();
-        let roles = self
-            .roles
-            .iter()
-            .map(|(group, g)| pb::GroupRole {
-                group: group.clone(),
-                role: role_to_proto(g.role) as i32,
-                epoch: g.epoch,
-            })
-            .collect();
         self.send(Out::Hello(pb::Hello {
             node_id: self.config.node_id.clone(),
             agent_version: env!("CARGO_PKG_VERSION").into(),
-            roles,
+            roles: self.claims(),
         }));
         // A first heartbeat at once: the coordinator can grant a lease only
         // in answer to one.
@@ -354,15 +374,29 @@ impl Agent {
         self.next_seq += 1;
         // The lease is counted from this instant, taken before sending.
         let sent_at = clock::now();
+        let roles = self.claims();
         if self.send(Out::Heartbeat(pb::Heartbeat {
             seq,
             checks: vec![],
+            roles,
         })) {
             if self.sent.len() == SENT_WINDOW {
                 self.sent.pop_front();
             }
             self.sent.push_back((seq, sent_at));
         }
+    }
+
+    /// The roles this agent holds, as told to the coordinator.
+    fn claims(&self) -> Vec<pb::GroupRole> {
+        self.roles
+            .iter()
+            .map(|(group, g)| pb::GroupRole {
+                group: group.clone(),
+                role: role_to_proto(g.role) as i32,
+                epoch: g.epoch,
+            })
+            .collect()
     }
 
     fn on_message(&mut self, message: pb::CoordinatorMessage) {
@@ -402,9 +436,24 @@ impl Agent {
         let Some(&(_, sent_at)) = self.sent.iter().find(|(seq, _)| *seq == ack.seq) else {
             return;
         };
+        let now = clock::now();
         for grant in ack.grants {
-            let until = sent_at + Duration::from_millis(grant.lease_ttl_ms);
-            self.roles.grant(&grant.group, grant.epoch, until);
+            let ttl = Duration::from_millis(grant.lease_ttl_ms);
+            let until = sent_at + ttl - fence_margin(ttl);
+            let was_fenced = self
+                .roles
+                .get(&grant.group)
+                .is_some_and(|g| g.role == Role::Fenced);
+            if self.roles.grant(&grant.group, grant.epoch, until, now) && was_fenced {
+                tracing::info!(group = %grant.group, epoch = grant.epoch, role = "primary", "lease renewed: resuming as primary");
+                self.role_log.record(
+                    "assigned",
+                    &grant.group,
+                    grant.epoch,
+                    "primary",
+                    "lease renewed",
+                );
+            }
         }
     }
 
@@ -430,17 +479,31 @@ impl Agent {
             },
         };
         let primary = assignment.primary.clone();
+        let primary = primary.as_deref().unwrap_or("");
         match self.roles.assign(assignment) {
-            Ok(true) => tracing::info!(
-                group = %a.group,
-                epoch = a.epoch,
-                role = role.as_str(),
-                previous = ?previous,
-                primary = primary.as_deref().unwrap_or("-"),
-                "role assigned"
-            ),
+            Ok(true) => {
+                tracing::info!(
+                    group = %a.group,
+                    epoch = a.epoch,
+                    role = role.as_str(),
+                    previous = ?previous,
+                    primary,
+                    "role assigned"
+                );
+                self.role_log
+                    .record("assigned", &a.group, a.epoch, role.as_str(), primary);
+            }
             Ok(false) => {}
-            Err(refusal) => tracing::warn!(%refusal, "assignment refused"),
+            Err(refusal) => {
+                tracing::warn!(%refusal, "assignment refused");
+                self.role_log.record(
+                    "refused",
+                    &a.group,
+                    a.epoch,
+                    role.as_str(),
+                    &refusal.to_string(),
+                );
+            }
         }
     }
 

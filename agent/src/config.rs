@@ -54,6 +54,7 @@ enum OneOrMany {
 struct FileConfig {
     node_id: Option<String>,
     coordinator: Option<OneOrMany>,
+    role_log: Option<PathBuf>,
     #[serde(default)]
     hooks: HooksConfig,
     #[serde(default)]
@@ -101,6 +102,8 @@ impl Default for LogConfig {
 pub struct AgentConfig {
     pub node_id: String,
     pub coordinators: Vec<String>,
+    /// Append every role transition of this node here (JSON lines).
+    pub role_log: Option<PathBuf>,
     pub hooks: HooksConfig,
     pub log: LogConfig,
 }
@@ -157,6 +160,7 @@ impl AgentConfig {
         Ok(AgentConfig {
             node_id,
             coordinators,
+            role_log: file.role_log,
             hooks,
             log,
         })

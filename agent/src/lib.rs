@@ -7,11 +7,13 @@ pub mod clock;
 pub mod config;
 pub mod connection;
 pub mod hooks;
+pub mod role_log;
 pub mod roles;
 
 use tokio_util::sync::CancellationToken;
 
 /// Runs the agent until `shutdown` is cancelled.
-pub async fn run(config: config::AgentConfig, shutdown: CancellationToken) {
-    agent::Agent::new(config).run(shutdown).await
+pub async fn run(config: config::AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    agent::Agent::new(config)?.run(shutdown).await;
+    Ok(())
 }

@@ -17,7 +17,8 @@ use thiserror::Error;
 
 /// Allowed transitions: `Secondary -> Primary` (higher epoch),
 /// `Primary -> Secondary` (step-down), `Primary -> Fenced` (lease ran out),
-/// `Fenced -> Primary` (same or higher epoch), `Fenced -> Secondary`.
+/// `Fenced -> Primary` (same or higher epoch, or a valid grant of the same
+/// epoch), `Fenced -> Secondary`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
     Primary,
@@ -84,6 +85,14 @@ pub struct GroupState {
     /// The node was released from the group while primary: it steps down,
     /// and the group is forgotten once its hook has run.
     pub released: bool,
+}
+
+/// How long before its lease ends the agent stops acting: a tenth of the
+/// lease, at most 200 ms. The lease arithmetic already guarantees the lease
+/// ends before the coordinator's wait; this margin absorbs the agent's own
+/// scheduling delay (a timer that fires late on a loaded machine).
+pub fn fence_margin(ttl: Duration) -> Duration {
+    (ttl / 10).min(Duration::from_millis(200))
 }
 
 #[derive(Debug, Error, PartialEq)]
@@ -163,13 +172,27 @@ impl Roles {
     }
 
     /// Extends the lease of `group` to `until` if this node is its primary
-    /// at `epoch`. Returns whether the grant was used.
-    pub fn grant(&mut self, group: &str, epoch: u64, until: Duration) -> bool {
-        match self.groups.get_mut(group) {
-            Some(g) if g.role == Role::Primary && g.epoch == epoch => {
+    /// at `epoch`. A grant that is still valid at `now` also lets a fenced
+    /// primary of that epoch resume: the coordinator still counts it as the
+    /// primary and accounts for exactly this lease. Returns whether the
+    /// grant was used.
+    pub fn grant(&mut self, group: &str, epoch: u64, until: Duration, now: Duration) -> bool {
+        let Some(g) = self.groups.get_mut(group) else {
+            return false;
+        };
+        if g.epoch != epoch {
+            return false;
+        }
+        match g.role {
+            Role::Primary => {
                 if g.lease_until.is_none_or(|u| u < until) {
                     g.lease_until = Some(until);
                 }
+                true
+            }
+            Role::Fenced if until > now => {
+                g.role = Role::Primary;
+                g.lease_until = Some(until);
                 true
             }
             _ => false,
@@ -292,8 +315,11 @@ mod tests {
         let mut roles = Roles::default();
         roles.assign(assignment(2, Role::Primary)).unwrap();
         assert!(!roles.may_act("g", secs(0)), "assigned but not yet granted");
-        assert!(!roles.grant("g", 1, secs(10)), "grant of an older epoch");
-        assert!(roles.grant("g", 2, secs(10)));
+        assert!(
+            !roles.grant("g", 1, secs(10), secs(0)),
+            "grant of an older epoch"
+        );
+        assert!(roles.grant("g", 2, secs(10), secs(0)));
         assert!(roles.may_act("g", secs(9)));
         assert!(!roles.may_act("g", secs(10)));
     }
@@ -302,13 +328,27 @@ mod tests {
     fn an_expired_lease_fences_a_strict_primary() {
         let mut roles = Roles::default();
         roles.assign(assignment(2, Role::Primary)).unwrap();
-        roles.grant("g", 2, secs(10));
+        roles.grant("g", 2, secs(10), secs(0));
         assert!(roles.fence_expired(secs(9)).is_empty());
         assert_eq!(roles.fence_expired(secs(10)), ["g"]);
         assert_eq!(roles.get("g").unwrap().role, Role::Fenced);
         assert!(!roles.may_act("g", secs(10)));
-        // A late grant of the old lease cannot revive it.
-        assert!(!roles.grant("g", 2, secs(20)));
+        // A late grant whose lease already ended cannot revive it.
+        assert!(!roles.grant("g", 2, secs(10), secs(11)));
+        assert_eq!(roles.get("g").unwrap().role, Role::Fenced);
+    }
+
+    #[test]
+    fn a_valid_grant_of_the_same_epoch_lets_a_fenced_primary_resume() {
+        let mut roles = Roles::default();
+        roles.assign(assignment(2, Role::Primary)).unwrap();
+        roles.grant("g", 2, secs(10), secs(0));
+        roles.fence_expired(secs(10));
+        assert!(roles.grant("g", 2, secs(15), secs(11)));
+        assert!(roles.may_act("g", secs(12)));
+        // Not a grant of another epoch.
+        roles.fence_expired(secs(15));
+        assert!(!roles.grant("g", 3, secs(20), secs(16)));
     }
 
     #[test]
@@ -317,7 +357,7 @@ mod tests {
         let mut a = assignment(2, Role::Primary);
         a.fencing = Fencing::None;
         roles.assign(a).unwrap();
-        roles.grant("g", 2, secs(10));
+        roles.grant("g", 2, secs(10), secs(0));
         assert!(roles.fence_expired(secs(11)).is_empty());
         assert!(roles.may_act("g", secs(11)));
     }
@@ -326,11 +366,11 @@ mod tests {
     fn a_fenced_primary_may_resume_at_the_same_epoch_after_a_new_grant() {
         let mut roles = Roles::default();
         roles.assign(assignment(2, Role::Primary)).unwrap();
-        roles.grant("g", 2, secs(10));
+        roles.grant("g", 2, secs(10), secs(0));
         roles.fence_expired(secs(10));
         assert!(roles.assign(assignment(2, Role::Primary)).unwrap());
         assert!(!roles.may_act("g", secs(11)));
-        roles.grant("g", 2, secs(20));
+        roles.grant("g", 2, secs(20), secs(11));
         assert!(roles.may_act("g", secs(11)));
     }
 
@@ -338,7 +378,7 @@ mod tests {
     fn an_identical_reassignment_keeps_the_lease() {
         let mut roles = Roles::default();
         roles.assign(assignment(2, Role::Primary)).unwrap();
-        roles.grant("g", 2, secs(10));
+        roles.grant("g", 2, secs(10), secs(0));
         assert!(!roles.assign(assignment(2, Role::Primary)).unwrap());
         assert!(roles.may_act("g", secs(5)));
     }
@@ -347,7 +387,7 @@ mod tests {
     fn a_released_primary_steps_down_then_forgets_the_group() {
         let mut roles = Roles::default();
         roles.assign(assignment(2, Role::Primary)).unwrap();
-        roles.grant("g", 2, secs(10));
+        roles.grant("g", 2, secs(10), secs(0));
         roles.release("g", 3).unwrap();
         let g = roles.get("g").unwrap();
         assert_eq!((g.role, g.released), (Role::Secondary, true));
@@ -356,14 +396,30 @@ mod tests {
     }
 
     #[test]
+    fn the_fence_margin_is_a_tenth_of_the_lease_at_most_200ms() {
+        assert_eq!(
+            fence_margin(Duration::from_secs(1)),
+            Duration::from_millis(100)
+        );
+        assert_eq!(
+            fence_margin(Duration::from_secs(3)),
+            Duration::from_millis(200)
+        );
+        assert_eq!(
+            fence_margin(Duration::from_millis(50)),
+            Duration::from_millis(5)
+        );
+    }
+
+    #[test]
     fn next_lease_end_is_the_earliest_strict_primary() {
         let mut roles = Roles::default();
         roles.assign(assignment(2, Role::Primary)).unwrap();
-        roles.grant("g", 2, secs(10));
+        roles.grant("g", 2, secs(10), secs(0));
         let mut other = assignment(1, Role::Primary);
         other.group = "h".into();
         roles.assign(other).unwrap();
-        roles.grant("h", 1, secs(7));
+        roles.grant("h", 1, secs(7), secs(0));
         assert_eq!(roles.next_lease_end(), Some(secs(7)));
     }
 }

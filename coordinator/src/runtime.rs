@@ -24,7 +24,7 @@ use crate::convert::to_proto;
 use crate::engine::{
     AdminCommand, AdminError, AdminResult, Effects, Engine, Input, Now, ReplyId, SessionId, Write,
 };
-use crate::model::EventRecord;
+use crate::model::{EventKind, EventRecord};
 use crate::store::{Store, StoreError};
 
 /// Most inputs handled in one batch: bounds how long one batch delays the
@@ -35,6 +35,13 @@ const MAX_BATCH: usize = 4096;
 const INPUT_CAPACITY: usize = 65_536;
 /// Events buffered for slow watchers before they are told they lagged.
 const EVENT_BROADCAST_CAPACITY: usize = 4096;
+
+/// Fault injection for the fault suite: with
+/// `FAILOVER_CRASH_POINT=after-promotion-commit`, the process aborts right
+/// after the first batch that promotes someone is durable and before any
+/// agent hears of it — the window between deciding a promotion and
+/// announcing it. Unset (always, in production) it does nothing.
+const CRASH_POINT_VAR: &str = "FAILOVER_CRASH_POINT";
 
 /// The outbound half of one agent session.
 pub type Outbound = mpsc::Sender<Result<CoordinatorMessage, Status>>;
@@ -126,6 +133,8 @@ pub struct Runtime {
     sessions: HashMap<SessionId, SessionOut>,
     replies: HashMap<ReplyId, oneshot::Sender<AdminResult>>,
     next_reply: ReplyId,
+    /// See [`CRASH_POINT_VAR`].
+    crash_after_promotion_commit: bool,
 }
 
 impl Runtime {
@@ -146,7 +155,14 @@ impl Runtime {
             sessions: HashMap::new(),
             replies: HashMap::new(),
             next_reply: 1,
+            crash_after_promotion_commit: std::env::var(CRASH_POINT_VAR)
+                .is_ok_and(|v| v == "after-promotion-commit"),
         };
+        if runtime.crash_after_promotion_commit {
+            tracing::warn!(
+                "fault injection armed: will abort after the next promotion is committed"
+            );
+        }
         (runtime, handle)
     }
 
@@ -253,6 +269,11 @@ impl Runtime {
             }
             writes
         };
+        let promoted = |w: &Write| matches!(w, Write::Event(e) if e.kind == EventKind::Promoted);
+        if self.crash_after_promotion_commit && writes.iter().any(promoted) {
+            eprintln!("{CRASH_POINT_VAR}: aborting after a promotion commit, before announcing it");
+            std::process::abort();
+        }
         for write in writes {
             if let Write::Event(event) = write {
                 let _ = self.events.send(event);

@@ -88,18 +88,7 @@ async fn run_session(
     };
     let session = handle.new_session_id();
     let node = hello.node_id.clone();
-    let claims = hello
-        .roles
-        .into_iter()
-        .filter(|r| names::validate_group_name(&r.group).is_ok())
-        .filter_map(|r| {
-            Some(ClaimedRole {
-                role: role_from_proto(r.role)?,
-                group: r.group,
-                epoch: r.epoch,
-            })
-        })
-        .collect();
+    let claims = claims_from_proto(hello.roles);
     let input = Input::SessionOpened {
         session,
         hello: Hello {
@@ -133,6 +122,7 @@ async fn run_session(
                 seq: hb.seq,
                 received: Instant::now(),
                 checks: checks_from_proto(hb.checks),
+                roles: claims_from_proto(hb.roles),
             },
             Kind::HookResult(r) => {
                 let Some(role) = role_from_proto(r.role) else {
@@ -162,6 +152,21 @@ async fn run_session(
         handle.input(input).await;
     }
     handle.input(Input::SessionClosed { session }).await;
+}
+
+/// Roles an agent claims; unreadable entries are dropped.
+fn claims_from_proto(roles: Vec<pb::GroupRole>) -> Vec<ClaimedRole> {
+    roles
+        .into_iter()
+        .filter(|r| names::validate_group_name(&r.group).is_ok())
+        .filter_map(|r| {
+            Some(ClaimedRole {
+                role: role_from_proto(r.role)?,
+                group: r.group,
+                epoch: r.epoch,
+            })
+        })
+        .collect()
 }
 
 /// Waits for the first message, which must be a valid Hello.

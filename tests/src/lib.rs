@@ -11,11 +11,17 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+pub mod checker;
+pub mod faults;
+pub mod proxy;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
+
+use crate::proxy::Proxy;
 
 /// How long any wait in a test may take before it fails. Generous: CI
 /// machines are shared and slow; a correct system is usually far faster.
@@ -25,18 +31,20 @@ pub const PATIENCE: Duration = Duration::from_secs(30);
 /// enough that a loaded machine causes no false failovers.
 pub const FAST: [&str; 4] = ["--heartbeat-interval", "100ms", "--failover-timeout", "1s"];
 
-/// Directory holding the built binaries (`target/debug`), found next to
-/// the running test executable unless FAILOVER_BIN_DIR says otherwise.
+/// Directory holding the built binaries: FAILOVER_BIN_DIR if set, else the
+/// directory of the running executable (`target/<profile>`), stepping out
+/// of `deps/` for test executables.
 pub fn bin_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("FAILOVER_BIN_DIR") {
         return dir.into();
     }
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test binary>
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("test binary lives in target/<profile>/deps")
-        .to_owned()
+    let exe = std::env::current_exe().expect("executable path");
+    let dir = exe.parent().expect("executable has a directory");
+    if dir.ends_with("deps") {
+        dir.parent().expect("deps/ has a parent").to_owned()
+    } else {
+        dir.to_owned()
+    }
 }
 
 pub fn bin(name: &str) -> PathBuf {
@@ -55,6 +63,15 @@ pub fn workspace_root() -> PathBuf {
         .parent()
         .expect("tests/ sits in the workspace")
         .to_owned()
+}
+
+/// Wall clock, nanoseconds since the Unix epoch: the time base of hook
+/// lines and agents' role logs.
+pub fn now_ns() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_nanos()
 }
 
 /// A free port on 127.0.0.1.
@@ -104,6 +121,20 @@ impl Proc {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Whether the process has exited (without waiting).
+    pub fn exited(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_some()
+    }
+
+    /// Whether the kernel reports the process as stopped (SIGSTOP).
+    pub fn is_stopped(&self) -> bool {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // The state follows the parenthesised command name.
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
     }
 
     pub fn log_text(&self) -> String {
@@ -157,6 +188,8 @@ pub struct Cluster {
     pub http: SocketAddr,
     pub coordinator: Option<Proc>,
     pub agents: BTreeMap<String, Proc>,
+    /// Proxies between agents and the coordinator, for network faults.
+    pub proxies: BTreeMap<String, Proxy>,
     coordinator_starts: u32,
 }
 
@@ -183,6 +216,7 @@ impl Cluster {
             dir,
             coordinator: None,
             agents: BTreeMap::new(),
+            proxies: BTreeMap::new(),
             coordinator_starts: 0,
         };
         cluster.start_coordinator();
@@ -200,6 +234,11 @@ impl Cluster {
     /// Starts (or restarts) the coordinator on the same ports and store,
     /// and waits until it is ready.
     pub fn start_coordinator(&mut self) {
+        self.start_coordinator_with(&[]);
+    }
+
+    /// Starts the coordinator with extra environment variables.
+    pub fn start_coordinator_with(&mut self, env: &[(&str, &str)]) {
         assert!(self.coordinator.is_none(), "coordinator already running");
         self.coordinator_starts += 1;
         let mut command = Command::new(bin("failover-coordinator"));
@@ -210,7 +249,8 @@ impl Cluster {
             .arg(self.http.to_string())
             .arg("--data-dir")
             .arg(self.path("data"))
-            .env("RUST_LOG", "info");
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied());
         let log = self.path(&format!("coordinator-{}.log", self.coordinator_starts));
         self.coordinator = Some(Proc::spawn(command, log));
         self.wait_until("the coordinator is ready", || {
@@ -225,19 +265,55 @@ impl Cluster {
         proc.wait_exit();
     }
 
-    /// Writes an agent configuration whose hook is the recording script.
+    /// Whether the coordinator process has exited by itself; if so it is
+    /// forgotten, ready for [`Cluster::start_coordinator`].
+    pub fn coordinator_exited(&mut self) -> bool {
+        let exited = self.coordinator.as_mut().is_some_and(Proc::exited);
+        if exited {
+            self.coordinator = None;
+        }
+        exited
+    }
+
+    /// Writes an agent configuration whose hook is the recording script and
+    /// whose role log is `roles-<node>.jsonl`. The agent reaches the
+    /// coordinator through its proxy if it has one.
     pub fn agent_config(&self, node: &str, extra: &str) -> PathBuf {
         let path = self.path(&format!("{node}.toml"));
+        let coordinator = match self.proxies.get(node) {
+            Some(proxy) => format!("http://{}", proxy.addr),
+            None => self.url(),
+        };
         std::fs::write(
             &path,
             format!(
-                "node_id = \"{node}\"\ncoordinator = \"{}\"\n\n[hooks]\non_role_change = \"{}\"\ntimeout = \"10s\"\n{extra}",
-                self.url(),
+                "node_id = \"{node}\"\ncoordinator = \"{coordinator}\"\nrole_log = \"{}\"\n\n\
+                 [hooks]\non_role_change = \"{}\"\ntimeout = \"10s\"\n{extra}",
+                self.role_log(node).display(),
                 self.path("hook.sh").display()
             ),
         )
         .expect("agent config");
         path
+    }
+
+    /// Where `node`'s agent records its role transitions.
+    pub fn role_log(&self, node: &str) -> PathBuf {
+        self.path(&format!("roles-{node}.jsonl"))
+    }
+
+    /// Starts an agent that reaches the coordinator through a proxy of its
+    /// own (created on first use), for network faults.
+    pub fn start_agent_proxied(&mut self, node: &str, seed: u64) {
+        if !self.proxies.contains_key(node) {
+            self.proxies
+                .insert(node.to_owned(), Proxy::start(self.grpc, seed));
+        }
+        self.start_agent(node);
+    }
+
+    pub fn proxy(&self, node: &str) -> &Proxy {
+        &self.proxies[node]
     }
 
     /// Starts an agent for `node` with the recording hook.
@@ -254,11 +330,29 @@ impl Cluster {
             .insert(node.to_owned(), Proc::spawn(command, log));
     }
 
-    /// `kill -9` of an agent.
-    pub fn kill_agent(&mut self, node: &str) {
+    /// `kill -9` of an agent; returns when it is dead, with that instant.
+    pub fn kill_agent(&mut self, node: &str) -> u128 {
         let mut proc = self.agents.remove(node).expect("agent running");
         proc.signal(Signal::SIGKILL);
         proc.wait_exit();
+        now_ns()
+    }
+
+    /// SIGSTOP of an agent; returns once it is stopped, with that instant.
+    pub fn freeze_agent(&self, node: &str) -> u128 {
+        let proc = &self.agents[node];
+        proc.signal(Signal::SIGSTOP);
+        self.wait_until(&format!("{node} is stopped"), || {
+            proc.is_stopped().then_some(())
+        });
+        now_ns()
+    }
+
+    /// SIGCONT of a frozen agent; returns the instant before it resumes.
+    pub fn thaw_agent(&self, node: &str) -> u128 {
+        let at = now_ns();
+        self.agents[node].signal(Signal::SIGCONT);
+        at
     }
 
     pub fn agent(&self, node: &str) -> &Proc {
@@ -302,11 +396,16 @@ impl Cluster {
 
     /// Creates a group with the fast test settings.
     pub fn add_group(&self, name: &str, members: &[&str]) -> Value {
+        self.add_group_with(name, members, &FAST)
+    }
+
+    /// Creates a group with the given `group add` settings flags.
+    pub fn add_group_with(&self, name: &str, members: &[&str], settings: &[&str]) -> Value {
         let mut args = vec!["group", "add", name];
         for m in members {
             args.extend(["--member", m]);
         }
-        args.extend(FAST);
+        args.extend(settings);
         args.extend(["-o", "json"]);
         serde_json::from_str(&self.ctl_ok(&args)).expect("JSON")
     }

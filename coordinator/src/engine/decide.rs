@@ -34,10 +34,16 @@ impl Engine {
     /// it and hand the role to the next candidate, if any.
     fn replace_lapsed(&mut self, name: &str, primary: &str, now: Now, out: &mut Effects) {
         let g = &self.groups[name];
-        let reason = format!(
-            "{primary} sent no heartbeat that could be acknowledged within its lease of {}",
-            humantime::format_duration(g.record.policy.failover_timeout)
-        );
+        let lease = humantime::format_duration(g.record.policy.failover_timeout);
+        let reason = if g.primary_fenced_since.is_some() {
+            format!(
+                "{primary} kept reporting itself fenced: its lease renewals did not reach it within {lease}"
+            )
+        } else {
+            format!(
+                "{primary} sent no heartbeat that could be acknowledged within its lease of {lease}"
+            )
+        };
         let epoch = g.record.epoch;
         self.record_event(
             NewEvent {
@@ -59,6 +65,7 @@ impl Engine {
             None => {
                 let g = self.groups.get_mut(name).expect("group exists");
                 g.record.primary = None;
+                g.primary_fenced_since = None;
                 g.record.epoch += 1;
                 out.writes.push(Write::PutGroup(g.record.clone()));
             }
@@ -106,6 +113,7 @@ impl Engine {
         let wait = self.lease_wait(&self.groups[name].record.policy);
         let g = self.groups.get_mut(name).expect("group exists");
         let old = g.record.primary.take().or_else(|| g.last_primary.clone());
+        g.primary_fenced_since = None;
         g.record.epoch += 1;
         g.record.primary = Some(node.to_owned());
         g.last_primary = Some(node.to_owned());
@@ -166,6 +174,7 @@ impl Engine {
         let g = self.groups.get_mut(name).expect("group exists");
         g.record.epoch += 1;
         g.record.primary = None;
+        g.primary_fenced_since = None;
         g.last_primary = Some(primary.to_owned());
         g.stepping_down = Some(primary.to_owned());
         let epoch = g.record.epoch;

@@ -98,6 +98,8 @@ pub enum Input {
         /// when the agent sent it.
         received: Instant,
         checks: Vec<CheckStatus>,
+        /// The roles the agent says it holds right now.
+        roles: Vec<ClaimedRole>,
     },
     HookResult {
         session: SessionId,
@@ -291,6 +293,9 @@ struct Group {
     switchover: Option<Switchover>,
     /// The last node that held the role, for the event log.
     last_primary: Option<String>,
+    /// Since when the primary has been reporting itself fenced at the
+    /// current epoch: its grants do not reach it in time.
+    primary_fenced_since: Option<Instant>,
     phase: Phase,
     phase_since_ms: u64,
 }
@@ -400,7 +405,18 @@ impl Engine {
                 seq,
                 received,
                 checks,
-            } => self.on_heartbeat(session, seq, received, checks, now, out),
+                roles,
+            } => self.on_heartbeat(
+                session,
+                Beat {
+                    seq,
+                    received,
+                    checks,
+                    roles,
+                },
+                now,
+                out,
+            ),
             Input::HookResult { session, report } => self.on_hook_result(session, report, now, out),
             Input::Goodbye { session, reason } => self.on_goodbye(session, &reason),
             Input::SessionClosed { session } => self.on_session_closed(session, now, out),
@@ -442,15 +458,7 @@ impl Engine {
             return;
         };
         g.lease_until = until;
-        if g.timer != until {
-            if let Some(old) = g.timer.take() {
-                self.timers.remove(&(old, name.to_owned()));
-            }
-            if let Some(at) = until {
-                self.timers.insert((at, name.to_owned()));
-                g.timer = Some(at);
-            }
-        }
+        update_timer(&mut self.timers, name, g);
     }
 
     /// Appends an event to the log (as a durable write).
@@ -481,10 +489,32 @@ impl Engine {
     }
 }
 
+/// Moves the group's entry in `timers` to its current `lease_until`.
+fn update_timer(timers: &mut BTreeSet<(Instant, String)>, name: &str, g: &mut Group) {
+    if g.timer == g.lease_until {
+        return;
+    }
+    if let Some(old) = g.timer.take() {
+        timers.remove(&(old, name.to_owned()));
+    }
+    if let Some(at) = g.lease_until {
+        timers.insert((at, name.to_owned()));
+        g.timer = Some(at);
+    }
+}
+
 /// `ttl * (1 + rho)`: how long after a grant the coordinator must assume
 /// the grantee may still be acting as primary.
 fn lease_wait(clock_drift: f64, policy: &Policy) -> Duration {
     policy.failover_timeout.mul_f64(1.0 + clock_drift)
+}
+
+/// One heartbeat, as the session received it.
+pub(super) struct Beat {
+    seq: u64,
+    received: Instant,
+    checks: Vec<CheckStatus>,
+    roles: Vec<ClaimedRole>,
 }
 
 /// The parts of an event the caller supplies.
@@ -510,6 +540,7 @@ impl Group {
             timer: None,
             stepping_down: None,
             switchover: None,
+            primary_fenced_since: None,
             phase: Phase::NoPrimary,
             phase_since_ms: now.wall_ms,
         }

@@ -112,15 +112,19 @@ impl Engine {
     pub(super) fn on_heartbeat(
         &mut self,
         session: SessionId,
-        seq: u64,
-        received: Instant,
-        checks: Vec<CheckStatus>,
+        beat: Beat,
         now: Now,
         out: &mut Effects,
     ) {
         let Some(node_id) = self.sessions.get(&session).cloned() else {
             return; // a session that was replaced or closed
         };
+        let Beat {
+            seq,
+            received,
+            checks,
+            roles,
+        } = beat;
         let drift = self.config.clock_drift;
         let node = self.nodes.get_mut(&node_id).expect("session's node exists");
         let s = node.session.as_mut().expect("session is current");
@@ -132,37 +136,63 @@ impl Engine {
             node.checks = checks;
         }
 
-        // Grant a lease in every group where this node holds the role.
+        // Grant a lease in every group where this node holds the role, and
+        // note groups without a primary: this node may now qualify for them
+        // (its first heartbeat, or the first after a silence).
         let mut grants = Vec::new();
-        let mut extended = Vec::new();
+        let mut vacant = Vec::new();
         for name in &node.groups {
-            let g = &self.groups[name];
-            if g.record.primary.as_deref() == Some(node_id.as_str()) {
-                let ttl = g.record.policy.failover_timeout;
-                grants.push(LeaseGrant {
-                    group: name.clone(),
-                    epoch: g.record.epoch,
-                    ttl,
-                });
-                let until = received + lease_wait(drift, &g.record.policy);
-                extended.push((name.clone(), until));
+            let g = self
+                .groups
+                .get_mut(name)
+                .expect("member of an existing group");
+            match g.record.primary.as_deref() {
+                Some(p) if p == node_id => {
+                    let epoch = g.record.epoch;
+                    let ttl = g.record.policy.failover_timeout;
+                    let fenced = roles
+                        .iter()
+                        .any(|r| r.group == *name && r.epoch == epoch && r.role == Role::Fenced);
+                    if !fenced {
+                        g.primary_fenced_since = None;
+                    } else if g.primary_fenced_since.is_none() {
+                        g.primary_fenced_since = Some(received);
+                    }
+                    // A primary that stays fenced for a whole lease despite
+                    // our grants is not reachable in time: stop granting, so
+                    // its lease runs out here too and it is replaced.
+                    let unreachable = g
+                        .primary_fenced_since
+                        .is_some_and(|since| received.saturating_duration_since(since) >= ttl);
+                    if unreachable {
+                        continue;
+                    }
+                    grants.push(LeaseGrant {
+                        group: name.clone(),
+                        epoch,
+                        ttl,
+                    });
+                    let until = received + lease_wait(drift, &g.record.policy);
+                    if g.lease_until.is_none_or(|current| current < until) {
+                        g.lease_until = Some(until);
+                        update_timer(&mut self.timers, name, g);
+                    }
+                }
+                Some(_) => {}
+                None => vacant.push(name.clone()),
             }
         }
         out.sends.push((session, ToAgent::Ack { seq, grants }));
-        for (name, until) in extended {
-            let current = self.groups[&name].lease_until;
-            if current.is_none_or(|c| c < until) {
-                self.set_lease_until(&name, Some(until));
-            }
-        }
 
         // A node that just became reachable, or whose health changed, may
         // change who qualifies.
-        if first || health_changed {
-            let groups: Vec<String> = self.nodes[&node_id].groups.iter().cloned().collect();
-            for name in groups {
-                self.reconcile(&name, now, out);
-            }
+        let groups: Vec<String> = if first || health_changed {
+            self.nodes[&node_id].groups.iter().cloned().collect()
+        } else {
+            vacant
+        };
+        for name in groups {
+            self.reconcile(&name, now, out);
         }
     }
 

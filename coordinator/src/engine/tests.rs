@@ -89,6 +89,10 @@ impl Sim {
     }
 
     fn heartbeat(&mut self, node: &str) -> &Effects {
+        self.heartbeat_claiming(node, vec![])
+    }
+
+    fn heartbeat_claiming(&mut self, node: &str, roles: Vec<ClaimedRole>) -> &Effects {
         let seq = self.seqs.entry(node.into()).or_default();
         *seq += 1;
         let input = Input::Heartbeat {
@@ -96,6 +100,7 @@ impl Sim {
             seq: *seq,
             received: self.now.mono,
             checks: vec![],
+            roles,
         };
         self.step(input)
     }
@@ -566,6 +571,7 @@ fn stale_session_heartbeats_are_ignored() {
         seq: 99,
         received: sim.now.mono,
         checks: vec![],
+        roles: vec![],
     });
     assert!(out.sends.is_empty());
 }
@@ -610,4 +616,75 @@ fn heartbeat_interval_is_the_smallest_among_the_nodes_groups() {
             _ => None,
         });
     assert_eq!(settings.next_back(), Some(Duration::from_millis(100)));
+}
+
+#[test]
+fn a_member_whose_heartbeats_resume_is_promoted_into_an_empty_group() {
+    // rec-1's session stays open but goes silent past the failover timeout
+    // (a partition that keeps TCP up), so the group has nobody to promote.
+    let mut sim = Sim::new();
+    sim.connect("rec-1");
+    sim.create("recorders", &["rec-1"]).unwrap();
+    sim.advance(WAIT + Duration::from_millis(10));
+    assert_eq!(sim.primary("recorders"), (None, 2));
+    // Its heartbeats resume on the same session: it qualifies again.
+    sim.heartbeat("rec-1");
+    assert_eq!(sim.primary("recorders"), (Some("rec-1".into()), 3));
+}
+
+fn fenced(group: &str, epoch: u64) -> Vec<ClaimedRole> {
+    vec![ClaimedRole {
+        group: group.into(),
+        role: Role::Fenced,
+        epoch,
+    }]
+}
+
+#[test]
+fn a_primary_whose_grants_never_reach_it_in_time_is_replaced() {
+    // rec-1's heartbeats arrive, but it keeps reporting itself fenced: the
+    // acknowledgements carrying its grants arrive too late (or not at all).
+    let mut sim = three_members();
+    let mut replaced_after = None;
+    for step in 1..=40 {
+        sim.advance(Duration::from_millis(250));
+        sim.heartbeat_claiming("rec-1", fenced("recorders", 1));
+        sim.heartbeat("rec-2");
+        sim.heartbeat("rec-3");
+        if sim.primary("recorders").0.as_deref() != Some("rec-1") {
+            replaced_after = Some(step * 250);
+            break;
+        }
+    }
+    // It keeps its grants while fenced for less than a lease (3 s), then
+    // gets none, then its last lease is waited out (3.03 s).
+    let after = replaced_after.expect("rec-1 was never replaced");
+    assert!((6000..=6500).contains(&after), "replaced after {after} ms");
+    assert_eq!(sim.primary("recorders"), (Some("rec-2".into()), 2));
+    let reason = sim
+        .log
+        .iter()
+        .flat_map(|e| e.writes.iter())
+        .find_map(|w| match w {
+            Write::Event(e) if e.kind == EventKind::PrimaryLapsed => Some(e.reason.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert!(reason.contains("fenced"), "{reason}");
+}
+
+#[test]
+fn a_primary_fenced_only_briefly_keeps_its_role() {
+    let mut sim = three_members();
+    for step in 0..40 {
+        sim.advance(Duration::from_millis(250));
+        // Fenced now and then (a late acknowledgement), never for a lease.
+        if step % 4 == 0 {
+            sim.heartbeat_claiming("rec-1", fenced("recorders", 1));
+        } else {
+            sim.heartbeat("rec-1");
+        }
+        sim.heartbeat("rec-2");
+    }
+    assert_eq!(sim.primary("recorders"), (Some("rec-1".into()), 1));
 }

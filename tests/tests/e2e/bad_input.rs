@@ -302,6 +302,7 @@ async fn malformed_agent_sessions_get_a_clear_status() {
         kind: Some(pb::agent_message::Kind::Heartbeat(pb::Heartbeat {
             seq: 1,
             checks: vec![],
+            roles: vec![],
         })),
     };
     let status = first_error(&mut client, heartbeat_first).await;

@@ -1,0 +1,543 @@
+//! Randomized fault injection against real processes: a coordinator and
+//! three agents (each behind its own proxy), two groups, and a schedule of
+//! faults drawn from a seed. After each fault heals, the run checks that
+//! every group converges to exactly one primary within the stated bound;
+//! after every coordinator restart, that every acknowledged admin change is
+//! still there. At the end the checker reads the agents' role logs and
+//! checks that primaries never overlapped and epochs only grew.
+//!
+//! The schedule (which fault, which node, how long) is a function of the
+//! seed; real timing still varies from run to run.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+use crate::checker::{self, Inflicted};
+use crate::proxy::Mode;
+use crate::{Cluster, bin, member, member_order};
+
+/// Beyond `failover_timeout × (1 + rho)`, how long a group may take to have
+/// exactly one primary again after a fault heals: an agent reconnects
+/// within its longest backoff (5 s, jittered), then takes its role within a
+/// heartbeat; one more second absorbs process start-up on a loaded machine.
+pub const CONVERGENCE_SLACK: Duration = Duration::from_secs(6);
+
+const NODES: [&str; 3] = ["n-1", "n-2", "n-3"];
+const GROUPS: [(&str, [&str; 3]); 2] = [
+    ("alpha", ["n-1", "n-2", "n-3"]),
+    ("beta", ["n-3", "n-1", "n-2"]),
+];
+/// A member with no agent, added and removed by admin faults.
+const SPARE: &str = "n-4";
+
+#[derive(Debug, Clone, Copy)]
+pub struct FaultConfig {
+    pub seed: u64,
+    /// Faults keep coming until this much time has passed.
+    pub duration: Duration,
+    pub heartbeat: Duration,
+    pub failover_timeout: Duration,
+}
+
+impl FaultConfig {
+    pub fn new(seed: u64, duration: Duration) -> FaultConfig {
+        FaultConfig {
+            seed,
+            duration,
+            heartbeat: Duration::from_millis(100),
+            failover_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub seed: u64,
+    /// Faults injected, by kind.
+    pub faults: BTreeMap<&'static str, u32>,
+    /// Times a group's primary moved to another node.
+    pub failovers: usize,
+    pub slowest_convergence_ms: u64,
+    pub violations: Vec<String>,
+    /// Where the run's logs were kept (only when something was violated).
+    pub kept_logs: Option<String>,
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let total: u32 = self.faults.values().sum();
+        let kinds: Vec<String> = self
+            .faults
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        write!(
+            f,
+            "seed {}: {total} faults ({}), {} failovers, slowest convergence {} ms, {} violations",
+            self.seed,
+            kinds.join(", "),
+            self.failovers,
+            self.slowest_convergence_ms,
+            self.violations.len()
+        )?;
+        for v in &self.violations {
+            write!(f, "\n  VIOLATION: {v}")?;
+        }
+        if let Some(dir) = &self.kept_logs {
+            write!(f, "\n  logs kept in {dir}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs one seed's schedule and checks every promise.
+pub fn run(config: FaultConfig) -> Report {
+    let mut run = Run::start(config);
+    let end = Instant::now() + config.duration;
+    while Instant::now() < end {
+        run.step();
+    }
+    run.finish()
+}
+
+/// An admin change sent while the coordinator was being killed.
+struct Raced {
+    group: String,
+    node: String,
+    position: usize,
+    acknowledged: bool,
+}
+
+struct Run {
+    c: Cluster,
+    rng: StdRng,
+    config: FaultConfig,
+    inflicted: Vec<Inflicted>,
+    report: Report,
+    /// Acknowledged member order of every group that exists.
+    model: BTreeMap<String, Vec<String>>,
+}
+
+impl Run {
+    fn start(config: FaultConfig) -> Run {
+        let mut c = Cluster::start();
+        for (i, node) in NODES.iter().enumerate() {
+            c.start_agent_proxied(node, config.seed * 10 + i as u64);
+        }
+        c.wait_nodes(&NODES);
+        let mut run = Run {
+            c,
+            rng: StdRng::seed_from_u64(config.seed),
+            config,
+            inflicted: Vec::new(),
+            report: Report {
+                seed: config.seed,
+                ..Report::default()
+            },
+            model: BTreeMap::new(),
+        };
+        for (name, members) in GROUPS {
+            run.create_group(name, &members);
+        }
+        run.converge();
+        run
+    }
+
+    fn settings(&self) -> [String; 4] {
+        [
+            "--heartbeat-interval".into(),
+            format!("{}ms", self.config.heartbeat.as_millis()),
+            "--failover-timeout".into(),
+            format!("{}ms", self.config.failover_timeout.as_millis()),
+        ]
+    }
+
+    fn create_group(&mut self, name: &str, members: &[&str]) -> bool {
+        let settings = self.settings();
+        let mut args = vec!["group", "add", name];
+        for m in members {
+            args.extend(["--member", m]);
+        }
+        args.extend(settings.iter().map(String::as_str));
+        let ok = self.c.ctl(&args).status.success();
+        if ok {
+            self.model.insert(
+                name.to_owned(),
+                members.iter().map(|m| m.to_string()).collect(),
+            );
+        }
+        ok
+    }
+
+    fn count(&mut self, kind: &'static str) {
+        *self.report.faults.entry(kind).or_default() += 1;
+    }
+
+    /// A random duration, as a multiple of the failover timeout.
+    fn timeouts(&mut self, range: Range<f64>) -> Duration {
+        self.config
+            .failover_timeout
+            .mul_f64(self.rng.random_range(range))
+    }
+
+    fn hold(&mut self, range: Range<f64>) {
+        // The length of a fault, not a synchronisation.
+        let d = self.timeouts(range);
+        std::thread::sleep(d);
+    }
+
+    /// Mostly the primary of a random group (faults there matter most),
+    /// sometimes any node.
+    fn target(&mut self) -> String {
+        if self.rng.random_bool(0.75) {
+            self.primary_of_random_group()
+        } else {
+            NODES[self.rng.random_range(0..NODES.len())].to_owned()
+        }
+    }
+
+    fn primary_of_random_group(&mut self) -> String {
+        let groups: Vec<String> = GROUPS.iter().map(|(g, _)| g.to_string()).collect();
+        let g = &groups[self.rng.random_range(0..groups.len())];
+        match self.c.group(g)["primary"].as_str() {
+            Some(p) => p.to_owned(),
+            None => NODES[0].to_owned(),
+        }
+    }
+
+    fn step(&mut self) {
+        match self.rng.random_range(0..100) {
+            0..20 => self.partition(),
+            20..30 => self.delay(),
+            30..38 => self.reset(),
+            38..53 => self.freeze(),
+            53..66 => self.kill_agent(),
+            66..76 => self.kill_coordinator(),
+            76..82 => self.restart_while_partitioned(),
+            82..88 => self.crash_after_promotion(),
+            _ => self.admin(),
+        }
+        self.converge();
+    }
+
+    fn partition(&mut self) {
+        self.count("partition");
+        let node = self.target();
+        self.c.proxy(&node).set(Mode::Blackhole);
+        self.hold(0.5..3.0);
+        self.c.proxy(&node).set(Mode::Pass);
+    }
+
+    fn delay(&mut self) {
+        self.count("delay");
+        let node = self.target();
+        let base = self.timeouts(0.5..1.1);
+        let jitter = self.config.failover_timeout / 5;
+        self.c.proxy(&node).set(Mode::Delay { base, jitter });
+        self.hold(2.0..4.0);
+        self.c.proxy(&node).set(Mode::Pass);
+    }
+
+    fn reset(&mut self) {
+        self.count("reset");
+        let node = self.target();
+        self.c.proxy(&node).set(Mode::Reset);
+        self.hold(0.05..0.5);
+        self.c.proxy(&node).set(Mode::Pass);
+    }
+
+    fn freeze(&mut self) {
+        self.count("freeze");
+        let node = self.target();
+        let from_ns = self.c.freeze_agent(&node);
+        self.hold(1.2..3.0);
+        let to_ns = self.c.thaw_agent(&node);
+        self.inflicted.push(Inflicted::Frozen {
+            node,
+            from_ns,
+            to_ns,
+        });
+    }
+
+    fn kill_agent(&mut self) {
+        self.count("kill_agent");
+        let node = self.target();
+        let at_ns = self.c.kill_agent(&node);
+        self.inflicted.push(Inflicted::Killed {
+            node: node.clone(),
+            at_ns,
+        });
+        self.hold(0.0..2.0);
+        self.c.start_agent(&node);
+    }
+
+    /// kill -9 of the coordinator, racing an admin change against it.
+    fn kill_coordinator(&mut self) {
+        self.count("kill_coordinator");
+        let (group, node, position) = self.random_move();
+        let url = self.c.url();
+        let args = [
+            "group",
+            "member",
+            "move",
+            &group,
+            &node,
+            "--position",
+            &position.to_string(),
+        ]
+        .map(str::to_owned);
+        let racing = std::thread::spawn(move || {
+            Command::new(bin("failoverctl"))
+                .args(["--coordinator", &url])
+                .args(&args)
+                .output()
+                .map(|o| o.status.success())
+        });
+        std::thread::sleep(Duration::from_millis(self.rng.random_range(0..30)));
+        self.c.kill_coordinator();
+        let acknowledged = racing
+            .join()
+            .expect("racing thread")
+            .expect("failoverctl runs");
+        self.hold(0.0..2.0);
+        self.c.start_coordinator();
+        self.check_durable(Some(Raced {
+            group,
+            node,
+            position,
+            acknowledged,
+        }));
+    }
+
+    /// A coordinator restart while a primary is cut off from it.
+    fn restart_while_partitioned(&mut self) {
+        self.count("restart_while_partitioned");
+        let node = self.target();
+        self.c.proxy(&node).set(Mode::Blackhole);
+        self.hold(0.2..1.0);
+        self.c.kill_coordinator();
+        self.hold(0.0..1.0);
+        self.c.start_coordinator();
+        self.check_durable(None);
+        self.hold(0.0..2.0);
+        self.c.proxy(&node).set(Mode::Pass);
+    }
+
+    /// The coordinator dies after a promotion is durable and before anyone
+    /// hears of it; the restarted one must carry it through.
+    fn crash_after_promotion(&mut self) {
+        self.count("crash_after_promotion");
+        self.c.kill_coordinator();
+        self.c
+            .start_coordinator_with(&[("FAILOVER_CRASH_POINT", "after-promotion-commit")]);
+        self.check_durable(None);
+        let node = self.primary_of_random_group();
+        let at_ns = self.c.kill_agent(&node);
+        self.inflicted.push(Inflicted::Killed {
+            node: node.clone(),
+            at_ns,
+        });
+        // The primary's lease (and the start-up wait) runs out, a successor
+        // is chosen and written, and the coordinator aborts.
+        let deadline = Instant::now() + self.config.failover_timeout * 3 + Duration::from_secs(10);
+        while !self.c.coordinator_exited() {
+            if Instant::now() > deadline {
+                // Nothing was promoted (the killed node held no role).
+                self.c.kill_coordinator();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.c.start_coordinator();
+        self.check_durable(None);
+        self.c.start_agent(&node);
+    }
+
+    /// A random member move: (group, node, position).
+    fn random_move(&mut self) -> (String, String, usize) {
+        let groups: Vec<String> = self.model.keys().cloned().collect();
+        let group = groups[self.rng.random_range(0..groups.len())].clone();
+        let members = &self.model[&group];
+        let node = members[self.rng.random_range(0..members.len())].clone();
+        let position = self.rng.random_range(0..members.len());
+        (group, node, position)
+    }
+
+    fn apply_move(&mut self, group: &str, node: &str, position: usize) {
+        if let Some(order) = self.model.get_mut(group) {
+            order.retain(|m| m != node);
+            order.insert(position.min(order.len()), node.to_owned());
+        }
+    }
+
+    fn admin(&mut self) {
+        self.count("admin");
+        match self.rng.random_range(0..5) {
+            0 => {
+                // Planned switchover to a random other member.
+                let (group, node, _) = self.random_move();
+                let _ = self.c.ctl(&["group", "promote", &group, "--to", &node]);
+            }
+            1 => {
+                let (group, node, position) = self.random_move();
+                let pos = position.to_string();
+                if self
+                    .c
+                    .ctl(&["group", "member", "move", &group, &node, "--position", &pos])
+                    .status
+                    .success()
+                {
+                    self.apply_move(&group, &node, position);
+                }
+            }
+            2 => {
+                let (group, _, _) = self.random_move();
+                let has_spare = self.model[&group].iter().any(|m| m == SPARE);
+                let args: Vec<&str> = if has_spare {
+                    vec!["group", "member", "remove", &group, SPARE]
+                } else {
+                    vec!["group", "member", "add", &group, SPARE]
+                };
+                if self.c.ctl(&args).status.success() {
+                    let order = self.model.get_mut(&group).expect("modelled");
+                    if has_spare {
+                        order.retain(|m| m != SPARE);
+                    } else {
+                        order.push(SPARE.to_owned());
+                    }
+                }
+            }
+            _ => {
+                // A short-lived group.
+                if self.model.contains_key("tmp") {
+                    if self.c.ctl(&["group", "delete", "tmp"]).status.success() {
+                        self.model.remove("tmp");
+                    }
+                } else {
+                    let first = NODES[self.rng.random_range(0..NODES.len())];
+                    self.create_group("tmp", &[first, SPARE]);
+                }
+            }
+        }
+    }
+
+    /// (d): every acknowledged admin change survived the restart. A change
+    /// that raced the kill unacknowledged may be there or not, but nothing
+    /// else may differ.
+    fn check_durable(&mut self, raced: Option<Raced>) {
+        let list = self.c.ctl_json(&["group", "list"]);
+        let actual: BTreeMap<String, Vec<String>> = list
+            .as_array()
+            .expect("array")
+            .iter()
+            .map(|g| {
+                (
+                    g["name"].as_str().expect("name").to_owned(),
+                    member_order(g),
+                )
+            })
+            .collect();
+        if let Some(r) = raced {
+            let before = self.model.clone();
+            self.apply_move(&r.group, &r.node, r.position);
+            if !r.acknowledged && actual != self.model {
+                self.model = before;
+            }
+        }
+        if actual != self.model {
+            self.report.violations.push(format!(
+                "after a coordinator restart the groups are {actual:?}, but the acknowledged \
+                 state is {:?}",
+                self.model
+            ));
+            self.model = actual;
+        }
+    }
+
+    /// (c): every group has exactly one primary, connected, and exactly that
+    /// node acting as primary, within the bound.
+    fn converge(&mut self) {
+        let bound = self.config.failover_timeout.mul_f64(1.01) + CONVERGENCE_SLACK;
+        let started = Instant::now();
+        let give_up = started + bound + Duration::from_secs(30);
+        loop {
+            if self.converged() {
+                let took = started.elapsed();
+                self.report.slowest_convergence_ms = self
+                    .report
+                    .slowest_convergence_ms
+                    .max(took.as_millis() as u64);
+                if took > bound {
+                    self.report.violations.push(format!(
+                        "converged after {took:?}, beyond the bound of {bound:?}"
+                    ));
+                }
+                return;
+            }
+            if Instant::now() > give_up {
+                self.report.violations.push(format!(
+                    "no single primary per group {:?} after a fault healed",
+                    give_up - started
+                ));
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn converged(&self) -> bool {
+        let verdict = checker::check(
+            &checker::read_role_logs(self.c.dir.path()),
+            &self.inflicted,
+            self.config.failover_timeout.as_nanos(),
+        );
+        self.model.iter().all(|(name, members)| {
+            let g = self.c.group(name);
+            let Some(primary) = g["primary"].as_str() else {
+                return false;
+            };
+            let running: Vec<&String> = members
+                .iter()
+                .filter(|m| self.c.agents.contains_key(*m))
+                .collect();
+            let all_connected = running.iter().all(|m| member(&g, m)["connected"] == true);
+            let acting: Vec<&str> = verdict
+                .intervals
+                .iter()
+                .filter(|i| i.group == *name && i.end_ns.is_none())
+                .map(|i| i.node.as_str())
+                .collect();
+            g["phase"] == "active" && all_connected && acting == [primary]
+        })
+    }
+
+    fn finish(self) -> Report {
+        let Run {
+            c,
+            inflicted,
+            mut report,
+            config,
+            ..
+        } = self;
+        let verdict = checker::check(
+            &checker::read_role_logs(c.dir.path()),
+            &inflicted,
+            config.failover_timeout.as_nanos(),
+        );
+        report.failovers = verdict.failovers();
+        report.violations.extend(verdict.violations);
+        if !report.violations.is_empty() {
+            let kept = c.dir.path().to_owned();
+            let Cluster { dir, .. } = c;
+            let _ = dir.keep();
+            report.kept_logs = Some(kept.display().to_string());
+        }
+        report
+    }
+}

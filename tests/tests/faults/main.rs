@@ -1,0 +1,39 @@
+//! The fault-injection suite: randomized faults against real processes,
+//! with fixed seeds, checked against the promises of DESIGN.md section 4;
+//! and the lease arithmetic under simulated clock drift.
+//!
+//! A longer soak over more seeds: `failover-soak` (see the README).
+
+mod lease_drift;
+
+use std::time::Duration;
+
+use tests::faults::{FaultConfig, run};
+
+/// Long enough for a dozen or more faults per seed.
+const PER_SEED: Duration = Duration::from_secs(45);
+
+fn seed(seed: u64) {
+    let report = run(FaultConfig::new(seed, PER_SEED));
+    println!("{report}");
+    assert!(
+        report.faults.values().sum::<u32>() >= 5,
+        "too few faults: {report}"
+    );
+    assert!(report.violations.is_empty(), "{report}");
+}
+
+#[test]
+fn seed_1() {
+    seed(1);
+}
+
+#[test]
+fn seed_2() {
+    seed(2);
+}
+
+#[test]
+fn seed_3() {
+    seed(3);
+}
