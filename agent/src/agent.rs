@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
+use crate::checks::{self, CheckBoard};
 use crate::clock;
 use crate::config::AgentConfig;
 use crate::connection::{self, Connection};
@@ -34,6 +35,9 @@ const MAX_PENDING_REPORTS: usize = 256;
 const STOP_GRACE: Duration = Duration::from_secs(5);
 /// A session that lasted this long was healthy: reconnect at once.
 const STABLE_SESSION: Duration = Duration::from_secs(5);
+/// How long a stopping agent waits for the coordinator to take its last
+/// messages (hook results, goodbye).
+const FLUSH_GRACE: Duration = Duration::from_secs(2);
 
 /// What a hook run is about: a new value means a new hook must run.
 #[derive(Debug, Clone, PartialEq)]
@@ -41,9 +45,11 @@ enum HookKey {
     Primary {
         epoch: u64,
     },
-    /// A secondary's hook runs again when the primary it follows changes.
+    /// A secondary's hook runs again when the primary it follows changes,
+    /// or how it should stand by (hot, warm, cold).
     Secondary {
         primary: Option<String>,
+        standby_mode: StandbyMode,
     },
     Fenced {
         epoch: u64,
@@ -92,6 +98,8 @@ pub struct Agent {
     sent: VecDeque<(u64, Duration)>,
     /// Hook results not yet delivered.
     pending_reports: VecDeque<pb::HookResult>,
+    /// Latest verdicts of the health checks.
+    checks: CheckBoard,
 }
 
 impl Agent {
@@ -123,11 +131,15 @@ impl Agent {
             next_seq: 1,
             sent: VecDeque::new(),
             pending_reports: VecDeque::new(),
+            checks: CheckBoard::default(),
         })
     }
 
     pub async fn run(mut self, shutdown: CancellationToken) {
         tracing::info!(node = %self.config.node_id, coordinators = ?self.config.coordinators, "agent starting");
+        let stop_checks = CancellationToken::new();
+        self.checks = checks::start(&self.config.checks, &stop_checks);
+        let check_changed = self.checks.changed.clone();
         let mut connecting = Some(Box::pin(connection::connect(
             self.config.coordinators.clone(),
             Duration::ZERO,
@@ -150,6 +162,8 @@ impl Agent {
                     Err(reason) => self.disconnected(&reason),
                 },
                 _ = self.heartbeats.tick(), if self.conn.is_some() => self.heartbeat(),
+                // A check flipped: tell the coordinator now.
+                _ = check_changed.notified(), if self.conn.is_some() => self.heartbeat(),
                 conn = async { connecting.as_mut().expect("guarded").await }, if connecting.is_some() => {
                     connecting = None;
                     self.connected(conn);
@@ -168,6 +182,7 @@ impl Agent {
             }
         }
         self.stop().await;
+        stop_checks.cancel();
     }
 
     /// Fences every strict primary whose lease has ended.
@@ -193,6 +208,7 @@ impl Agent {
                 Role::Primary => continue,
                 Role::Secondary => HookKey::Secondary {
                     primary: state.primary.clone(),
+                    standby_mode: state.standby_mode,
                 },
                 Role::Fenced => HookKey::Fenced { epoch: state.epoch },
             };
@@ -377,7 +393,7 @@ impl Agent {
         let roles = self.claims();
         if self.send(Out::Heartbeat(pb::Heartbeat {
             seq,
-            checks: vec![],
+            checks: self.checks.snapshot(),
             roles,
         })) {
             if self.sent.len() == SENT_WINDOW {
@@ -477,6 +493,7 @@ impl Agent {
                 Ok(pb::Fencing::None) => Fencing::None,
                 _ => Fencing::Strict,
             },
+            shutdown_grace: Duration::from_millis(a.shutdown_grace_ms),
         };
         let primary = assignment.primary.clone();
         let primary = primary.as_deref().unwrap_or("");
@@ -507,16 +524,24 @@ impl Agent {
         }
     }
 
-    /// Says goodbye and gives running hooks a moment to finish.
+    /// Stops cleanly: steps down where the group wants no shutdown grace
+    /// (so the role moves at once), gives hooks a moment to finish, reports
+    /// them, says goodbye, and waits for the coordinator to take it all.
     async fn stop(&mut self) {
         tracing::info!("agent stopping");
-        self.send(Out::Goodbye(pb::Goodbye {
-            reason: "agent stopping".into(),
-        }));
+        for group in self.roles.step_down_for_shutdown() {
+            let epoch = self.roles.get(&group).map_or(0, |g| g.epoch);
+            tracing::info!(%group, epoch, role = "secondary", "stepping down before stopping");
+        }
+        self.drive_hooks();
         let deadline = Instant::now() + STOP_GRACE;
         while self.slots.values().any(|s| s.running.is_some()) {
             match tokio::time::timeout_at(deadline, self.done_rx.recv()).await {
-                Ok(Some(done)) => self.on_hook_done(done),
+                Ok(Some(done)) => {
+                    self.on_hook_done(done);
+                    // A step-down may still be queued behind a hook.
+                    self.drive_hooks();
+                }
                 _ => break,
             }
         }
@@ -525,7 +550,23 @@ impl Agent {
                 running.cancel();
             }
         }
-        self.conn = None;
+        self.send(Out::Goodbye(pb::Goodbye {
+            reason: "agent stopping".into(),
+        }));
+        // Close our half of the stream and wait for the coordinator to
+        // close its half: everything queued before has been delivered.
+        if let Some(Connection {
+            outbound,
+            mut inbound,
+            ..
+        }) = self.conn.take()
+        {
+            drop(outbound);
+            let _ = tokio::time::timeout(FLUSH_GRACE, async {
+                while let Ok(Some(_)) = inbound.message().await {}
+            })
+            .await;
+        }
     }
 }
 

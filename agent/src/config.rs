@@ -8,6 +8,8 @@ use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
 use serde::Deserialize;
 
+use crate::checks::CheckConfig;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "failover-agent",
@@ -58,6 +60,8 @@ struct FileConfig {
     #[serde(default)]
     hooks: HooksConfig,
     #[serde(default)]
+    checks: Vec<CheckConfig>,
+    #[serde(default)]
     log: LogConfig,
 }
 
@@ -105,6 +109,8 @@ pub struct AgentConfig {
     /// Append every role transition of this node here (JSON lines).
     pub role_log: Option<PathBuf>,
     pub hooks: HooksConfig,
+    /// Health checks, each validated.
+    pub checks: Vec<CheckConfig>,
     pub log: LogConfig,
 }
 
@@ -153,6 +159,15 @@ impl AgentConfig {
         {
             bail!("hooks.on_role_change is empty: remove it or give a command");
         }
+        for (i, check) in file.checks.iter().enumerate() {
+            check.validate()?;
+            if file.checks[..i].iter().any(|c| c.name == check.name) {
+                bail!(
+                    "two checks are named {:?}: names must be unique",
+                    check.name
+                );
+            }
+        }
         let mut log = file.log;
         if let Some(format) = args.log_format {
             log.format = format;
@@ -162,6 +177,7 @@ impl AgentConfig {
             coordinators,
             role_log: file.role_log,
             hooks,
+            checks: file.checks,
             log,
         })
     }

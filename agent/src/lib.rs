@@ -3,6 +3,7 @@
 //! lease runs out, and runs the operator's hook on every role change.
 
 pub mod agent;
+pub mod checks;
 pub mod clock;
 pub mod config;
 pub mod connection;

@@ -69,6 +69,8 @@ pub struct Assignment {
     pub primary: Option<String>,
     pub standby_mode: StandbyMode,
     pub fencing: Fencing,
+    /// Zero: when the agent stops while primary, it steps down first.
+    pub shutdown_grace: Duration,
 }
 
 /// This node's state in one group.
@@ -80,6 +82,7 @@ pub struct GroupState {
     pub primary: Option<String>,
     pub standby_mode: StandbyMode,
     pub fencing: Fencing,
+    pub shutdown_grace: Duration,
     /// While primary: until when (boot clock) the lease lets it act.
     pub lease_until: Option<Duration>,
     /// The node was released from the group while primary: it steps down,
@@ -130,6 +133,7 @@ impl Roles {
                     primary: a.primary,
                     standby_mode: a.standby_mode,
                     fencing: a.fencing,
+                    shutdown_grace: a.shutdown_grace,
                     lease_until: None,
                     released: false,
                 },
@@ -159,6 +163,7 @@ impl Roles {
             primary: a.primary,
             standby_mode: a.standby_mode,
             fencing: a.fencing,
+            shutdown_grace: a.shutdown_grace,
             lease_until: if keeps_lease {
                 current.lease_until
             } else {
@@ -224,6 +229,22 @@ impl Roles {
         Ok(())
     }
 
+    /// The agent is stopping: it steps down, at the same epoch, in every
+    /// group where it is primary and the group wants no shutdown grace (so
+    /// the role can move at once). Returns those groups.
+    pub fn step_down_for_shutdown(&mut self) -> Vec<String> {
+        let mut stepped = Vec::new();
+        for (name, g) in &mut self.groups {
+            if g.role == Role::Primary && g.shutdown_grace.is_zero() {
+                g.role = Role::Secondary;
+                g.primary = None;
+                g.lease_until = None;
+                stepped.push(name.clone());
+            }
+        }
+        stepped
+    }
+
     /// Forgets a released group once its step-down has run.
     pub fn forget_released(&mut self, group: &str) {
         if self.groups.get(group).is_some_and(|g| g.released) {
@@ -278,6 +299,7 @@ mod tests {
             primary: (role == Role::Primary).then(|| "me".into()),
             standby_mode: StandbyMode::Hot,
             fencing: Fencing::Strict,
+            shutdown_grace: Duration::ZERO,
         }
     }
 
@@ -409,6 +431,20 @@ mod tests {
             fence_margin(Duration::from_millis(50)),
             Duration::from_millis(5)
         );
+    }
+
+    #[test]
+    fn stopping_steps_down_only_where_the_group_wants_no_grace() {
+        let mut roles = Roles::default();
+        roles.assign(assignment(2, Role::Primary)).unwrap();
+        let mut held = assignment(4, Role::Primary);
+        held.group = "h".into();
+        held.shutdown_grace = secs(60);
+        roles.assign(held).unwrap();
+        assert_eq!(roles.step_down_for_shutdown(), ["g"]);
+        assert_eq!(roles.get("g").unwrap().role, Role::Secondary);
+        assert_eq!(roles.get("g").unwrap().epoch, 2);
+        assert_eq!(roles.get("h").unwrap().role, Role::Primary);
     }
 
     #[test]

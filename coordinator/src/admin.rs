@@ -183,6 +183,75 @@ impl pb::admin_service_server::AdminService for AdminApi {
         .await
     }
 
+    async fn update_group(
+        &self,
+        request: Request<pb::UpdateGroupRequest>,
+    ) -> Result<Response<pb::GroupStatus>, Status> {
+        let actor = actor(&request);
+        let r = request.into_inner();
+        let policy = policy_patch_from_proto(r.policy).map_err(admin_status)?;
+        self.group(
+            actor,
+            AdminCommand::UpdatePolicy {
+                group: r.name,
+                policy,
+            },
+        )
+        .await
+    }
+
+    async fn takeover(
+        &self,
+        request: Request<pb::TakeoverRequest>,
+    ) -> Result<Response<pb::GroupStatus>, Status> {
+        let actor = actor(&request);
+        let r = request.into_inner();
+        let to = (!r.to.is_empty()).then_some(r.to);
+        self.group(actor, AdminCommand::Takeover { group: r.group, to })
+            .await
+    }
+
+    async fn restore(
+        &self,
+        request: Request<pb::RestoreRequest>,
+    ) -> Result<Response<pb::GroupStatus>, Status> {
+        let actor = actor(&request);
+        let group = request.into_inner().group;
+        self.group(actor, AdminCommand::Restore { group }).await
+    }
+
+    async fn drain_member(
+        &self,
+        request: Request<pb::DrainMemberRequest>,
+    ) -> Result<Response<pb::GroupStatus>, Status> {
+        let actor = actor(&request);
+        let r = request.into_inner();
+        self.group(
+            actor,
+            AdminCommand::Drain {
+                group: r.group,
+                node: r.node,
+            },
+        )
+        .await
+    }
+
+    async fn undrain_member(
+        &self,
+        request: Request<pb::DrainMemberRequest>,
+    ) -> Result<Response<pb::GroupStatus>, Status> {
+        let actor = actor(&request);
+        let r = request.into_inner();
+        self.group(
+            actor,
+            AdminCommand::Undrain {
+                group: r.group,
+                node: r.node,
+            },
+        )
+        .await
+    }
+
     async fn list_nodes(
         &self,
         request: Request<pb::ListNodesRequest>,

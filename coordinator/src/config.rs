@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
@@ -57,9 +56,6 @@ pub struct Config {
     pub clock_drift: f64,
     /// How many events the log keeps.
     pub event_retention: u64,
-    /// How long a new agent stream may take to send its Hello.
-    #[serde(with = "humantime_serde")]
-    pub connect_timeout: Duration,
     /// Settings of new groups where `group add` gives none.
     pub defaults: Policy,
     pub log: LogConfig,
@@ -91,7 +87,6 @@ impl Default for Config {
             data_dir: PathBuf::from("./failover-data"),
             clock_drift: 0.01,
             event_retention: 10_000,
-            connect_timeout: Duration::from_secs(30),
             defaults: Policy::default(),
             log: LogConfig::default(),
         }
@@ -138,9 +133,6 @@ impl Config {
         if self.event_retention == 0 {
             bail!("event_retention must be at least 1");
         }
-        if self.connect_timeout.is_zero() {
-            bail!("connect_timeout must be greater than zero");
-        }
         self.defaults
             .validate()
             .context("invalid [defaults] in the configuration")?;
@@ -150,6 +142,8 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]

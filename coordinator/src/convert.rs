@@ -7,7 +7,7 @@ use proto::v1 as pb;
 
 use crate::engine::{AdminError, GroupView, NodeView, ToAgent};
 use crate::model::{CheckStatus, EventRecord, HookOutcome, Phase, Role};
-use crate::policy::{Fencing, Policy, PolicyPatch, StandbyMode};
+use crate::policy::{Failback, Fencing, Policy, PolicyPatch, StandbyMode, TimeWindow};
 
 pub fn role_to_proto(role: Role) -> pb::Role {
     match role {
@@ -98,6 +98,7 @@ pub fn to_proto(message: ToAgent) -> pb::CoordinatorMessage {
             primary: a.primary.unwrap_or_default(),
             standby_mode: standby_to_proto(a.standby_mode) as i32,
             fencing: fencing_to_proto(a.fencing) as i32,
+            shutdown_grace_ms: millis(a.shutdown_grace),
         }),
         ToAgent::Release {
             group,
@@ -142,9 +143,33 @@ pub fn policy_patch_from_proto(p: Option<pb::Policy>) -> Result<PolicyPatch, Adm
         Some(Ok(pb::Fencing::None)) => Some(Fencing::None),
         Some(_) => return Err(invalid("fencing must be strict or none")),
     };
+    let failback = match p.failback.map(pb::Failback::try_from) {
+        None => None,
+        Some(Ok(pb::Failback::Never)) => Some(Failback::Never),
+        Some(Ok(pb::Failback::Delayed)) => Some(Failback::Delayed),
+        Some(_) => return Err(invalid("failback must be never or delayed")),
+    };
+    let failback_window = match p.failback_window.as_deref() {
+        None => None,
+        Some("") | Some("none") => Some(None),
+        Some(w) => Some(Some(
+            w.parse::<TimeWindow>()
+                .map_err(AdminError::InvalidArgument)?,
+        )),
+    };
+    let ms = |v: Option<u64>| v.map(Duration::from_millis);
     Ok(PolicyPatch {
-        heartbeat_interval: p.heartbeat_interval_ms.map(Duration::from_millis),
-        failover_timeout: p.failover_timeout_ms.map(Duration::from_millis),
+        heartbeat_interval: ms(p.heartbeat_interval_ms),
+        failover_timeout: ms(p.failover_timeout_ms),
+        connect_timeout: ms(p.connect_timeout_ms),
+        startup_timeout: ms(p.startup_timeout_ms),
+        shutdown_grace: ms(p.shutdown_grace_ms),
+        abnormal_timeout: ms(p.abnormal_timeout_ms),
+        auto_failover: p.auto_failover,
+        failback,
+        failback_delay: ms(p.failback_delay_ms),
+        failback_window,
+        min_failover_interval: ms(p.min_failover_interval_ms),
         standby_mode,
         fencing,
     })
@@ -160,6 +185,18 @@ pub fn policy_to_proto(p: &Policy) -> pb::Policy {
         failover_timeout_ms: Some(millis(p.failover_timeout)),
         standby_mode: Some(standby_to_proto(p.standby_mode) as i32),
         fencing: Some(fencing_to_proto(p.fencing) as i32),
+        connect_timeout_ms: Some(millis(p.connect_timeout)),
+        startup_timeout_ms: Some(millis(p.startup_timeout)),
+        shutdown_grace_ms: Some(millis(p.shutdown_grace)),
+        abnormal_timeout_ms: Some(millis(p.abnormal_timeout)),
+        auto_failover: Some(p.auto_failover),
+        failback: Some(match p.failback {
+            Failback::Never => pb::Failback::Never,
+            Failback::Delayed => pb::Failback::Delayed,
+        } as i32),
+        failback_delay_ms: Some(millis(p.failback_delay)),
+        failback_window: p.failback_window.map(|w| w.to_string()),
+        min_failover_interval_ms: Some(millis(p.min_failover_interval)),
     }
 }
 
@@ -179,9 +216,12 @@ pub fn group_to_proto(v: GroupView) -> pb::GroupStatus {
                 connected: m.connected,
                 healthy: m.healthy,
                 last_contact_unix_ms: m.last_contact_unix_ms,
+                maintenance: m.maintenance,
+                recently_failed: m.recently_failed,
             })
             .collect(),
         policy: Some(policy_to_proto(&v.policy)),
+        alarm: v.alarm.unwrap_or_default(),
     }
 }
 

@@ -81,8 +81,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .build_v1()
         .context("building the reflection service")?;
 
-    let sessions =
-        session::AgentSessions::new(handle.clone(), config.connect_timeout, shutdown.clone());
+    let sessions = session::AgentSessions::new(handle.clone(), shutdown.clone());
     let grpc = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)

@@ -53,7 +53,25 @@ pub struct GroupRecord {
     pub primary: Option<String>,
     /// The fencing token: grows by one on every change of `primary`.
     pub epoch: u64,
+    /// The epoch the group was created with: while `epoch` is still this,
+    /// the group has never had a primary (its first election is automatic
+    /// even with auto-failover off).
+    #[serde(default)]
+    pub first_epoch: u64,
+    /// Members in maintenance (drained): never promoted.
+    #[serde(default)]
+    pub maintenance: Vec<String>,
     pub created_unix_ms: u64,
+}
+
+impl GroupRecord {
+    pub fn in_maintenance(&self, node: &str) -> bool {
+        self.maintenance.iter().any(|m| m == node)
+    }
+
+    pub fn position(&self, node: &str) -> Option<usize> {
+        self.members.iter().position(|m| m == node)
+    }
 }
 
 /// One entry of the append-only event log.
@@ -91,6 +109,19 @@ pub enum EventKind {
     NoPrimary,
     /// An agent reported an epoch above the stored one; the epoch was raised.
     EpochRaised,
+    /// The group's settings changed.
+    PolicyChanged,
+    MemberDrained,
+    MemberUndrained,
+    /// The primary's promote hook failed or timed out: it is marked failed.
+    PromoteFailed,
+    /// The primary's health checks fail.
+    PrimaryUnhealthy,
+    /// The primary's agent said goodbye (stopped cleanly).
+    PrimaryLeft,
+    /// Something needs an operator: auto-failover is off, or nobody can
+    /// take over from a failing primary.
+    Alarm,
 }
 
 impl EventKind {
@@ -107,6 +138,13 @@ impl EventKind {
             EventKind::StepDownConfirmed => "step_down_confirmed",
             EventKind::NoPrimary => "no_primary",
             EventKind::EpochRaised => "epoch_raised",
+            EventKind::PolicyChanged => "policy_changed",
+            EventKind::MemberDrained => "member_drained",
+            EventKind::MemberUndrained => "member_undrained",
+            EventKind::PromoteFailed => "promote_failed",
+            EventKind::PrimaryUnhealthy => "primary_unhealthy",
+            EventKind::PrimaryLeft => "primary_left",
+            EventKind::Alarm => "alarm",
         }
     }
 }

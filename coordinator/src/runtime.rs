@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use proto::v1::CoordinatorMessage;
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -65,6 +65,8 @@ enum Request {
 pub struct Handle {
     requests: mpsc::Sender<Request>,
     next_session: Arc<AtomicU64>,
+    /// The engine's current pre-Hello timeout, in milliseconds.
+    connect_timeout_ms: Arc<AtomicU64>,
     events: broadcast::Sender<EventRecord>,
     store: Arc<Store>,
 }
@@ -72,6 +74,11 @@ pub struct Handle {
 impl Handle {
     pub fn new_session_id(&self) -> SessionId {
         self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// How long a new session may take to send its Hello.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms.load(Ordering::Relaxed))
     }
 
     /// Registers a session's outbound stream and hands its Hello to the engine.
@@ -133,6 +140,7 @@ pub struct Runtime {
     sessions: HashMap<SessionId, SessionOut>,
     replies: HashMap<ReplyId, oneshot::Sender<AdminResult>>,
     next_reply: ReplyId,
+    connect_timeout_ms: Arc<AtomicU64>,
     /// See [`CRASH_POINT_VAR`].
     crash_after_promotion_commit: bool,
 }
@@ -141,9 +149,12 @@ impl Runtime {
     pub fn new(engine: Engine, store: Arc<Store>) -> (Runtime, Handle) {
         let (tx, rx) = mpsc::channel(INPUT_CAPACITY);
         let (events, _) = broadcast::channel(EVENT_BROADCAST_CAPACITY);
+        let connect_timeout_ms =
+            Arc::new(AtomicU64::new(engine.connect_timeout().as_millis() as u64));
         let handle = Handle {
             requests: tx,
             next_session: Arc::new(AtomicU64::new(1)),
+            connect_timeout_ms: connect_timeout_ms.clone(),
             events: events.clone(),
             store: store.clone(),
         };
@@ -155,6 +166,7 @@ impl Runtime {
             sessions: HashMap::new(),
             replies: HashMap::new(),
             next_reply: 1,
+            connect_timeout_ms,
             crash_after_promotion_commit: std::env::var(CRASH_POINT_VAR)
                 .is_ok_and(|v| v == "after-promotion-commit"),
         };
@@ -194,6 +206,10 @@ impl Runtime {
             }
             self.engine.tick(now, &mut out);
             self.apply(out).await?;
+            self.connect_timeout_ms.store(
+                self.engine.connect_timeout().as_millis() as u64,
+                Ordering::Relaxed,
+            );
         }
         for (_, s) in self.sessions.drain() {
             s.cancel.cancel();

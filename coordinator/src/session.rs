@@ -27,19 +27,13 @@ const OUTBOUND_CAPACITY: usize = 1024;
 
 pub struct AgentSessions {
     handle: Handle,
-    /// How long a new stream may take to send its Hello.
-    connect_timeout: Duration,
     /// Cancelled at shutdown; each session's token is a child of it.
     shutdown: CancellationToken,
 }
 
 impl AgentSessions {
-    pub fn new(handle: Handle, connect_timeout: Duration, shutdown: CancellationToken) -> Self {
-        AgentSessions {
-            handle,
-            connect_timeout,
-            shutdown,
-        }
+    pub fn new(handle: Handle, shutdown: CancellationToken) -> Self {
+        AgentSessions { handle, shutdown }
     }
 }
 
@@ -63,7 +57,7 @@ impl pb::agent_service_server::AgentService for AgentSessions {
             inbound,
             outbound,
             address,
-            self.connect_timeout,
+            self.handle.connect_timeout(),
             self.shutdown.child_token(),
         ));
         Ok(Response::new(ReceiverStream::new(rx)))

@@ -196,6 +196,8 @@ mod tests {
             policy: Policy::default(),
             primary: Some("a".into()),
             epoch,
+            first_epoch: 0,
+            maintenance: vec![],
             created_unix_ms: 1,
         }
     }

@@ -45,6 +45,12 @@ pub enum Command {
 pub enum GroupCommand {
     /// Create a group; the first connected member in order becomes primary.
     Add(GroupAddArgs),
+    /// Change settings of a group (only the flags given change).
+    Set {
+        name: String,
+        #[command(flatten)]
+        policy: PolicyArgs,
+    },
     /// List all groups.
     List,
     /// Show one group and its members in priority order.
@@ -57,6 +63,16 @@ pub enum GroupCommand {
         #[arg(long, value_name = "NODE")]
         to: String,
     },
+    /// Manual takeover: move the role to NODE (default: the first other
+    /// member that qualifies), whatever the state of the current primary.
+    Takeover {
+        name: String,
+        #[arg(long, value_name = "NODE")]
+        to: Option<String>,
+    },
+    /// Manual restore: hand the role back to the highest-priority healthy
+    /// member.
+    Restore { name: String },
     /// Add, remove or reorder members.
     #[command(subcommand)]
     Member(MemberCommand),
@@ -72,21 +88,63 @@ pub struct GroupAddArgs {
     pub policy: PolicyArgs,
 }
 
-/// Per-group settings; absent flags keep the coordinator's defaults.
+/// Per-group settings; absent flags keep the current value (or, for
+/// `group add`, the coordinator's default).
 #[derive(Debug, Args, Default)]
 pub struct PolicyArgs {
-    /// How often agents report, e.g. 500ms.
+    /// How often agents report, e.g. 500ms [10ms..60s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub heartbeat_interval: Option<Duration>,
-    /// How long a silent primary keeps its role (its lease), e.g. 3s.
+    /// How long a silent primary keeps its role (its lease), e.g. 3s
+    /// [50ms..10m, at least twice the heartbeat interval].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub failover_timeout: Option<Duration>,
+    /// A session that sends no Hello within this long is closed [1s..1h].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub connect_timeout: Option<Duration>,
+    /// A session that sends no first heartbeat within this long after its
+    /// Hello is closed [1s..1h].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub startup_timeout: Option<Duration>,
+    /// Wait this long for a primary whose agent stopped cleanly before
+    /// replacing it; 0 = switch over at once [0..1h].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_or_zero)]
+    pub shutdown_grace: Option<Duration>,
+    /// Replace a primary whose health checks fail once they have failed for
+    /// this long; 0 = at once [0..1h].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_or_zero)]
+    pub abnormal_timeout: Option<Duration>,
+    /// false: a failed primary only raises an alarm; an operator moves the
+    /// role (takeover, restore, promote).
+    #[arg(long, value_name = "true|false")]
+    pub auto_failover: Option<bool>,
+    /// Whether the role goes back to a higher-priority member by itself.
+    #[arg(long, value_enum)]
+    pub failback: Option<Failback>,
+    /// How long a member must be healthy before failback to it, and before
+    /// a member that failed is promoted again [1s..24h].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub failback_delay: Option<Duration>,
+    /// Fail back only inside this daily window, UTC, e.g. 02:00-04:00;
+    /// "none" clears it.
+    #[arg(long, value_name = "HH:MM-HH:MM|none")]
+    pub failback_window: Option<String>,
+    /// Automatic moves away from a live primary (failing checks, failback)
+    /// happen at most once per this interval [0..1h].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_or_zero)]
+    pub min_failover_interval: Option<Duration>,
     /// What secondaries do while standing by (passed to hooks).
     #[arg(long, value_enum)]
     pub standby_mode: Option<StandbyMode>,
     /// What a primary does when its lease runs out.
     #[arg(long, value_enum)]
     pub fencing: Option<Fencing>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Failback {
+    Never,
+    Delayed,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -122,6 +180,11 @@ pub enum MemberCommand {
         #[arg(long)]
         position: u32,
     },
+    /// Put NODE in maintenance: never promoted; if primary, switched over
+    /// first (answers once done).
+    Drain { name: String, node: String },
+    /// Take NODE out of maintenance.
+    Undrain { name: String, node: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -145,12 +208,49 @@ pub struct EventsArgs {
 
 /// Reads durations like `500ms`, `3s`, `1m 30s`; refuses zero.
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s)
-        .map_err(|e| format!("{e} (write durations like 500ms, 3s or 1m)"))?;
+    let d = parse_duration_or_zero(s)?;
     if d.is_zero() {
         return Err("must be greater than zero".into());
     }
     Ok(d)
+}
+
+/// Reads durations like `0s`, `500ms`, `3s`, `1m 30s`.
+fn parse_duration_or_zero(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (write durations like 500ms, 3s or 1m)"))
+}
+
+impl PolicyArgs {
+    /// The settings as the admin API takes them (absent stays absent).
+    pub fn to_proto(&self) -> proto::v1::Policy {
+        use proto::v1 as pb;
+        let ms = |d: Option<Duration>| d.map(|d| d.as_millis() as u64);
+        pb::Policy {
+            heartbeat_interval_ms: ms(self.heartbeat_interval),
+            failover_timeout_ms: ms(self.failover_timeout),
+            connect_timeout_ms: ms(self.connect_timeout),
+            startup_timeout_ms: ms(self.startup_timeout),
+            shutdown_grace_ms: ms(self.shutdown_grace),
+            abnormal_timeout_ms: ms(self.abnormal_timeout),
+            auto_failover: self.auto_failover,
+            failback: self.failback.map(|f| match f {
+                Failback::Never => pb::Failback::Never as i32,
+                Failback::Delayed => pb::Failback::Delayed as i32,
+            }),
+            failback_delay_ms: ms(self.failback_delay),
+            failback_window: self.failback_window.clone(),
+            min_failover_interval_ms: ms(self.min_failover_interval),
+            standby_mode: self.standby_mode.map(|m| match m {
+                StandbyMode::Hot => pb::StandbyMode::Hot as i32,
+                StandbyMode::Warm => pb::StandbyMode::Warm as i32,
+                StandbyMode::Cold => pb::StandbyMode::Cold as i32,
+            }),
+            fencing: self.fencing.map(|f| match f {
+                Fencing::Strict => pb::Fencing::Strict as i32,
+                Fencing::None => pb::Fencing::None as i32,
+            }),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -91,11 +91,21 @@ async fn connect(url: &str) -> anyhow::Result<AdminServiceClient<Channel>> {
 
 fn print(output: Output, json: serde_json::Value, table: String) {
     match output {
-        Output::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&json).expect("JSON prints")
-        ),
-        Output::Table => println!("{}", table.trim_end()),
+        Output::Json => say(&serde_json::to_string_pretty(&json).expect("JSON prints")),
+        Output::Table => say(table.trim_end()),
+    }
+}
+
+/// Prints a line; a reader that went away (`| head`) ends the program
+/// quietly instead of with a panic.
+fn say(line: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if writeln!(stdout, "{line}")
+        .and_then(|()| stdout.flush())
+        .is_err()
+    {
+        std::process::exit(0);
     }
 }
 
@@ -108,29 +118,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let out = cli.output;
     match cli.command {
         Command::Group(GroupCommand::Add(args)) => {
-            let p = args.policy;
             let request = pb::CreateGroupRequest {
                 name: args.name,
                 members: args.members,
-                policy: Some(pb::Policy {
-                    heartbeat_interval_ms: p.heartbeat_interval.map(|d| d.as_millis() as u64),
-                    failover_timeout_ms: p.failover_timeout.map(|d| d.as_millis() as u64),
-                    standby_mode: p.standby_mode.map(|m| {
-                        (match m {
-                            cli::StandbyMode::Hot => pb::StandbyMode::Hot,
-                            cli::StandbyMode::Warm => pb::StandbyMode::Warm,
-                            cli::StandbyMode::Cold => pb::StandbyMode::Cold,
-                        }) as i32
-                    }),
-                    fencing: p.fencing.map(|f| {
-                        (match f {
-                            cli::Fencing::Strict => pb::Fencing::Strict,
-                            cli::Fencing::None => pb::Fencing::None,
-                        }) as i32
-                    }),
-                }),
+                policy: Some(args.policy.to_proto()),
             };
             let g = client.create_group(request).await?.into_inner();
+            print_group(out, &g);
+        }
+        Command::Group(GroupCommand::Set { name, policy }) => {
+            let request = pb::UpdateGroupRequest {
+                name,
+                policy: Some(policy.to_proto()),
+            };
+            let g = client.update_group(request).await?.into_inner();
+            print_group(out, &g);
+        }
+        Command::Group(GroupCommand::Takeover { name, to }) => {
+            let request = pb::TakeoverRequest {
+                group: name,
+                to: to.unwrap_or_default(),
+            };
+            let g = client.takeover(request).await?.into_inner();
+            print_group(out, &g);
+        }
+        Command::Group(GroupCommand::Restore { name }) => {
+            let g = client
+                .restore(pb::RestoreRequest { group: name })
+                .await?
+                .into_inner();
             print_group(out, &g);
         }
         Command::Group(GroupCommand::List) => {
@@ -199,6 +215,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     };
                     client.move_member(request).await?
                 }
+                MemberCommand::Drain { name, node } => {
+                    let request = pb::DrainMemberRequest { group: name, node };
+                    client.drain_member(request).await?
+                }
+                MemberCommand::Undrain { name, node } => {
+                    let request = pb::DrainMemberRequest { group: name, node };
+                    client.undrain_member(request).await?
+                }
             }
             .into_inner();
             print_group(out, &g);
@@ -221,8 +245,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 while let Some(event) = stream.next().await {
                     let event = event?;
                     match out {
-                        Output::Json => println!("{}", output::event_json(&event)),
-                        Output::Table => println!("{}", output::event_line(&event)),
+                        Output::Json => say(&output::event_json(&event).to_string()),
+                        Output::Table => say(&output::event_line(&event)),
                     }
                 }
             } else {

@@ -47,6 +47,32 @@ fn duration_ms(ms: Option<u64>) -> String {
     humantime::format_duration(Duration::from_millis(ms.unwrap_or(0))).to_string()
 }
 
+fn failback_name(failback: Option<i32>) -> &'static str {
+    match failback.map(pb::Failback::try_from) {
+        Some(Ok(pb::Failback::Delayed)) => "delayed",
+        _ => "never",
+    }
+}
+
+/// Every setting, by its documented name, as printed by `group show`.
+fn policy_json(p: &pb::Policy) -> Value {
+    json!({
+        "heartbeat_interval": duration_ms(p.heartbeat_interval_ms),
+        "failover_timeout": duration_ms(p.failover_timeout_ms),
+        "connect_timeout": duration_ms(p.connect_timeout_ms),
+        "startup_timeout": duration_ms(p.startup_timeout_ms),
+        "shutdown_grace": duration_ms(p.shutdown_grace_ms),
+        "abnormal_timeout": duration_ms(p.abnormal_timeout_ms),
+        "auto_failover": p.auto_failover.unwrap_or(true),
+        "failback": failback_name(p.failback),
+        "failback_delay": duration_ms(p.failback_delay_ms),
+        "failback_window": p.failback_window.clone(),
+        "min_failover_interval": duration_ms(p.min_failover_interval_ms),
+        "standby_mode": standby_name(p.standby_mode),
+        "fencing": fencing_name(p.fencing),
+    })
+}
+
 fn non_empty(s: &str) -> Value {
     if s.is_empty() { Value::Null } else { json!(s) }
 }
@@ -85,64 +111,84 @@ fn table(header: &[&str]) -> Table {
 }
 
 pub fn group_json(g: &pb::GroupStatus) -> Value {
-    let policy = g.policy.unwrap_or_default();
     json!({
         "name": g.name,
         "epoch": g.epoch,
         "primary": non_empty(&g.primary),
         "phase": phase_name(g.phase),
         "phase_since": time(g.phase_since_unix_ms),
+        "alarm": non_empty(&g.alarm),
         "members": g.members.iter().enumerate().map(|(i, m)| json!({
             "node": m.node,
             "position": i,
             "role": role_name(m.role),
             "connected": m.connected,
             "healthy": m.healthy,
+            "maintenance": m.maintenance,
+            "recently_failed": m.recently_failed,
             "last_contact": time(m.last_contact_unix_ms),
         })).collect::<Vec<_>>(),
-        "policy": {
-            "heartbeat_interval": duration_ms(policy.heartbeat_interval_ms),
-            "failover_timeout": duration_ms(policy.failover_timeout_ms),
-            "standby_mode": standby_name(policy.standby_mode),
-            "fencing": fencing_name(policy.fencing),
-        },
+        "policy": policy_json(&g.policy.clone().unwrap_or_default()),
     })
 }
 
 pub fn group_table(g: &pb::GroupStatus) -> String {
-    let policy = g.policy.unwrap_or_default();
     let primary = if g.primary.is_empty() {
         "-"
     } else {
         g.primary.as_str()
     };
     let mut out = format!(
-        "group:    {}\nphase:    {} (since {})\nepoch:    {}\nprimary:  {}\npolicy:   heartbeat-interval {}, failover-timeout {}, standby-mode {}, fencing {}\n\n",
+        "group:    {}\nphase:    {} (since {})\nepoch:    {}\nprimary:  {}\n",
         g.name,
         phase_name(g.phase),
         ago(g.phase_since_unix_ms),
         g.epoch,
         primary,
-        duration_ms(policy.heartbeat_interval_ms),
-        duration_ms(policy.failover_timeout_ms),
-        standby_name(policy.standby_mode),
-        fencing_name(policy.fencing),
     );
+    if !g.alarm.is_empty() {
+        out.push_str(&format!("ALARM:    {}\n", g.alarm));
+    }
+    if let Value::Object(policy) = policy_json(&g.policy.clone().unwrap_or_default()) {
+        let settings: Vec<String> = policy
+            .iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    Value::String(s) => s.clone(),
+                    Value::Null => "none".into(),
+                    v => v.to_string(),
+                };
+                format!("{}={v}", k.replace('_', "-"))
+            })
+            .collect();
+        for (i, chunk) in settings.chunks(4).enumerate() {
+            let label = if i == 0 { "settings:" } else { "" };
+            out.push_str(&format!("{label:<10}{}\n", chunk.join(" ")));
+        }
+    }
+    out.push('\n');
     let mut t = table(&[
         "POS",
         "NODE",
         "ROLE",
         "CONNECTED",
         "HEALTHY",
+        "NOTE",
         "LAST CONTACT",
     ]);
     for (i, m) in g.members.iter().enumerate() {
+        let note = match (m.maintenance, m.recently_failed) {
+            (true, _) => "maintenance",
+            (false, true) => "recently failed",
+            _ => "",
+        };
         t.add_row(vec![
             i.to_string(),
             m.node.clone(),
             role_name(m.role).into(),
             yes_no(m.connected).into(),
             yes_no(m.healthy).into(),
+            note.into(),
             ago(m.last_contact_unix_ms),
         ]);
     }

@@ -22,11 +22,17 @@ use crate::checker::{self, Inflicted};
 use crate::proxy::Mode;
 use crate::{Cluster, bin, member, member_order};
 
-/// Beyond `failover_timeout × (1 + rho)`, how long a group may take to have
-/// exactly one primary again after a fault heals: an agent reconnects
-/// within its longest backoff (5 s, jittered), then takes its role within a
-/// heartbeat; one more second absorbs process start-up on a loaded machine.
+/// Beyond `failover_timeout × (1 + rho) + failback_delay`, how long a group
+/// may take to have exactly one primary again after a fault heals: an agent
+/// reconnects within its longest backoff (5 s, jittered), then takes its
+/// role within a heartbeat; one more second absorbs process start-up on a
+/// loaded machine. (`failback_delay` is in the bound because a member that
+/// failed is promoted again only once healthy for that long.)
 pub const CONVERGENCE_SLACK: Duration = Duration::from_secs(6);
+
+/// The groups' failback delay: the shortest allowed, so members that failed
+/// are soon candidates again.
+const FAILBACK_DELAY: Duration = Duration::from_secs(1);
 
 const NODES: [&str; 3] = ["n-1", "n-2", "n-3"];
 const GROUPS: [(&str, [&str; 3]); 2] = [
@@ -149,12 +155,14 @@ impl Run {
         run
     }
 
-    fn settings(&self) -> [String; 4] {
+    fn settings(&self) -> [String; 6] {
         [
             "--heartbeat-interval".into(),
             format!("{}ms", self.config.heartbeat.as_millis()),
             "--failover-timeout".into(),
             format!("{}ms", self.config.failover_timeout.as_millis()),
+            "--failback-delay".into(),
+            format!("{}ms", FAILBACK_DELAY.as_millis()),
         ]
     }
 
@@ -463,7 +471,7 @@ impl Run {
     /// (c): every group has exactly one primary, connected, and exactly that
     /// node acting as primary, within the bound.
     fn converge(&mut self) {
-        let bound = self.config.failover_timeout.mul_f64(1.01) + CONVERGENCE_SLACK;
+        let bound = self.config.failover_timeout.mul_f64(1.01) + FAILBACK_DELAY + CONVERGENCE_SLACK;
         let started = Instant::now();
         let give_up = started + bound + Duration::from_secs(30);
         loop {

@@ -4,6 +4,7 @@
 use proto::names;
 
 use super::*;
+use crate::policy::Policy;
 
 /// Most members a group may have. Failover groups are small; the bound also
 /// keeps each stored record far below the size at which sled would move it
@@ -49,16 +50,42 @@ impl Engine {
                 position,
             } => self.move_member(&group, &node, position, actor, now, out),
             AdminCommand::Promote { group, to } => {
-                match self.start_switchover(&group, &to, reply, actor, now, out) {
-                    // The reply comes when the promotion is durable.
-                    Ok(None) => return,
-                    Ok(Some(done)) => Ok(done),
-                    Err(e) => Err(e),
-                }
+                let started = self.promote_to(&group, &to, reply, actor, now, out);
+                return self.reply_later(reply, started, out);
+            }
+            AdminCommand::Takeover { group, to } => {
+                let started = self.takeover(&group, to.as_deref(), reply, actor, now, out);
+                return self.reply_later(reply, started, out);
+            }
+            AdminCommand::Restore { group } => {
+                let started = self.restore(&group, reply, actor, now, out);
+                return self.reply_later(reply, started, out);
+            }
+            AdminCommand::Drain { group, node } => {
+                let started = self.drain(&group, &node, reply, actor, now, out);
+                return self.reply_later(reply, started, out);
+            }
+            AdminCommand::Undrain { group, node } => self.undrain(&group, &node, actor, now, out),
+            AdminCommand::UpdatePolicy { group, policy } => {
+                self.update_policy(&group, &policy, actor, now, out)
             }
             AdminCommand::ListNodes => Ok(AdminReply::Nodes(self.node_views(now))),
         };
         out.replies.push((reply, result));
+    }
+
+    /// Answers now, unless a switchover was started: its promotion answers.
+    fn reply_later(
+        &mut self,
+        reply: ReplyId,
+        started: Result<Option<AdminReply>, AdminError>,
+        out: &mut Effects,
+    ) {
+        match started {
+            Ok(None) => {}
+            Ok(Some(done)) => out.replies.push((reply, Ok(done))),
+            Err(e) => out.replies.push((reply, Err(e))),
+        }
     }
 
     fn existing(&self, name: &str) -> Result<(), AdminError> {
@@ -116,12 +143,15 @@ impl Engine {
         }
         let policy = self.config.default_policy.merged(patch).map_err(invalid)?;
 
+        let epoch = self.epoch_floors.get(&name).copied().unwrap_or(0);
         let record = GroupRecord {
             name: name.clone(),
             members: members.clone(),
             policy,
             primary: None,
-            epoch: self.epoch_floors.get(&name).copied().unwrap_or(0),
+            epoch,
+            first_epoch: epoch,
+            maintenance: Vec::new(),
             created_unix_ms: now.wall_ms,
         };
         out.writes.push(Write::PutGroup(record.clone()));
@@ -176,9 +206,9 @@ impl Engine {
             now,
             out,
         );
-        if let Some(sw) = g.switchover {
+        if let Some(reply) = g.switchover.and_then(|s| s.reply) {
             out.replies.push((
-                sw.reply,
+                reply,
                 Err(AdminError::Aborted(format!(
                     "group {name} was deleted during the switchover"
                 ))),
@@ -274,6 +304,8 @@ impl Engine {
         }
         let g = self.groups.get_mut(group).expect("checked above");
         g.record.members.retain(|m| m != node);
+        g.record.maintenance.retain(|m| m != node);
+        g.failed.remove(node);
         out.writes.push(Write::PutGroup(g.record.clone()));
         let epoch = g.record.epoch;
         self.record_event(
@@ -340,9 +372,8 @@ impl Engine {
         Ok(AdminReply::Group(self.group_view(group, now)))
     }
 
-    /// Starts a planned switchover. `Ok(None)`: the reply will come when
-    /// the promotion is durable.
-    fn start_switchover(
+    /// `group promote --to`: a planned switchover to an eligible member.
+    fn promote_to(
         &mut self,
         group: &str,
         to: &str,
@@ -354,8 +385,259 @@ impl Engine {
         self.existing(group)?;
         names::validate_node_id(to).map_err(invalid)?;
         self.member_of(group, to)?;
+        self.require_eligible(group, to, now)?;
+        let reason = format!("switchover to {to} requested by {actor}");
+        self.begin_switchover(group, to, reply, actor, reason, now, out)
+    }
+
+    /// `group takeover`: move the role to `to`, or to the first other member
+    /// that qualifies, whatever the state of the current primary.
+    fn takeover(
+        &mut self,
+        group: &str,
+        to: Option<&str>,
+        reply: ReplyId,
+        actor: &str,
+        now: Now,
+        out: &mut Effects,
+    ) -> Result<Option<AdminReply>, AdminError> {
+        self.existing(group)?;
+        let target = match to {
+            Some(to) => {
+                names::validate_node_id(to).map_err(invalid)?;
+                self.member_of(group, to)?;
+                self.require_eligible(group, to, now)?;
+                to.to_owned()
+            }
+            None => {
+                let g = &self.groups[group];
+                let current = g.record.primary.clone();
+                let mut wake = Wake::default();
+                self.first_candidate(group, current.as_deref(), now, &mut wake)
+                    .or_else(|| {
+                        g.record
+                            .members
+                            .iter()
+                            .filter(|m| Some(m.as_str()) != current.as_deref())
+                            .find(|m| self.eligible(group, m, now))
+                            .cloned()
+                    })
+                    .ok_or_else(|| {
+                        AdminError::FailedPrecondition(format!(
+                            "no other member of group {group} is connected, healthy and out of \
+                             maintenance: nobody can take over"
+                        ))
+                    })?
+            }
+        };
+        let reason = format!("takeover by {target} requested by {actor}");
+        self.begin_switchover(group, &target, reply, actor, reason, now, out)
+    }
+
+    /// `group restore`: hand the role back to the highest-priority member
+    /// that is connected, healthy and out of maintenance.
+    fn restore(
+        &mut self,
+        group: &str,
+        reply: ReplyId,
+        actor: &str,
+        now: Now,
+        out: &mut Effects,
+    ) -> Result<Option<AdminReply>, AdminError> {
+        self.existing(group)?;
+        let target = self.groups[group]
+            .record
+            .members
+            .iter()
+            .find(|m| self.eligible(group, m, now))
+            .cloned()
+            .ok_or_else(|| {
+                AdminError::FailedPrecondition(format!(
+                    "no member of group {group} is connected, healthy and out of maintenance"
+                ))
+            })?;
+        let reason = format!(
+            "restore to {target}, the highest-priority healthy member, requested by {actor}"
+        );
+        self.begin_switchover(group, &target, reply, actor, reason, now, out)
+    }
+
+    /// `group member drain`: maintenance for `node`; a draining primary is
+    /// switched over first, and the command answers once it has been.
+    fn drain(
+        &mut self,
+        group: &str,
+        node: &str,
+        reply: ReplyId,
+        actor: &str,
+        now: Now,
+        out: &mut Effects,
+    ) -> Result<Option<AdminReply>, AdminError> {
+        self.member_of(group, node)?;
         let g = &self.groups[group];
-        if g.record.primary.as_deref() == Some(to) {
+        if g.record.in_maintenance(node) {
+            return Ok(Some(AdminReply::Group(self.group_view(group, now))));
+        }
+        if g.switchover.as_ref().is_some_and(|s| s.target == node) {
+            return Err(AdminError::FailedPrecondition(format!(
+                "a switchover to {node} is in progress in group {group}; try again when it is over"
+            )));
+        }
+        let is_primary = g.record.primary.as_deref() == Some(node);
+        let successor = if is_primary {
+            let mut wake = Wake::default();
+            let successor = self
+                .first_candidate(group, Some(node), now, &mut wake)
+                .or_else(|| {
+                    g.record
+                        .members
+                        .iter()
+                        .filter(|m| m.as_str() != node)
+                        .find(|m| self.eligible(group, m, now))
+                        .cloned()
+                });
+            Some(successor.ok_or_else(|| {
+                AdminError::FailedPrecondition(format!(
+                    "{node} is the primary of group {group} and no other member can take over: \
+                     draining it would leave the group without a primary"
+                ))
+            })?)
+        } else {
+            None
+        };
+        let g = self.groups.get_mut(group).expect("checked above");
+        g.record.maintenance.push(node.to_owned());
+        out.writes.push(Write::PutGroup(g.record.clone()));
+        let epoch = g.record.epoch;
+        self.record_event(
+            NewEvent {
+                group,
+                kind: EventKind::MemberDrained,
+                epoch,
+                old_primary: None,
+                new_primary: None,
+                reason: format!("{node} put in maintenance"),
+                actor,
+            },
+            now,
+            out,
+        );
+        match successor {
+            Some(target) => {
+                let reason = format!("{node} is drained for maintenance by {actor}");
+                self.begin_switchover(group, &target, reply, actor, reason, now, out)
+            }
+            None => {
+                self.reconcile(group, now, out);
+                Ok(Some(AdminReply::Group(self.group_view(group, now))))
+            }
+        }
+    }
+
+    fn undrain(
+        &mut self,
+        group: &str,
+        node: &str,
+        actor: &str,
+        now: Now,
+        out: &mut Effects,
+    ) -> AdminResult {
+        self.member_of(group, node)?;
+        let g = self.groups.get_mut(group).expect("checked above");
+        if g.record.in_maintenance(node) {
+            g.record.maintenance.retain(|m| m != node);
+            out.writes.push(Write::PutGroup(g.record.clone()));
+            let epoch = g.record.epoch;
+            self.record_event(
+                NewEvent {
+                    group,
+                    kind: EventKind::MemberUndrained,
+                    epoch,
+                    old_primary: None,
+                    new_primary: None,
+                    reason: format!("{node} back from maintenance"),
+                    actor,
+                },
+                now,
+                out,
+            );
+            self.reconcile(group, now, out);
+        }
+        Ok(AdminReply::Group(self.group_view(group, now)))
+    }
+
+    /// `group set`: new settings for an existing group.
+    fn update_policy(
+        &mut self,
+        group: &str,
+        patch: &PolicyPatch,
+        actor: &str,
+        now: Now,
+        out: &mut Effects,
+    ) -> AdminResult {
+        self.existing(group)?;
+        if patch.is_empty() {
+            return Err(AdminError::InvalidArgument(
+                "nothing to change: give at least one setting (see failoverctl group set --help)"
+                    .into(),
+            ));
+        }
+        let g = self.groups.get_mut(group).expect("checked above");
+        let policy = g.record.policy.merged(patch).map_err(invalid)?;
+        let changes = describe_changes(&g.record.policy, &policy);
+        g.record.policy = policy;
+        out.writes.push(Write::PutGroup(g.record.clone()));
+        let epoch = g.record.epoch;
+        let members = g.record.members.clone();
+        self.record_event(
+            NewEvent {
+                group,
+                kind: EventKind::PolicyChanged,
+                epoch,
+                old_primary: None,
+                new_primary: None,
+                reason: changes,
+                actor,
+            },
+            now,
+            out,
+        );
+        for member in &members {
+            self.sync_settings(member, out);
+        }
+        self.reconcile(group, now, out);
+        Ok(AdminReply::Group(self.group_view(group, now)))
+    }
+
+    fn require_eligible(&self, group: &str, node: &str, now: Now) -> Result<(), AdminError> {
+        if self.eligible(group, node, now) {
+            return Ok(());
+        }
+        let why = if self.groups[group].record.in_maintenance(node) {
+            "it is in maintenance (failoverctl group member undrain first)"
+        } else {
+            "it is not connected and healthy"
+        };
+        Err(AdminError::FailedPrecondition(format!(
+            "{node} cannot be promoted: {why}"
+        )))
+    }
+
+    /// Moves the role to `target` (stepping the current primary down first).
+    /// `Ok(None)`: the reply comes when the promotion is durable.
+    #[allow(clippy::too_many_arguments)]
+    fn begin_switchover(
+        &mut self,
+        group: &str,
+        target: &str,
+        reply: ReplyId,
+        actor: &str,
+        reason: String,
+        now: Now,
+        out: &mut Effects,
+    ) -> Result<Option<AdminReply>, AdminError> {
+        let g = &self.groups[group];
+        if g.record.primary.as_deref() == Some(target) {
             return Ok(Some(AdminReply::Group(self.group_view(group, now))));
         }
         if let Some(sw) = &g.switchover {
@@ -364,18 +646,14 @@ impl Engine {
                 sw.target
             )));
         }
-        if !self.eligible(group, to, now) {
-            return Err(AdminError::FailedPrecondition(format!(
-                "{to} cannot be promoted: it is not connected and healthy"
-            )));
-        }
         self.groups
             .get_mut(group)
             .expect("checked above")
             .switchover = Some(Switchover {
-            target: to.to_owned(),
-            reply,
+            target: target.to_owned(),
+            reply: Some(reply),
             actor: actor.to_owned(),
+            reason,
         });
         self.reconcile(group, now, out);
         Ok(None)
@@ -413,6 +691,37 @@ impl Engine {
         } else {
             self.sync_settings(node, out);
         }
+    }
+}
+
+/// "failover-timeout 3s -> 1s, failback never -> delayed"
+fn describe_changes(old: &Policy, new: &Policy) -> String {
+    let (old, new) = (
+        serde_json::to_value(old).expect("policy serializes"),
+        serde_json::to_value(new).expect("policy serializes"),
+    );
+    let mut changes = Vec::new();
+    if let (Some(old), Some(new)) = (old.as_object(), new.as_object()) {
+        for (key, value) in new {
+            if old.get(key) != Some(value) {
+                let show = |v: Option<&serde_json::Value>| match v {
+                    Some(serde_json::Value::String(s)) => s.clone(),
+                    Some(serde_json::Value::Null) | None => "none".into(),
+                    Some(v) => v.to_string(),
+                };
+                changes.push(format!(
+                    "{} {} -> {}",
+                    key.replace('_', "-"),
+                    show(old.get(key)),
+                    show(Some(value))
+                ));
+            }
+        }
+    }
+    if changes.is_empty() {
+        "settings unchanged".into()
+    } else {
+        changes.join(", ")
     }
 }
 

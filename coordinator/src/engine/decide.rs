@@ -1,55 +1,322 @@
-//! Who should be primary: replacing a lapsed primary, carrying a planned
-//! switchover through, choosing a candidate, and telling every member.
+//! Who should be primary: replacing a lapsed primary, carrying switchovers
+//! through (operators', failback, a failing primary), choosing candidates,
+//! and telling every member.
 //!
 //! **Architecture invariant (at most one primary):** a node is promoted only
 //! when the group's `lease_until` has passed or was cleared by a confirmed
 //! step-down. `lease_until` is pushed forward by every lease grant (see
 //! `sessions.rs`) and set to a full lease wait at start-up (`Engine::new`).
+//!
+//! The rules, in order, for one group:
+//! 1. The primary holds the role (its lease is live, or its agent left
+//!    cleanly and `shutdown_grace` has not run out): a requested switchover
+//!    moves it; with auto-failover, so do a failed promote hook, failing
+//!    health checks (after `abnormal_timeout`) and failback — the last two
+//!    at most once per `min_failover_interval`.
+//! 2. The primary's lease ran out: it is marked failed and, with
+//!    auto-failover, the first qualifying member is promoted.
+//! 3. Nobody holds the role: the requested target, or (with auto-failover,
+//!    or for a group's first election) the first qualifying member.
+//!
+//! A member qualifies when it is connected, passes its checks, is not in
+//! maintenance, and has not failed here within `failback_delay` of being
+//! healthy again. Every rule that waits records when to look again.
 
 use super::*;
+use crate::policy::Failback;
+
+/// Why a primary is being replaced without a step-down.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Cause {
+    /// Its lease ran out: silent, cut off, or unable to get its renewals.
+    Lapsed,
+    /// Its agent stopped cleanly and the shutdown grace is over.
+    Left,
+    /// Its agent stepped down on its own before stopping.
+    SteppedDown,
+}
 
 impl Engine {
     /// Brings one group forward after anything that may change who should
-    /// be primary, then tells members and refreshes its phase.
+    /// be primary, then tells members, refreshes its phase and its timer.
     pub(super) fn reconcile(&mut self, name: &str, now: Now, out: &mut Effects) {
-        let Some(g) = self.groups.get(name) else {
+        if !self.groups.contains_key(name) {
             return;
-        };
-        let lease_live = g.lease_until.is_some_and(|t| t > now.mono);
-        match g.record.primary.clone() {
-            Some(primary) if lease_live => {
-                let wants_other = g.switchover.as_ref().is_some_and(|s| s.target != primary);
-                if wants_other {
-                    self.step_down(name, &primary, now, out);
-                }
-            }
-            Some(primary) => self.replace_lapsed(name, &primary, now, out),
-            None if lease_live => {}
-            None => self.promote_candidate(name, now, out),
         }
+        let mut wake = Wake::default();
+        self.decide(name, now, &mut wake, out);
         self.sync_group(name, now, out);
+        self.set_wake(name, wake, now);
     }
 
-    /// The primary's lease ran out with no heartbeat acknowledged: record
-    /// it and hand the role to the next candidate, if any.
-    fn replace_lapsed(&mut self, name: &str, primary: &str, now: Now, out: &mut Effects) {
+    /// Records the group's next wake-up; a lease that has run out is
+    /// forgotten (it means the same as none), so the timer only ever holds
+    /// future instants.
+    fn set_wake(&mut self, name: &str, wake: Wake, now: Now) {
+        let g = self.groups.get_mut(name).expect("group exists");
+        if g.lease_until.is_some_and(|t| t <= now.mono) {
+            g.lease_until = None;
+        }
+        g.wake = wake.0;
+        update_timer(&mut self.timers, name, g);
+    }
+
+    fn decide(&mut self, name: &str, now: Now, wake: &mut Wake, out: &mut Effects) {
+        let g = &self.groups[name];
+        let lease_live = g.lease_until.is_some_and(|t| t > now.mono);
+        match g.record.primary.clone() {
+            Some(primary) => {
+                let held = self.held_after_goodbye(name, &primary, now, wake);
+                if lease_live || held {
+                    self.primary_holds(name, &primary, now, wake, out);
+                } else {
+                    let cause = if self
+                        .nodes
+                        .get(&primary)
+                        .is_some_and(|n| n.goodbye_at.is_some())
+                    {
+                        Cause::Left
+                    } else {
+                        Cause::Lapsed
+                    };
+                    self.replace(name, &primary, cause, now, wake, out);
+                }
+            }
+            // A stepping-down primary's lease is being waited out.
+            None if lease_live => {}
+            None => self.fill_vacancy(name, now, wake, out),
+        }
+    }
+
+    /// Whether the group waits for a primary whose agent said goodbye
+    /// (within `shutdown_grace`, the primary keeps the role).
+    fn held_after_goodbye(&self, name: &str, primary: &str, now: Now, wake: &mut Wake) -> bool {
+        let grace = self.groups[name].record.policy.shutdown_grace;
+        let Some(left) = self.nodes.get(primary).and_then(|n| n.goodbye_at) else {
+            return false;
+        };
+        let until = left + grace;
+        if now.mono < until {
+            wake.at(until);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Rule 1: the primary holds the role. Should it be moved?
+    fn primary_holds(
+        &mut self,
+        name: &str,
+        primary: &str,
+        now: Now,
+        wake: &mut Wake,
+        out: &mut Effects,
+    ) {
+        let g = &self.groups[name];
+        if let Some(sw) = &g.switchover {
+            if sw.target != primary {
+                return self.step_down(name, primary, now, out);
+            }
+            // Already there (e.g. the target was promoted meanwhile).
+            let sw = self
+                .groups
+                .get_mut(name)
+                .expect("group exists")
+                .switchover
+                .take();
+            if let Some(reply) = sw.and_then(|s| s.reply) {
+                self.sync_group(name, now, out);
+                out.replies
+                    .push((reply, Ok(AdminReply::Group(self.group_view(name, now)))));
+            }
+            return;
+        }
+        let policy = g.record.policy.clone();
+        let unhealthy_since = self
+            .nodes
+            .get(primary)
+            .and_then(|n| n.unhealthy_since(name));
+        if !policy.auto_failover {
+            if g.promote_failed {
+                self.alarm(
+                    name,
+                    format!(
+                        "{primary}'s promote hook failed and auto-failover is off: \
+                    run failoverctl group takeover {name}"
+                    ),
+                    now,
+                    out,
+                );
+            } else if unhealthy_since.is_some() {
+                self.alarm(
+                    name,
+                    format!(
+                        "{primary} fails its health checks and auto-failover is off: \
+                    run failoverctl group takeover {name}"
+                    ),
+                    now,
+                    out,
+                );
+            }
+            return;
+        }
+        if g.promote_failed {
+            // Not serving: replace it now, even with nobody to take over.
+            let target = self.first_candidate(name, Some(primary), now, wake);
+            let reason = format!("{primary}'s promote hook failed");
+            return self.move_role(name, primary, target, reason, now, out);
+        }
+        if let Some(since) = unhealthy_since {
+            let due = since + policy.abnormal_timeout;
+            if now.mono < due {
+                wake.at(due);
+                return;
+            }
+            match self.first_candidate(name, Some(primary), now, wake) {
+                Some(target) if !self.rate_limited(name, now, wake) => {
+                    let reason = format!(
+                        "{primary} has failed its health checks for {}",
+                        humantime::format_duration(policy.abnormal_timeout.max(now.mono - since))
+                    );
+                    self.record_event(
+                        NewEvent {
+                            group: name,
+                            kind: EventKind::PrimaryUnhealthy,
+                            epoch: g.record.epoch,
+                            old_primary: Some(primary),
+                            new_primary: Some(&target),
+                            reason: reason.clone(),
+                            actor: COORDINATOR,
+                        },
+                        now,
+                        out,
+                    );
+                    self.mark_failed(name, primary, now);
+                    self.move_role(name, primary, Some(target), reason, now, out);
+                }
+                Some(_) => {}
+                None => self.alarm(
+                    name,
+                    format!("{primary} fails its health checks and no other member qualifies to take over"),
+                    now,
+                    out,
+                ),
+            }
+            return;
+        }
+        if policy.failback == Failback::Delayed
+            && let Some(target) = self.failback_target(name, primary, now, wake)
+            && !self.rate_limited(name, now, wake)
+        {
+            let reason = format!(
+                "failback to {target}, higher in priority and healthy for {}",
+                humantime::format_duration(policy.failback_delay)
+            );
+            self.move_role(name, primary, Some(target), reason, now, out);
+        }
+    }
+
+    /// Whether an automatic move away from a live primary must wait for
+    /// `min_failover_interval` since the last change of primary.
+    fn rate_limited(&self, name: &str, now: Now, wake: &mut Wake) -> bool {
+        let g = &self.groups[name];
+        let Some(last) = g.last_change else {
+            return false;
+        };
+        let allowed = last + g.record.policy.min_failover_interval;
+        if now.mono < allowed {
+            wake.at(allowed);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// The highest-priority member above the primary that has been healthy
+    /// for `failback_delay`, if the window allows failing back now.
+    fn failback_target(
+        &self,
+        name: &str,
+        primary: &str,
+        now: Now,
+        wake: &mut Wake,
+    ) -> Option<String> {
+        let g = &self.groups[name];
+        let above = &g.record.members[..g.record.position(primary)?];
+        let best = above.iter().find(|m| self.qualifies(name, m, now, wake))?;
+        let since = self.nodes.get(best)?.healthy_since(name)?;
+        let ready = since + g.record.policy.failback_delay;
+        if now.mono < ready {
+            wake.at(ready);
+            return None;
+        }
+        if let Some(window) = g.record.policy.failback_window
+            && !window.contains(now.wall_ms)
+        {
+            wake.at(now.mono + Duration::from_millis(window.until_open(now.wall_ms)));
+            return None;
+        }
+        Some(best.clone())
+    }
+
+    /// Starts moving the role away from a live primary, to `target` if
+    /// there is one (otherwise the group will have no primary).
+    fn move_role(
+        &mut self,
+        name: &str,
+        primary: &str,
+        target: Option<String>,
+        reason: String,
+        now: Now,
+        out: &mut Effects,
+    ) {
+        let g = self.groups.get_mut(name).expect("group exists");
+        g.switchover = target.map(|target| Switchover {
+            target,
+            reply: None,
+            actor: COORDINATOR.to_owned(),
+            reason,
+        });
+        self.step_down(name, primary, now, out);
+    }
+
+    /// Rule 2: the primary no longer holds the role. Record why and hand the
+    /// role to the first qualifying member (with auto-failover).
+    fn replace(
+        &mut self,
+        name: &str,
+        primary: &str,
+        cause: Cause,
+        now: Now,
+        wake: &mut Wake,
+        out: &mut Effects,
+    ) {
         let g = &self.groups[name];
         let lease = humantime::format_duration(g.record.policy.failover_timeout);
-        let reason = if g.primary_fenced_since.is_some() {
-            format!(
-                "{primary} kept reporting itself fenced: its lease renewals did not reach it within {lease}"
-            )
-        } else {
-            format!(
-                "{primary} sent no heartbeat that could be acknowledged within its lease of {lease}"
-            )
+        let reason = match cause {
+            Cause::Lapsed if g.primary_fenced_since.is_some() => {
+                format!(
+                    "{primary} kept reporting itself fenced: its lease renewals did not reach it within {lease}"
+                )
+            }
+            Cause::Lapsed => {
+                format!(
+                    "{primary} sent no heartbeat that could be acknowledged within its lease of {lease}"
+                )
+            }
+            Cause::Left => format!(
+                "{primary}'s agent stopped and did not come back within the shutdown grace of {}",
+                humantime::format_duration(g.record.policy.shutdown_grace)
+            ),
+            Cause::SteppedDown => format!("{primary} stepped down before its agent stopped"),
         };
-        let epoch = g.record.epoch;
+        let auto = g.record.policy.auto_failover;
         self.record_event(
             NewEvent {
                 group: name,
                 kind: EventKind::PrimaryLapsed,
-                epoch,
+                epoch: g.record.epoch,
                 old_primary: Some(primary),
                 new_primary: None,
                 reason,
@@ -58,29 +325,57 @@ impl Engine {
             now,
             out,
         );
-        let g = self.groups.get_mut(name).expect("group exists");
-        g.last_primary = Some(primary.to_owned());
-        match self.first_candidate(name, Some(primary), now) {
-            Some(next) => self.promote(name, &next, format!("{primary} lapsed"), now, out),
+        if cause == Cause::Lapsed {
+            self.mark_failed(name, primary, now);
+        }
+        self.groups
+            .get_mut(name)
+            .expect("group exists")
+            .last_primary = Some(primary.to_owned());
+        let next = if auto {
+            self.first_candidate(name, Some(primary), now, wake)
+        } else {
+            None
+        };
+        match next {
+            Some(next) => {
+                let reason = match cause {
+                    Cause::SteppedDown => format!("{primary} stepped down"),
+                    Cause::Left => format!("{primary} left"),
+                    Cause::Lapsed => format!("{primary} lapsed"),
+                };
+                self.promote(name, &next, reason, now, out);
+            }
             None => {
                 let g = self.groups.get_mut(name).expect("group exists");
                 g.record.primary = None;
-                g.primary_fenced_since = None;
                 g.record.epoch += 1;
+                g.primary_fenced_since = None;
+                g.promote_failed = false;
+                g.last_change = Some(now.mono);
                 out.writes.push(Write::PutGroup(g.record.clone()));
+                if !auto {
+                    self.alarm(
+                        name,
+                        format!(
+                            "{primary} is gone and auto-failover is off: \
+                        run failoverctl group takeover {name}"
+                        ),
+                        now,
+                        out,
+                    );
+                }
             }
         }
     }
 
-    /// Nobody holds the role and no lease is outstanding: finish a
-    /// switchover, or promote the first member that qualifies.
-    fn promote_candidate(&mut self, name: &str, now: Now, out: &mut Effects) {
+    /// Rule 3: nobody holds the role and no lease is outstanding.
+    fn fill_vacancy(&mut self, name: &str, now: Now, wake: &mut Wake, out: &mut Effects) {
         let g = self.groups.get_mut(name).expect("group exists");
         g.stepping_down = None;
         if let Some(sw) = &g.switchover {
-            let (target, actor) = (sw.target.clone(), sw.actor.clone());
+            let (target, reason) = (sw.target.clone(), sw.reason.clone());
             if self.eligible(name, &target, now) {
-                let reason = format!("switchover requested by {actor}");
                 return self.promote(name, &target, reason, now, out);
             }
             let sw = self
@@ -89,16 +384,22 @@ impl Engine {
                 .expect("group exists")
                 .switchover
                 .take();
-            let reply = sw.expect("switchover in progress").reply;
-            out.replies.push((
-                reply,
-                Err(AdminError::Aborted(format!(
-                    "{target} stopped qualifying (disconnected or unhealthy) during the \
-                     switchover; group {name} fails over automatically instead"
-                ))),
-            ));
+            if let Some(reply) = sw.and_then(|s| s.reply) {
+                out.replies.push((
+                    reply,
+                    Err(AdminError::Aborted(format!(
+                        "{target} stopped qualifying (disconnected, unhealthy or drained) during the \
+                         switchover; group {name} fails over by its policy instead"
+                    ))),
+                ));
+            }
         }
-        if let Some(next) = self.first_candidate(name, None, now) {
+        let g = &self.groups[name];
+        let first_election = g.record.epoch == g.record.first_epoch;
+        if !g.record.policy.auto_failover && !first_election {
+            return;
+        }
+        if let Some(next) = self.first_candidate(name, None, now, wake) {
             let reason = match &self.groups[name].last_primary {
                 Some(last) => format!("{next} is the first qualifying member since {last}"),
                 None => format!("{next} is the first qualifying member"),
@@ -114,6 +415,10 @@ impl Engine {
         let g = self.groups.get_mut(name).expect("group exists");
         let old = g.record.primary.take().or_else(|| g.last_primary.clone());
         g.primary_fenced_since = None;
+        g.promote_failed = false;
+        g.alarm = None;
+        g.last_change = Some(now.mono);
+        g.failed.remove(node);
         g.record.epoch += 1;
         g.record.primary = Some(node.to_owned());
         g.last_primary = Some(node.to_owned());
@@ -161,29 +466,38 @@ impl Engine {
             ));
             self.set_lease_until(name, Some(received + wait));
         }
-        if let Some(sw) = switchover {
+        if let Some(reply) = switchover.and_then(|s| s.reply) {
             self.sync_group(name, now, out);
             out.replies
-                .push((sw.reply, Ok(AdminReply::Group(self.group_view(name, now)))));
+                .push((reply, Ok(AdminReply::Group(self.group_view(name, now)))));
         }
     }
 
-    /// Planned switchover, first half: tell the primary to step down with a
-    /// new epoch and stop extending its lease.
+    /// A switchover's first half: tell the primary to step down with a new
+    /// epoch and stop extending its lease.
     fn step_down(&mut self, name: &str, primary: &str, now: Now, out: &mut Effects) {
         let g = self.groups.get_mut(name).expect("group exists");
         g.record.epoch += 1;
         g.record.primary = None;
         g.primary_fenced_since = None;
+        g.promote_failed = false;
+        g.last_change = Some(now.mono);
         g.last_primary = Some(primary.to_owned());
         g.stepping_down = Some(primary.to_owned());
         let epoch = g.record.epoch;
-        let sw = g.switchover.as_ref().expect("switchover in progress");
-        let reason = format!(
-            "switchover to {} requested by {}: waiting for {primary} to step down",
-            sw.target, sw.actor
-        );
-        let actor = sw.actor.clone();
+        let (reason, actor) = match &g.switchover {
+            Some(sw) => (
+                format!(
+                    "{}: moving the role to {}, waiting for {primary} to step down",
+                    sw.reason, sw.target
+                ),
+                sw.actor.clone(),
+            ),
+            None => (
+                format!("{primary} steps down; nobody qualifies to take over"),
+                COORDINATOR.to_owned(),
+            ),
+        };
         out.writes.push(Write::PutGroup(g.record.clone()));
         self.record_event(
             NewEvent {
@@ -230,25 +544,99 @@ impl Engine {
         self.reconcile(name, now, out);
     }
 
-    /// The first member in priority order that may become primary.
-    fn first_candidate(&self, name: &str, exclude: Option<&str>, now: Now) -> Option<String> {
+    /// The primary stepped down on its own (its agent is stopping, with no
+    /// shutdown grace): replace it at once, without waiting for its lease.
+    pub(super) fn primary_stepped_down(
+        &mut self,
+        name: &str,
+        node: &str,
+        now: Now,
+        out: &mut Effects,
+    ) {
+        self.set_lease_until(name, None);
+        let mut wake = Wake::default();
+        self.replace(name, node, Cause::SteppedDown, now, &mut wake, out);
+        self.sync_group(name, now, out);
+        self.set_wake(name, wake, now);
+    }
+
+    /// Raises an alarm once for the situation `message` describes.
+    fn alarm(&mut self, name: &str, message: String, now: Now, out: &mut Effects) {
+        let g = self.groups.get_mut(name).expect("group exists");
+        if g.alarm.as_ref() == Some(&message) {
+            return;
+        }
+        g.alarm = Some(message.clone());
+        let (epoch, primary) = (g.record.epoch, g.record.primary.clone());
+        tracing::warn!(group = name, epoch, "ALARM: {message}");
+        self.record_event(
+            NewEvent {
+                group: name,
+                kind: EventKind::Alarm,
+                epoch,
+                old_primary: primary.as_deref(),
+                new_primary: None,
+                reason: message,
+                actor: COORDINATOR,
+            },
+            now,
+            out,
+        );
+    }
+
+    pub(super) fn mark_failed(&mut self, name: &str, node: &str, now: Now) {
+        let g = self.groups.get_mut(name).expect("group exists");
+        g.failed.insert(node.to_owned(), now.mono);
+    }
+
+    /// The first member in priority order that qualifies for an automatic
+    /// promotion.
+    pub(super) fn first_candidate(
+        &self,
+        name: &str,
+        exclude: Option<&str>,
+        now: Now,
+        wake: &mut Wake,
+    ) -> Option<String> {
         self.groups[name]
             .record
             .members
             .iter()
             .filter(|m| Some(m.as_str()) != exclude)
-            .find(|m| self.eligible(name, m, now))
+            .find(|m| self.qualifies(name, m, now, wake))
             .cloned()
     }
 
-    /// A member qualifies when it is connected (heard from within the
-    /// group's failover timeout) and passes its health checks.
+    /// Eligible, and not a member that failed here and has not yet been
+    /// healthy for `failback_delay` since.
+    pub(super) fn qualifies(&self, name: &str, node: &str, now: Now, wake: &mut Wake) -> bool {
+        if !self.eligible(name, node, now) {
+            return false;
+        }
+        let g = &self.groups[name];
+        let Some(&failed_at) = g.failed.get(node) else {
+            return true;
+        };
+        let healthy_since = self.nodes[node].healthy_since(name).unwrap_or(now.mono);
+        let ready = failed_at.max(healthy_since) + g.record.policy.failback_delay;
+        if now.mono < ready {
+            wake.at(ready);
+            false
+        } else {
+            true
+        }
+    }
+
+    /// Whether an operator may put the role on `node`: a member that is
+    /// connected (heard from within the failover timeout), passes its
+    /// health checks and is not in maintenance.
     pub(super) fn eligible(&self, name: &str, node: &str, now: Now) -> bool {
         let g = &self.groups[name];
         let Some(n) = self.nodes.get(node) else {
             return false;
         };
-        g.record.members.iter().any(|m| m == node)
+        g.record.position(node).is_some()
+            && !g.record.in_maintenance(node)
             && n.heard_within(now.mono, g.record.policy.failover_timeout)
             && n.passes_checks(name)
     }
@@ -268,6 +656,7 @@ impl Engine {
             primary: g.record.primary.clone(),
             standby_mode: g.record.policy.standby_mode,
             fencing: g.record.policy.fencing,
+            shutdown_grace: g.record.policy.shutdown_grace,
         }
     }
 
@@ -306,6 +695,9 @@ impl Engine {
             None if g.stepping_down.is_some() || g.lease_until.is_some_and(|t| t > now.mono) => {
                 Phase::FailingOver
             }
+            None if g.record.members.iter().all(|m| g.record.in_maintenance(m)) => {
+                Phase::Maintenance
+            }
             None => Phase::NoPrimary,
         }
     }
@@ -321,7 +713,7 @@ impl Engine {
         g.phase_since_ms = now.wall_ms;
         let epoch = g.record.epoch;
         let last = g.last_primary.clone();
-        if phase == Phase::NoPrimary && epoch > 0 {
+        if phase == Phase::NoPrimary && epoch > g.record.first_epoch {
             self.record_event(
                 NewEvent {
                     group: name,
@@ -329,7 +721,7 @@ impl Engine {
                     epoch,
                     old_primary: last.as_deref(),
                     new_primary: None,
-                    reason: "no member is connected and healthy: nobody can be promoted".into(),
+                    reason: "no member qualifies (connected, healthy, not in maintenance, not recently failed): nobody can be promoted".into(),
                     actor: COORDINATOR,
                 },
                 now,

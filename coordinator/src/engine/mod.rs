@@ -152,9 +152,36 @@ pub enum AdminCommand {
         group: String,
         to: String,
     },
+    /// Changes settings of an existing group.
+    UpdatePolicy {
+        group: String,
+        policy: PolicyPatch,
+    },
+    /// Forced takeover: move the role to `to`, or to the best other member,
+    /// whatever the current primary's state.
+    Takeover {
+        group: String,
+        to: Option<String>,
+    },
+    /// Hand the role back to the highest-priority healthy member.
+    Restore {
+        group: String,
+    },
+    /// Put a member in maintenance; a draining primary is switched over
+    /// first.
+    Drain {
+        group: String,
+        node: String,
+    },
+    Undrain {
+        group: String,
+        node: String,
+    },
     ListNodes,
 }
 
+// One reply per admin call: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum AdminReply {
     Group(GroupView),
@@ -219,6 +246,8 @@ pub struct Assignment {
     pub primary: Option<String>,
     pub standby_mode: StandbyMode,
     pub fencing: Fencing,
+    /// Zero: a primary whose agent stops steps down first.
+    pub shutdown_grace: Duration,
 }
 
 /// A change to the durable store.
@@ -269,9 +298,13 @@ pub struct Engine {
     nodes: BTreeMap<String, Node>,
     /// Which node each live session belongs to.
     sessions: HashMap<SessionId, String>,
-    /// `(instant, group)` for every group whose `lease_until` lies ahead:
-    /// the only moments at which time alone can change a decision.
+    /// `(instant, group)` for every group with a deadline ahead (its
+    /// `lease_until` or `wake`): the only moments at which time alone can
+    /// change a decision.
     timers: BTreeSet<(Instant, String)>,
+    /// `(deadline, session)` for sessions that said Hello but have not
+    /// heartbeated yet (startup timeout).
+    startups: BTreeSet<(Instant, SessionId)>,
     epoch_floors: HashMap<String, u64>,
     next_event_seq: u64,
 }
@@ -284,6 +317,9 @@ struct Group {
     /// included). Nobody else is promoted before this instant passes,
     /// unless the holder confirmed that it stepped down.
     lease_until: Option<Instant>,
+    /// The earliest future instant, other than `lease_until`, at which the
+    /// last decision would come out differently (a grace or delay ending).
+    wake: Option<Instant>,
     /// The instant registered in `Engine::timers` for this group, if any.
     timer: Option<Instant>,
     /// A former primary told to step down at the current epoch, whose
@@ -296,14 +332,27 @@ struct Group {
     /// Since when the primary has been reporting itself fenced at the
     /// current epoch: its grants do not reach it in time.
     primary_fenced_since: Option<Instant>,
+    /// The primary's promote hook failed or timed out at this epoch.
+    promote_failed: bool,
+    /// When the primary last changed, for `min_failover_interval`.
+    last_change: Option<Instant>,
+    /// Members that failed here (lapsed, promote hook failed, service
+    /// died) and when: not promoted again automatically until healthy for
+    /// `failback_delay` since.
+    failed: HashMap<String, Instant>,
+    /// The alarm raised for the current situation, raised once.
+    alarm: Option<String>,
     phase: Phase,
     phase_since_ms: u64,
 }
 
+/// A move of the role to `target`: requested by an operator (with a reply
+/// to send), or decided by the engine (failback, failing primary).
 struct Switchover {
     target: String,
-    reply: ReplyId,
+    reply: Option<ReplyId>,
     actor: String,
+    reason: String,
 }
 
 struct Node {
@@ -315,6 +364,11 @@ struct Node {
     address: String,
     agent_version: String,
     checks: Vec<CheckStatus>,
+    /// Per group: whether the node is connected and passes that group's
+    /// checks, and since when (for failback and failed members).
+    health: HashMap<String, (bool, Instant)>,
+    /// When its agent said goodbye (stopped cleanly), until a new session.
+    goodbye_at: Option<Instant>,
 }
 
 /// One open agent session.
@@ -326,6 +380,8 @@ struct Session {
     sent: HashMap<String, Assignment>,
     /// The heartbeat interval last sent to the agent.
     heartbeat_interval: Duration,
+    /// Until its first heartbeat: when the startup timeout closes it.
+    startup_deadline: Option<Instant>,
 }
 
 impl Node {
@@ -337,6 +393,24 @@ impl Node {
             address: String::new(),
             agent_version: String::new(),
             checks: Vec::new(),
+            health: HashMap::new(),
+            goodbye_at: None,
+        }
+    }
+
+    /// Since when the node has been healthy for `group`, if it is now.
+    fn healthy_since(&self, group: &str) -> Option<Instant> {
+        match self.health.get(group) {
+            Some(&(true, since)) if self.session.is_some() => Some(since),
+            _ => None,
+        }
+    }
+
+    /// Since when the node has been failing `group`'s checks, if it is now.
+    fn unhealthy_since(&self, group: &str) -> Option<Instant> {
+        match self.health.get(group) {
+            Some(&(false, since)) if self.session.is_some() => Some(since),
+            _ => None,
         }
     }
 
@@ -369,6 +443,7 @@ impl Engine {
             nodes: BTreeMap::new(),
             sessions: HashMap::new(),
             timers: BTreeSet::new(),
+            startups: BTreeSet::new(),
             epoch_floors: recovered.epoch_floors,
             next_event_seq: recovered.next_event_seq,
         };
@@ -418,7 +493,7 @@ impl Engine {
                 out,
             ),
             Input::HookResult { session, report } => self.on_hook_result(session, report, now, out),
-            Input::Goodbye { session, reason } => self.on_goodbye(session, &reason),
+            Input::Goodbye { session, reason } => self.on_goodbye(session, &reason, now, out),
             Input::SessionClosed { session } => self.on_session_closed(session, now, out),
             Input::Admin {
                 reply,
@@ -430,6 +505,17 @@ impl Engine {
 
     /// Acts on every deadline that has passed.
     pub fn tick(&mut self, now: Now, out: &mut Effects) {
+        while let Some(&(at, session)) = self.startups.first() {
+            if at > now.mono {
+                break;
+            }
+            self.startups.pop_first();
+            if let Some(node) = self.sessions.get(&session) {
+                tracing::warn!(%node, session, "no heartbeat within the startup timeout: closing the session");
+                out.closes.push(session);
+                self.on_session_closed(session, now, out);
+            }
+        }
         while let Some((at, name)) = self.timers.first().cloned() {
             if at > now.mono {
                 break;
@@ -444,7 +530,19 @@ impl Engine {
 
     /// The next instant at which [`Engine::tick`] has something to do.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.timers.first().map(|(at, _)| *at)
+        let group = self.timers.first().map(|(at, _)| *at);
+        let startup = self.startups.first().map(|(at, _)| *at);
+        group.into_iter().chain(startup).min()
+    }
+
+    /// How long a new session may take to send its Hello: the smallest
+    /// `connect_timeout` of any group (the node is unknown until then).
+    pub fn connect_timeout(&self) -> Duration {
+        self.groups
+            .values()
+            .map(|g| g.record.policy.connect_timeout)
+            .min()
+            .unwrap_or(self.config.default_policy.connect_timeout)
     }
 
     /// How long the coordinator waits out a lease of `policy`'s length.
@@ -489,17 +587,28 @@ impl Engine {
     }
 }
 
-/// Moves the group's entry in `timers` to its current `lease_until`.
+/// Moves the group's entry in `timers` to its earliest deadline.
 fn update_timer(timers: &mut BTreeSet<(Instant, String)>, name: &str, g: &mut Group) {
-    if g.timer == g.lease_until {
+    let due = g.lease_until.into_iter().chain(g.wake).min();
+    if g.timer == due {
         return;
     }
     if let Some(old) = g.timer.take() {
         timers.remove(&(old, name.to_owned()));
     }
-    if let Some(at) = g.lease_until {
+    if let Some(at) = due {
         timers.insert((at, name.to_owned()));
         g.timer = Some(at);
+    }
+}
+
+/// The earliest of the future instants a decision is waiting for.
+#[derive(Default)]
+struct Wake(Option<Instant>);
+
+impl Wake {
+    fn at(&mut self, at: Instant) {
+        self.0 = Some(self.0.map_or(at, |w| w.min(at)));
     }
 }
 
@@ -537,10 +646,15 @@ impl Group {
             last_primary: record.primary.clone(),
             record,
             lease_until: None,
+            wake: None,
             timer: None,
             stepping_down: None,
             switchover: None,
             primary_fenced_since: None,
+            promote_failed: false,
+            last_change: None,
+            failed: HashMap::new(),
+            alarm: None,
             phase: Phase::NoPrimary,
             phase_since_ms: now.wall_ms,
         }

@@ -19,12 +19,17 @@ impl Engine {
     ) {
         let node_id = hello.node.clone();
         let interval = self.heartbeat_interval_for(&node_id);
+        let startup_deadline = now.mono + self.startup_timeout_for(&node_id);
+        self.startups.insert((startup_deadline, session));
         let node = self.nodes.entry(node_id.clone()).or_insert_with(Node::new);
         // A node has one session: the newest wins (an agent that reconnects
         // before its old stream was noticed dead).
         if let Some(old) = node.session.take() {
             tracing::warn!(node = %node_id, old = old.id, new = session, "replacing the node's previous session");
             self.sessions.remove(&old.id);
+            if let Some(deadline) = old.startup_deadline {
+                self.startups.remove(&(deadline, old.id));
+            }
             out.closes.push(old.id);
         }
         node.session = Some(Session {
@@ -32,7 +37,10 @@ impl Engine {
             last_heartbeat: None,
             sent: HashMap::new(),
             heartbeat_interval: interval,
+            startup_deadline: Some(startup_deadline),
         });
+        // Back: a goodbye no longer holds its groups.
+        node.goodbye_at = None;
         node.last_contact_ms = now.wall_ms;
         node.address = hello.address;
         node.agent_version = hello.agent_version;
@@ -130,10 +138,23 @@ impl Engine {
         let s = node.session.as_mut().expect("session is current");
         let first = s.last_heartbeat.is_none();
         s.last_heartbeat = Some((seq, received));
+        if let Some(deadline) = s.startup_deadline.take() {
+            self.startups.remove(&(deadline, session));
+        }
         node.last_contact_ms = now.wall_ms;
-        let health_changed = node.checks != checks;
-        if health_changed {
+        if node.checks != checks {
             node.checks = checks;
+        }
+        // Groups whose health verdict for this node flipped (or is new).
+        let mut flipped = Vec::new();
+        for name in &node.groups {
+            let healthy = node.passes_checks(name);
+            if node.health.get(name).is_none_or(|&(h, _)| h != healthy) {
+                flipped.push((name.clone(), healthy));
+            }
+        }
+        for (name, healthy) in &flipped {
+            node.health.insert(name.clone(), (*healthy, received));
         }
 
         // Grant a lease in every group where this node holds the role, and
@@ -186,11 +207,14 @@ impl Engine {
 
         // A node that just became reachable, or whose health changed, may
         // change who qualifies.
-        let groups: Vec<String> = if first || health_changed {
+        let mut groups: Vec<String> = if first {
             self.nodes[&node_id].groups.iter().cloned().collect()
         } else {
             vacant
         };
+        groups.extend(flipped.into_iter().map(|(name, _)| name));
+        groups.sort();
+        groups.dedup();
         for name in groups {
             self.reconcile(&name, now, out);
         }
@@ -215,18 +239,89 @@ impl Engine {
         let Some(g) = self.groups.get(&report.group) else {
             return;
         };
-        let confirms_step_down = g.stepping_down.as_deref() == Some(node_id.as_str())
-            && report.epoch == g.record.epoch
+        let current = report.epoch == g.record.epoch;
+        let is_primary = g.record.primary.as_deref() == Some(node_id.as_str());
+        let name = report.group.clone();
+        if g.stepping_down.as_deref() == Some(node_id.as_str())
+            && current
             && report.role == Role::Secondary
-            && level_ok;
-        if confirms_step_down {
-            self.confirm_step_down(&report.group, &node_id, now, out);
+            && level_ok
+        {
+            self.confirm_step_down(&name, &node_id, now, out);
+        } else if is_primary && current && report.role == Role::Secondary && level_ok {
+            // Its agent is stopping and stepped down by itself.
+            self.primary_stepped_down(&name, &node_id, now, out);
+        } else if is_primary
+            && current
+            && report.role == Role::Primary
+            && matches!(report.outcome, HookOutcome::Failed | HookOutcome::TimedOut)
+        {
+            let epoch = g.record.epoch;
+            self.groups
+                .get_mut(&name)
+                .expect("group exists")
+                .promote_failed = true;
+            self.mark_failed(&name, &node_id, now);
+            let detail = if report.detail.is_empty() {
+                format!("{:?}", report.outcome)
+            } else {
+                report.detail.clone()
+            };
+            self.record_event(
+                NewEvent {
+                    group: &name,
+                    kind: EventKind::PromoteFailed,
+                    epoch,
+                    old_primary: Some(&node_id),
+                    new_primary: None,
+                    reason: format!("{node_id}'s promote hook did not succeed: {detail}"),
+                    actor: COORDINATOR,
+                },
+                now,
+                out,
+            );
+            self.reconcile(&name, now, out);
         }
     }
 
-    pub(super) fn on_goodbye(&mut self, session: SessionId, reason: &str) {
-        if let Some(node) = self.sessions.get(&session) {
-            tracing::info!(node = %node, reason, "agent said goodbye");
+    pub(super) fn on_goodbye(
+        &mut self,
+        session: SessionId,
+        reason: &str,
+        now: Now,
+        out: &mut Effects,
+    ) {
+        let Some(node_id) = self.sessions.get(&session).cloned() else {
+            return;
+        };
+        tracing::info!(node = %node_id, reason, "agent said goodbye");
+        let node = self.nodes.get_mut(&node_id).expect("session's node exists");
+        node.goodbye_at = Some(now.mono);
+        let led: Vec<String> = node
+            .groups
+            .iter()
+            .filter(|g| self.groups[*g].record.primary.as_deref() == Some(node_id.as_str()))
+            .cloned()
+            .collect();
+        for name in led {
+            let g = &self.groups[&name];
+            let grace = humantime::format_duration(g.record.policy.shutdown_grace);
+            self.record_event(
+                NewEvent {
+                    group: &name,
+                    kind: EventKind::PrimaryLeft,
+                    epoch: g.record.epoch,
+                    old_primary: Some(&node_id),
+                    new_primary: None,
+                    reason: format!(
+                        "{node_id}'s agent is stopping ({reason}): waiting up to the shutdown grace of {grace} for it"
+                    ),
+                    actor: COORDINATOR,
+                },
+                now,
+                out,
+            );
+            self.reconcile(&name, now, out);
         }
     }
 
@@ -235,7 +330,10 @@ impl Engine {
             return;
         };
         let node = self.nodes.get_mut(&node_id).expect("session's node exists");
-        node.session = None;
+        if let Some(deadline) = node.session.take().and_then(|s| s.startup_deadline) {
+            self.startups.remove(&(deadline, session));
+        }
+        node.health.clear();
         tracing::info!(node = %node_id, session, "agent session closed");
         let groups: Vec<String> = node.groups.iter().cloned().collect();
         if groups.is_empty() {
@@ -244,6 +342,17 @@ impl Engine {
         for name in groups {
             self.refresh_phase(&name, now, out);
         }
+    }
+
+    /// The smallest startup timeout among the node's groups.
+    fn startup_timeout_for(&self, node: &str) -> Duration {
+        self.nodes
+            .get(node)
+            .into_iter()
+            .flat_map(|n| n.groups.iter())
+            .map(|g| self.groups[g].record.policy.startup_timeout)
+            .min()
+            .unwrap_or(self.config.default_policy.startup_timeout)
     }
 
     /// The smallest heartbeat interval among the node's groups.

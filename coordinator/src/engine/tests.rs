@@ -16,6 +16,8 @@ struct Sim {
     next_reply: ReplyId,
     sessions: HashMap<String, SessionId>,
     seqs: HashMap<String, u64>,
+    /// The checks each node reports in its heartbeats.
+    checks: HashMap<String, Vec<CheckStatus>>,
     /// Every effect emitted, in order.
     log: Vec<Effects>,
 }
@@ -46,6 +48,7 @@ impl Sim {
             next_reply: 1,
             sessions: HashMap::new(),
             seqs: HashMap::new(),
+            checks: HashMap::new(),
             log: Vec::new(),
         }
     }
@@ -93,16 +96,73 @@ impl Sim {
     }
 
     fn heartbeat_claiming(&mut self, node: &str, roles: Vec<ClaimedRole>) -> &Effects {
+        let checks = self.checks.get(node).cloned().unwrap_or_default();
         let seq = self.seqs.entry(node.into()).or_default();
         *seq += 1;
         let input = Input::Heartbeat {
             session: self.sessions[node],
             seq: *seq,
             received: self.now.mono,
-            checks: vec![],
+            checks,
             roles,
         };
         self.step(input)
+    }
+
+    /// From now on `node` reports one check, passing or not.
+    fn set_healthy(&mut self, node: &str, passing: bool) {
+        let check = CheckStatus {
+            name: "service".into(),
+            passing,
+            groups: vec![],
+            detail: String::new(),
+        };
+        self.checks.insert(node.into(), vec![check]);
+    }
+
+    fn goodbye(&mut self, node: &str) {
+        let session = self.sessions.remove(node).unwrap();
+        self.step(Input::Goodbye {
+            session,
+            reason: "stopping".into(),
+        });
+        self.step(Input::SessionClosed { session });
+    }
+
+    fn hook(&mut self, node: &str, group: &str, epoch: u64, role: Role, outcome: HookOutcome) {
+        let session = self.sessions[node];
+        self.step(Input::HookResult {
+            session,
+            report: HookReport {
+                group: group.into(),
+                epoch,
+                role,
+                outcome,
+                exit_code: None,
+                detail: String::new(),
+            },
+        });
+    }
+
+    fn set(&mut self, group: &str, policy: PolicyPatch) -> AdminResult {
+        self.admin(AdminCommand::UpdatePolicy {
+            group: group.into(),
+            policy,
+        })
+        .1
+        .expect("answered at once")
+    }
+
+    /// Kinds of every event recorded so far.
+    fn event_kinds(&self) -> Vec<EventKind> {
+        self.log
+            .iter()
+            .flat_map(|e| e.writes.iter())
+            .filter_map(|w| match w {
+                Write::Event(e) => Some(e.kind),
+                _ => None,
+            })
+            .collect()
     }
 
     fn disconnect(&mut self, node: &str) {
@@ -329,6 +389,8 @@ fn restarted_coordinator_waits_out_a_full_lease_before_replacing_the_primary() {
         policy: Policy::default(),
         primary: Some("rec-1".into()),
         epoch: 7,
+        first_epoch: 0,
+        maintenance: vec![],
         created_unix_ms: 0,
     };
     let mut sim = Sim::recovered(Recovered {
@@ -350,6 +412,8 @@ fn restarted_coordinator_keeps_a_primary_that_comes_back() {
         policy: Policy::default(),
         primary: Some("rec-1".into()),
         epoch: 7,
+        first_epoch: 0,
+        maintenance: vec![],
         created_unix_ms: 0,
     };
     let mut sim = Sim::recovered(Recovered {
@@ -619,7 +683,7 @@ fn heartbeat_interval_is_the_smallest_among_the_nodes_groups() {
 }
 
 #[test]
-fn a_member_whose_heartbeats_resume_is_promoted_into_an_empty_group() {
+fn a_member_whose_heartbeats_resume_is_promoted_once_it_is_healthy_for_the_delay() {
     // rec-1's session stays open but goes silent past the failover timeout
     // (a partition that keeps TCP up), so the group has nobody to promote.
     let mut sim = Sim::new();
@@ -627,8 +691,12 @@ fn a_member_whose_heartbeats_resume_is_promoted_into_an_empty_group() {
     sim.create("recorders", &["rec-1"]).unwrap();
     sim.advance(WAIT + Duration::from_millis(10));
     assert_eq!(sim.primary("recorders"), (None, 2));
-    // Its heartbeats resume on the same session: it qualifies again.
-    sim.heartbeat("rec-1");
+    // Its heartbeats resume on the same session, but it failed here: no
+    // ping-pong, it must be healthy for failback_delay (60 s) first.
+    sim.run_for(Duration::from_secs(59), &["rec-1"]);
+    assert_eq!(sim.primary("recorders"), (None, 2));
+    assert!(sim.view("recorders").members[0].recently_failed);
+    sim.run_for(Duration::from_secs(2), &["rec-1"]);
     assert_eq!(sim.primary("recorders"), (Some("rec-1".into()), 3));
 }
 
@@ -687,4 +755,405 @@ fn a_primary_fenced_only_briefly_keeps_its_role() {
         sim.heartbeat("rec-2");
     }
     assert_eq!(sim.primary("recorders"), (Some("rec-1".into()), 1));
+}
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+const ALL: [&str; 3] = ["rec-1", "rec-2", "rec-3"];
+
+#[test]
+fn with_auto_failover_off_a_lapse_raises_an_alarm_and_takeover_moves_the_role() {
+    let mut sim = three_members();
+    sim.set(
+        "recorders",
+        PolicyPatch {
+            auto_failover: Some(false),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    sim.disconnect("rec-1");
+    sim.run_for(secs(30), &["rec-2", "rec-3"]);
+    let view = sim.view("recorders");
+    assert_eq!(
+        (view.primary, view.epoch),
+        (None, 2),
+        "nothing promoted by itself"
+    );
+    assert!(view.alarm.unwrap().contains("takeover"));
+    assert!(sim.event_kinds().contains(&EventKind::Alarm));
+
+    let (_, result) = sim.admin(AdminCommand::Takeover {
+        group: "recorders".into(),
+        to: None,
+    });
+    assert!(matches!(result, Some(Ok(_))), "{result:?}");
+    assert_eq!(sim.primary("recorders"), (Some("rec-2".into()), 3));
+    assert_eq!(sim.view("recorders").alarm, None);
+}
+
+#[test]
+fn the_first_election_is_automatic_even_with_auto_failover_off() {
+    let mut sim = Sim::new();
+    sim.connect("rec-1");
+    sim.admin(AdminCommand::CreateGroup {
+        name: "recorders".into(),
+        members: vec!["rec-1".into()],
+        policy: PolicyPatch {
+            auto_failover: Some(false),
+            ..Default::default()
+        },
+    });
+    assert_eq!(sim.primary("recorders"), (Some("rec-1".into()), 1));
+}
+
+#[test]
+fn takeover_to_a_node_moves_a_healthy_primary_after_it_steps_down() {
+    let mut sim = three_members();
+    let (reply, answer) = sim.admin(AdminCommand::Takeover {
+        group: "recorders".into(),
+        to: Some("rec-3".into()),
+    });
+    assert!(answer.is_none());
+    sim.hook_done("rec-1", "recorders", 2, Role::Secondary);
+    assert_eq!(sim.primary("recorders"), (Some("rec-3".into()), 3));
+    assert!(
+        sim.log
+            .last()
+            .unwrap()
+            .replies
+            .iter()
+            .any(|(r, res)| *r == reply && res.is_ok())
+    );
+}
+
+#[test]
+fn restore_hands_the_role_back_to_the_highest_priority_healthy_member() {
+    let mut sim = three_members();
+    sim.disconnect("rec-1");
+    sim.run_for(WAIT + Duration::from_millis(500), &["rec-2", "rec-3"]);
+    assert_eq!(sim.primary("recorders").0.as_deref(), Some("rec-2"));
+    sim.connect("rec-1");
+    sim.admin(AdminCommand::Restore {
+        group: "recorders".into(),
+    });
+    sim.hook_done("rec-2", "recorders", 3, Role::Secondary);
+    assert_eq!(sim.primary("recorders"), (Some("rec-1".into()), 4));
+}
+
+#[test]
+fn delayed_failback_waits_for_the_delay_then_switches_over() {
+    let mut sim = three_members();
+    sim.set(
+        "recorders",
+        PolicyPatch {
+            failback: Some(crate::policy::Failback::Delayed),
+            failback_delay: Some(secs(20)),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    sim.disconnect("rec-1");
+    sim.run_for(WAIT + Duration::from_millis(500), &["rec-2", "rec-3"]);
+    assert_eq!(sim.primary("recorders"), (Some("rec-2".into()), 2));
+    sim.connect("rec-1");
+    sim.run_for(secs(19), &ALL);
+    assert_eq!(
+        sim.primary("recorders"),
+        (Some("rec-2".into()), 2),
+        "failback too early"
+    );
+    sim.run_for(secs(2), &ALL);
+    // rec-2 is told to step down first; rec-1 follows on confirmation.
+    assert_eq!(sim.primary("recorders"), (None, 3));
+    sim.hook_done("rec-2", "recorders", 3, Role::Secondary);
+    assert_eq!(sim.primary("recorders"), (Some("rec-1".into()), 4));
+}
+
+#[test]
+fn failback_waits_for_its_window() {
+    let mut sim = three_members();
+    // The simulated clock starts at 00:16:40 UTC: the window opens at 01:00.
+    sim.set(
+        "recorders",
+        PolicyPatch {
+            failback: Some(crate::policy::Failback::Delayed),
+            failback_delay: Some(secs(5)),
+            failback_window: Some(Some("01:00-02:00".parse().unwrap())),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    sim.disconnect("rec-1");
+    sim.run_for(WAIT + Duration::from_millis(500), &["rec-2", "rec-3"]);
+    sim.connect("rec-1");
+    sim.run_for(secs(600), &ALL);
+    assert_eq!(sim.primary("recorders").0.as_deref(), Some("rec-2"));
+    sim.run_for(secs(2400), &ALL);
+    let promoted = sim
+        .log
+        .iter()
+        .flat_map(|e| e.writes.iter())
+        .find_map(|w| match w {
+            Write::Event(e)
+                if e.kind == EventKind::Promoted
+                    && e.new_primary.as_deref() == Some("rec-1")
+                    && e.epoch > 1 =>
+            {
+                Some(e.unix_ms)
+            }
+            _ => None,
+        });
+    // 01:00 UTC is 3,600,000 ms after the start of the day.
+    let at = promoted.expect("failback happened") % 86_400_000;
+    assert!(
+        (3_600_000..3_700_000).contains(&at),
+        "failback at {at} ms into the day"
+    );
+    assert_eq!(sim.primary("recorders").0.as_deref(), Some("rec-1"));
+}
+
+#[test]
+fn an_unhealthy_primary_is_replaced_after_the_abnormal_timeout() {
+    let mut sim = three_members();
+    sim.set(
+        "recorders",
+        PolicyPatch {
+            abnormal_timeout: Some(secs(5)),
+            min_failover_interval: Some(Duration::ZERO),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    sim.set_healthy("rec-1", false);
+    sim.run_for(secs(4), &ALL);
+    assert_eq!(sim.primary("recorders"), (Some("rec-1".into()), 1));
+    sim.run_for(secs(2), &ALL);
+    assert_eq!(sim.primary("recorders"), (None, 2), "told to step down");
+    assert!(sim.event_kinds().contains(&EventKind::PrimaryUnhealthy));
+    sim.hook_done("rec-1", "recorders", 2, Role::Secondary);
+    assert_eq!(sim.primary("recorders"), (Some("rec-2".into()), 3));
+}
+
+#[test]
+fn min_failover_interval_delays_moves_away_from_a_live_primary() {
+    let mut sim = three_members();
+    sim.set(
+        "recorders",
+        PolicyPatch {
+            min_failover_interval: Some(secs(30)),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    sim.set_healthy("rec-1", false);
+    sim.run_for(secs(20), &ALL);
+    assert_eq!(sim.primary("recorders").0.as_deref(), Some("rec-1"));
+    sim.run_for(secs(11), &ALL);
+    assert_eq!(
+        sim.primary("recorders").0,
+        None,
+        "moving once the interval passed"
+    );
+}
+
+#[test]
+fn an_unhealthy_secondary_is_not_eligible() {
+    let mut sim = three_members();
+    sim.set_healthy("rec-2", false);
+    sim.run_for(secs(1), &ALL);
+    assert!(!sim.view("recorders").members[1].healthy);
+    sim.disconnect("rec-1");
+    sim.run_for(WAIT, &["rec-2", "rec-3"]);
+    assert_eq!(sim.primary("recorders").0.as_deref(), Some("rec-3"));
+}
+
+#[test]
+fn a_failed_promote_hook_moves_the_role_on_and_all_failing_means_no_primary() {
+    let mut sim = Sim::new();
+    sim.connect("rec-1");
+    sim.connect("rec-2");
+    sim.create("recorders", &["rec-1", "rec-2"]).unwrap();
+    sim.hook("rec-1", "recorders", 1, Role::Primary, HookOutcome::Failed);
+    assert!(sim.event_kinds().contains(&EventKind::PromoteFailed));
+    // Told to step down with rec-2 lined up.
+    assert_eq!(sim.primary("recorders"), (None, 2));
+    sim.hook_done("rec-1", "recorders", 2, Role::Secondary);
+    assert_eq!(sim.primary("recorders"), (Some("rec-2".into()), 3));
+    sim.hook(
+        "rec-2",
+        "recorders",
+        3,
+        Role::Primary,
+        HookOutcome::TimedOut,
+    );
+    sim.hook_done("rec-2", "recorders", 4, Role::Secondary);
+    let view = sim.view("recorders");
+    assert_eq!((view.primary, view.phase), (None, Phase::NoPrimary));
+    // Both failed: promotion once one has been healthy for the delay.
+    sim.run_for(secs(61), &["rec-1", "rec-2"]);
+    assert_eq!(sim.primary("recorders").0.as_deref(), Some("rec-1"));
+}
+
+#[test]
+fn draining_the_primary_switches_over_and_a_drained_member_is_never_promoted() {
+    let mut sim = three_members();
+    let (reply, answer) = sim.admin(AdminCommand::Drain {
+        group: "recorders".into(),
+        node: "rec-1".into(),
+    });
+    assert!(answer.is_none(), "answers once the switchover is done");
+    sim.hook_done("rec-1", "recorders", 2, Role::Secondary);
+    assert_eq!(sim.primary("recorders"), (Some("rec-2".into()), 3));
+    assert!(
+        sim.log
+            .last()
+            .unwrap()
+            .replies
+            .iter()
+            .any(|(r, res)| *r == reply && res.is_ok())
+    );
+    assert!(sim.view("recorders").members[0].maintenance);
+
+    // rec-2 dies: rec-3 is next, never the drained rec-1.
+    sim.disconnect("rec-2");
+    sim.run_for(WAIT, &["rec-1", "rec-3"]);
+    assert_eq!(sim.primary("recorders").0.as_deref(), Some("rec-3"));
+    let (_, refused) = sim.admin(AdminCommand::Promote {
+        group: "recorders".into(),
+        to: "rec-1".into(),
+    });
+    assert!(
+        matches!(refused, Some(Err(AdminError::FailedPrecondition(m))) if m.contains("maintenance"))
+    );
+
+    sim.admin(AdminCommand::Undrain {
+        group: "recorders".into(),
+        node: "rec-1".into(),
+    });
+    assert!(!sim.view("recorders").members[0].maintenance);
+}
+
+#[test]
+fn draining_the_only_candidate_is_refused() {
+    let mut sim = Sim::new();
+    sim.connect("rec-1");
+    sim.create("recorders", &["rec-1", "rec-2"]).unwrap();
+    let (_, result) = sim.admin(AdminCommand::Drain {
+        group: "recorders".into(),
+        node: "rec-1".into(),
+    });
+    assert!(
+        matches!(result, Some(Err(AdminError::FailedPrecondition(_)))),
+        "{result:?}"
+    );
+    assert!(!sim.view("recorders").members[0].maintenance);
+}
+
+#[test]
+fn shutdown_grace_holds_the_role_for_a_primary_that_said_goodbye() {
+    let mut sim = three_members();
+    sim.set(
+        "recorders",
+        PolicyPatch {
+            shutdown_grace: Some(secs(20)),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    sim.goodbye("rec-1");
+    sim.run_for(secs(19), &["rec-2", "rec-3"]);
+    assert_eq!(
+        sim.primary("recorders"),
+        (Some("rec-1".into()), 1),
+        "held during the grace"
+    );
+    sim.run_for(secs(2), &["rec-2", "rec-3"]);
+    assert_eq!(sim.primary("recorders"), (Some("rec-2".into()), 2));
+    assert!(sim.event_kinds().contains(&EventKind::PrimaryLeft));
+}
+
+#[test]
+fn a_primary_that_comes_back_within_the_grace_keeps_its_role() {
+    let mut sim = three_members();
+    sim.set(
+        "recorders",
+        PolicyPatch {
+            shutdown_grace: Some(secs(20)),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    sim.goodbye("rec-1");
+    sim.run_for(secs(10), &["rec-2", "rec-3"]);
+    sim.connect("rec-1");
+    sim.run_for(secs(30), &ALL);
+    assert_eq!(sim.primary("recorders"), (Some("rec-1".into()), 1));
+}
+
+#[test]
+fn a_primary_that_steps_down_on_its_own_is_replaced_at_once() {
+    let mut sim = three_members();
+    // Shutdown grace 0: the agent stops, runs its secondary hook at the
+    // same epoch, then says goodbye.
+    sim.hook_done("rec-1", "recorders", 1, Role::Secondary);
+    assert_eq!(sim.primary("recorders"), (Some("rec-2".into()), 2));
+}
+
+#[test]
+fn a_session_that_never_heartbeats_is_closed_after_the_startup_timeout() {
+    let mut sim = Sim::new();
+    sim.create("recorders", &["rec-1"]).unwrap();
+    sim.step(Input::SessionOpened {
+        session: 77,
+        hello: Hello {
+            node: "rec-1".into(),
+            agent_version: "test".into(),
+            address: String::new(),
+            roles: vec![],
+        },
+    });
+    sim.advance(secs(29));
+    assert!(sim.log.iter().all(|e| e.closes.is_empty()));
+    let out = sim.advance(secs(2));
+    assert_eq!(out.closes, vec![77]);
+    assert!(!sim.engine.node_views(sim.now)[0].connected);
+}
+
+#[test]
+fn settings_are_changed_validated_and_recorded() {
+    let mut sim = three_members();
+    let view = match sim.set(
+        "recorders",
+        PolicyPatch {
+            failover_timeout: Some(secs(10)),
+            standby_mode: Some(crate::policy::StandbyMode::Cold),
+            ..Default::default()
+        },
+    ) {
+        Ok(AdminReply::Group(v)) => v,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(view.policy.failover_timeout, secs(10));
+    // Members hear of the new standby mode.
+    let last = sim.assignments_to("rec-2").last().cloned().unwrap();
+    assert_eq!(last.standby_mode, crate::policy::StandbyMode::Cold);
+    assert!(sim.event_kinds().contains(&EventKind::PolicyChanged));
+    let before = sim.view("recorders");
+    for bad in [
+        PolicyPatch::default(),
+        PolicyPatch {
+            failback_delay: Some(Duration::ZERO),
+            ..Default::default()
+        },
+        PolicyPatch {
+            heartbeat_interval: Some(secs(9)),
+            ..Default::default()
+        },
+    ] {
+        assert!(sim.set("recorders", bad).is_err());
+    }
+    assert_eq!(sim.view("recorders").policy, before.policy);
 }

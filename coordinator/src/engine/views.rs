@@ -15,6 +15,8 @@ pub struct GroupView {
     /// In priority order.
     pub members: Vec<MemberView>,
     pub policy: Policy,
+    /// What needs an operator, if anything.
+    pub alarm: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -24,6 +26,9 @@ pub struct MemberView {
     pub connected: bool,
     pub healthy: bool,
     pub last_contact_unix_ms: u64,
+    pub maintenance: bool,
+    /// Failed here and not yet healthy for `failback_delay` since.
+    pub recently_failed: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -68,6 +73,10 @@ impl Engine {
                     connected,
                     healthy: connected && node.is_some_and(|n| n.passes_checks(name)),
                     last_contact_unix_ms: node.map_or(0, |n| n.last_contact_ms),
+                    maintenance: g.record.in_maintenance(m),
+                    recently_failed: g.failed.contains_key(m)
+                        && !self.qualifies(name, m, now, &mut Wake::default())
+                        && self.eligible(name, m, now),
                 }
             })
             .collect();
@@ -79,6 +88,7 @@ impl Engine {
             phase_since_unix_ms: g.phase_since_ms,
             members,
             policy: g.record.policy.clone(),
+            alarm: g.alarm.clone(),
         }
     }
 

@@ -4,6 +4,7 @@
 mod bad_input;
 mod failover;
 mod operations;
+mod policies;
 mod restart;
 mod source;
 mod switchover;

@@ -183,6 +183,7 @@ fn simulate(seed: u64, rate_a: f64) -> (Option<u64>, Option<u64>) {
                                 primary: x.primary,
                                 standby_mode: roles::StandbyMode::Hot,
                                 fencing: roles::Fencing::Strict,
+                                shutdown_grace: x.shutdown_grace,
                             });
                         }
                         _ => {}
