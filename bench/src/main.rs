@@ -3,9 +3,11 @@
 //! `<out>/<benchmark>.json` and `<out>/<benchmark>.md`.
 //!
 //!   cargo build --release --bins
-//!   target/release/failover-bench failover-time [--runs 30]
+//!   target/release/failover-bench all
 
 mod failover_time;
+mod load;
+mod procfs;
 mod stats;
 
 use std::path::PathBuf;
@@ -13,6 +15,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use failover_time::Setting;
+use serde::Serialize;
 use serde_json::json;
 
 #[derive(Parser)]
@@ -40,17 +43,178 @@ enum Command {
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         soak: Duration,
     },
+    /// N agents at 1 heartbeat/s: coordinator CPU and memory, heartbeat
+    /// round trip, false failovers.
+    Scale {
+        #[arg(long, value_delimiter = ',', default_value = "1000,5000,10000")]
+        agents: Vec<usize>,
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+    },
+    /// K groups lose their primary at the same instant.
+    MassFailover {
+        #[arg(long, default_value_t = 1000)]
+        groups: usize,
+    },
+    /// A coordinator with K groups in its store: process start → ready.
+    Restart {
+        #[arg(long, default_value_t = 10_000)]
+        groups: usize,
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
+    /// Bytes written by the coordinator while only heartbeats flow.
+    Disk {
+        #[arg(long, default_value_t = 1000)]
+        agents: usize,
+    },
+    /// Everything above, one after the other, with a combined summary.
+    All,
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     std::fs::create_dir_all(&cli.out)?;
+    let out = &cli.out;
     match cli.command {
-        Command::FailoverTime { runs, soak } => failover_time_report(&cli.out, runs, soak),
+        Command::FailoverTime { runs, soak } => {
+            failover_time_report(out, runs, soak)?;
+        }
+        Command::Scale { agents, duration } => {
+            scale_report(out, &agents, duration)?;
+        }
+        Command::MassFailover { groups } => {
+            mass_report(out, groups)?;
+        }
+        Command::Restart { groups, runs } => {
+            restart_report(out, groups, runs)?;
+        }
+        Command::Disk { agents } => {
+            disk_report(out, agents)?;
+        }
+        Command::All => {
+            let sections = [
+                failover_time_report(out, 30, Duration::from_secs(30))?,
+                scale_report(out, &[1000, 5000, 10_000], Duration::from_secs(60))?,
+                mass_report(out, 1000)?,
+                restart_report(out, 10_000, 5)?,
+                disk_report(out, 1000)?,
+            ];
+            std::fs::write(out.join("summary.md"), sections.join("\n"))?;
+        }
     }
+    Ok(())
 }
 
-fn failover_time_report(out: &std::path::Path, runs: usize, soak: Duration) -> anyhow::Result<()> {
+/// Writes `<out>/<name>.json` and `<out>/<name>.md`, prints the Markdown,
+/// and returns it.
+fn write_report(
+    out: &std::path::Path,
+    name: &str,
+    json: &impl Serialize,
+    md: String,
+) -> anyhow::Result<String> {
+    std::fs::write(
+        out.join(format!("{name}.json")),
+        serde_json::to_string_pretty(json)?,
+    )?;
+    std::fs::write(out.join(format!("{name}.md")), &md)?;
+    println!("{md}");
+    Ok(md)
+}
+
+fn scale_report(
+    out: &std::path::Path,
+    agents: &[usize],
+    duration: Duration,
+) -> anyhow::Result<String> {
+    let mut results = Vec::new();
+    for &n in agents {
+        eprintln!("scale: {n} agents for {duration:?}");
+        results.push(load::scale(n, duration));
+    }
+    let mut md = String::from(
+        "## Scale (agents at 1 heartbeat/s, groups of three, loopback)\n\n\
+         | agents | groups | coordinator CPU | RSS (peak) | heartbeats/s | RTT p50 | RTT p99 | RTT max | false failovers | session errors |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in &results {
+        md.push_str(&format!(
+            "| {} | {} | {:.2} cores | {:.0} MiB ({:.0} MiB) | {:.0} | {:.2} ms | {:.2} ms | {:.1} ms | {} | {} |\n",
+            r.agents,
+            r.groups,
+            r.coordinator_cpu_cores,
+            r.coordinator_rss_mib,
+            r.coordinator_peak_rss_mib,
+            r.heartbeats_per_second,
+            r.rtt_ms["p50"].as_f64().unwrap_or(0.0),
+            r.rtt_ms["p99"].as_f64().unwrap_or(0.0),
+            r.rtt_ms["max"].as_f64().unwrap_or(0.0),
+            r.false_failovers,
+            r.loadgen_errors,
+        ));
+    }
+    md.push_str("\nThe load generator runs on the same two cores as the coordinator.\n");
+    write_report(out, "scale", &results, md)
+}
+
+fn mass_report(out: &std::path::Path, groups: usize) -> anyhow::Result<String> {
+    eprintln!("mass failover: {groups} groups");
+    let r = load::mass_failover(groups);
+    let l = &r.loadgen;
+    let md = format!(
+        "## Mass failover\n\n{} groups (failover timeout 3 s) lost their primary at the same instant; \
+         {} recovered. From the drop until each new primary held its assignment: first {:.0} ms, \
+         median {:.0} ms, all {:.0} ms. Store commits meanwhile: {} (group commit). Coordinator \
+         overhead per promotion (decide + promote): mean {:.2} ms, p99 ≤ {} ms over {} promotions.\n",
+        l["groups"],
+        l["recovered"],
+        l["first_ms"].as_f64().unwrap_or(0.0),
+        l["median_ms"].as_f64().unwrap_or(0.0),
+        l["all_ms"].as_f64().unwrap_or(0.0),
+        l["store_commits"],
+        r.overhead_mean_ms,
+        r.overhead_p99_le_ms.map_or("?".into(), |v| format!("{v}")),
+        r.promotions_measured,
+    );
+    write_report(out, "mass-failover", &r, md)
+}
+
+fn restart_report(out: &std::path::Path, groups: usize, runs: usize) -> anyhow::Result<String> {
+    eprintln!("restart: {groups} groups, {runs} runs");
+    let r = load::restart(groups, runs);
+    let md = format!(
+        "## Restart\n\nA coordinator with {} groups in its store, from process start to /readyz \
+         answering 200, {} runs: min {:.0} ms, median {:.0} ms, max {:.0} ms.\n",
+        r.groups, r.runs.samples, r.runs.min_ms, r.runs.median_ms, r.runs.max_ms
+    );
+    write_report(out, "restart", &r, md)
+}
+
+fn disk_report(out: &std::path::Path, agents: usize) -> anyhow::Result<String> {
+    eprintln!("disk: {agents} agents");
+    let r = load::disk(agents);
+    let md = format!(
+        "## Disk writes caused by heartbeats\n\nOver {:.0} s with {} agents and nothing else \
+         happening: {:.0} heartbeats, {} bytes written by the coordinator (/proc/PID/io \
+         write_bytes), {} store commits, store file changed: {}. (For comparison, creating and \
+         electing the groups before that window wrote {} bytes.)\n",
+        r.window_seconds,
+        r.agents,
+        r.heartbeats,
+        r.bytes_written,
+        r.store_commits,
+        r.store_file_changed,
+        r.setup_bytes_written
+    );
+    write_report(out, "disk", &r, md)
+}
+
+fn failover_time_report(
+    out: &std::path::Path,
+    runs: usize,
+    soak: Duration,
+) -> anyhow::Result<String> {
     // The smallest settings without false failovers on this machine: the
     // first stable one, from smallest up.
     let ladder = [
@@ -104,11 +268,5 @@ fn failover_time_report(out: &std::path::Path, runs: usize, soak: Duration) -> a
         "soak_s": soak.as_secs_f64(),
         "results": results,
     });
-    std::fs::write(
-        out.join("failover-time.json"),
-        serde_json::to_string_pretty(&report)?,
-    )?;
-    std::fs::write(out.join("failover-time.md"), &md)?;
-    println!("{md}");
-    Ok(())
+    write_report(out, "failover-time", &report, md)
 }

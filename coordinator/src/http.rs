@@ -1,12 +1,15 @@
-//! The HTTP listener: liveness and readiness probes.
+//! The HTTP listener: liveness and readiness probes, Prometheus metrics.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
 use axum::routing::get;
+
+use crate::metrics::Metrics;
 
 /// Whether the coordinator serves agents and operators (store loaded,
 /// listeners bound, not shutting down).
@@ -23,11 +26,22 @@ impl Readiness {
     }
 }
 
-pub fn router(readiness: Readiness) -> Router {
+pub fn router(readiness: Readiness, metrics: Arc<Metrics>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .with_state(readiness)
+        .route("/metrics", get(render).with_state(metrics))
+}
+
+async fn render(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        metrics.render(),
+    )
 }
 
 async fn readyz(State(readiness): State<Readiness>) -> (StatusCode, &'static str) {

@@ -11,6 +11,7 @@ pub mod convert;
 pub mod engine;
 pub mod error;
 pub mod http;
+pub mod metrics;
 pub mod model;
 pub mod policy;
 pub mod runtime;
@@ -63,7 +64,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .await
         .with_context(|| format!("cannot listen on {} (HTTP)", config.http_listen))?;
 
-    let (runtime, handle) = Runtime::new(engine, store);
+    let metrics = metrics::Metrics::new();
+    let (runtime, handle) = Runtime::new(engine, store, metrics.clone());
     // The runtime stops last: open sessions still need it to close.
     let runtime_stop = CancellationToken::new();
     let runtime_task = tokio::spawn(runtime.run(runtime_stop.clone()));
@@ -95,7 +97,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             shutdown.clone().cancelled_owned(),
         );
     let readiness = http::Readiness::default();
-    let http = axum::serve(http_listener, http::router(readiness.clone()))
+    let http = axum::serve(http_listener, http::router(readiness.clone(), metrics))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
 
     tracing::info!(

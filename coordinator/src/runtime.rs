@@ -24,6 +24,7 @@ use crate::convert::to_proto;
 use crate::engine::{
     AdminCommand, AdminError, AdminResult, Effects, Engine, Input, Now, ReplyId, SessionId, Write,
 };
+use crate::metrics::{EventLabels, Metrics, secs};
 use crate::model::{EventKind, EventRecord};
 use crate::store::{Store, StoreError};
 
@@ -141,12 +142,13 @@ pub struct Runtime {
     replies: HashMap<ReplyId, oneshot::Sender<AdminResult>>,
     next_reply: ReplyId,
     connect_timeout_ms: Arc<AtomicU64>,
+    metrics: Arc<Metrics>,
     /// See [`CRASH_POINT_VAR`].
     crash_after_promotion_commit: bool,
 }
 
 impl Runtime {
-    pub fn new(engine: Engine, store: Arc<Store>) -> (Runtime, Handle) {
+    pub fn new(engine: Engine, store: Arc<Store>, metrics: Arc<Metrics>) -> (Runtime, Handle) {
         let (tx, rx) = mpsc::channel(INPUT_CAPACITY);
         let (events, _) = broadcast::channel(EVENT_BROADCAST_CAPACITY);
         let connect_timeout_ms =
@@ -167,6 +169,7 @@ impl Runtime {
             replies: HashMap::new(),
             next_reply: 1,
             connect_timeout_ms,
+            metrics,
             crash_after_promotion_commit: std::env::var(CRASH_POINT_VAR)
                 .is_ok_and(|v| v == "after-promotion-commit"),
         };
@@ -195,17 +198,23 @@ impl Runtime {
             };
             let now = now();
             let mut out = Effects::default();
+            let mut inputs = 0;
             if let Some(request) = first {
                 self.accept(request, now, &mut out);
+                inputs += 1;
                 for _ in 1..MAX_BATCH {
                     match self.requests.try_recv() {
-                        Ok(request) => self.accept(request, now, &mut out),
+                        Ok(request) => {
+                            self.accept(request, now, &mut out);
+                            inputs += 1;
+                        }
                         Err(_) => break,
                     }
                 }
+                self.metrics.batch_inputs.observe(inputs as f64);
             }
             self.engine.tick(now, &mut out);
-            self.apply(out).await?;
+            self.apply(out, now.mono).await?;
             self.connect_timeout_ms.store(
                 self.engine.connect_timeout().as_millis() as u64,
                 Ordering::Relaxed,
@@ -220,8 +229,14 @@ impl Runtime {
     fn accept(&mut self, request: Request, now: Now, out: &mut Effects) {
         match request {
             Request::Input(input) => {
-                if let Input::SessionClosed { session } = &input {
-                    self.sessions.remove(session);
+                match &input {
+                    Input::SessionClosed { session } => {
+                        self.sessions.remove(session);
+                    }
+                    Input::Heartbeat { .. } => {
+                        self.metrics.heartbeats.inc();
+                    }
+                    _ => {}
                 }
                 self.engine.handle(input, now, out);
             }
@@ -257,23 +272,30 @@ impl Runtime {
         }
     }
 
-    async fn apply(&mut self, out: Effects) -> Result<(), StoreError> {
+    /// Applies one batch's effects; `acted_at` is when the batch began.
+    async fn apply(&mut self, out: Effects, acted_at: Instant) -> Result<(), StoreError> {
         let Effects {
             writes,
             sends,
             closes,
             replies,
+            promotions,
         } = out;
         let writes = if writes.is_empty() {
             writes
         } else {
             let store = self.store.clone();
             let (writes, result) = tokio::task::spawn_blocking(move || {
+                let started = Instant::now();
                 let result = store.commit(&writes);
-                (writes, result)
+                (writes, result.map(|()| started.elapsed()))
             })
             .await
             .expect("commit does not panic");
+            let result = result.map(|took| {
+                self.metrics.store_commits.inc();
+                self.metrics.store_commit.observe(secs(took));
+            });
             if let Err(e) = result {
                 tracing::error!(error = %e, "store commit failed: stopping so that nothing uncommitted is ever announced");
                 for (id, _) in replies {
@@ -290,8 +312,15 @@ impl Runtime {
             eprintln!("{CRASH_POINT_VAR}: aborting after a promotion commit, before announcing it");
             std::process::abort();
         }
+        let durable_at = Instant::now();
         for write in writes {
             if let Write::Event(event) = write {
+                self.metrics
+                    .events
+                    .get_or_create(&EventLabels {
+                        kind: event.kind.as_str().to_owned(),
+                    })
+                    .inc();
                 let _ = self.events.send(event);
             }
         }
@@ -308,11 +337,24 @@ impl Runtime {
                 }
             }
         }
+        let sent_at = Instant::now();
+        for note in &promotions {
+            let m = &self.metrics;
+            m.promotions.inc();
+            if let Some(lapsed_at) = note.lapsed_at {
+                m.detect
+                    .observe(secs(acted_at.saturating_duration_since(lapsed_at)));
+                m.decide.observe(secs(durable_at - acted_at));
+                m.promote.observe(secs(sent_at - durable_at));
+                m.overhead.observe(secs(sent_at - acted_at));
+            }
+        }
         for session in closes {
             if let Some(s) = self.sessions.remove(&session) {
                 s.cancel.cancel();
             }
         }
+        self.metrics.sessions.set(self.sessions.len() as i64);
         for (id, result) in replies {
             if let Some(tx) = self.replies.remove(&id) {
                 let _ = tx.send(result);

@@ -196,6 +196,12 @@ pub struct Cluster {
 impl Cluster {
     /// Starts a coordinator on free ports with a fresh store.
     pub fn start() -> Cluster {
+        Cluster::start_with(&[])
+    }
+
+    /// Like [`Cluster::start`], with extra environment for the coordinator
+    /// (e.g. `RUST_LOG=warn` for benchmarks).
+    pub fn start_with(env: &[(&str, &str)]) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let hook = dir.path().join("hook.sh");
         std::fs::write(
@@ -219,7 +225,7 @@ impl Cluster {
             proxies: BTreeMap::new(),
             coordinator_starts: 0,
         };
-        cluster.start_coordinator();
+        cluster.start_coordinator_with(env);
         cluster
     }
 

@@ -293,6 +293,7 @@ impl Engine {
         out: &mut Effects,
     ) {
         let g = &self.groups[name];
+        let lapsed_at = g.lease_until;
         let lease = humantime::format_duration(g.record.policy.failover_timeout);
         let reason = match cause {
             Cause::Lapsed if g.primary_fenced_since.is_some() => {
@@ -345,6 +346,11 @@ impl Engine {
                     Cause::Lapsed => format!("{primary} lapsed"),
                 };
                 self.promote(name, &next, reason, now, out);
+                if cause == Cause::Lapsed
+                    && let Some(note) = out.promotions.last_mut()
+                {
+                    note.lapsed_at = lapsed_at;
+                }
             }
             None => {
                 let g = self.groups.get_mut(name).expect("group exists");
@@ -426,6 +432,10 @@ impl Engine {
         let epoch = g.record.epoch;
         let switchover = g.switchover.take();
         out.writes.push(Write::PutGroup(g.record.clone()));
+        out.promotions.push(PromotionNote {
+            group: name.to_owned(),
+            lapsed_at: None,
+        });
         let actor = switchover
             .as_ref()
             .map_or(COORDINATOR, |s| s.actor.as_str())

@@ -272,6 +272,17 @@ pub struct Effects {
     pub sends: Vec<(SessionId, ToAgent)>,
     pub closes: Vec<SessionId>,
     pub replies: Vec<(ReplyId, AdminResult)>,
+    /// Promotions made in this step, for the failover-time metrics.
+    pub promotions: Vec<PromotionNote>,
+}
+
+/// A promotion, as the metrics see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromotionNote {
+    pub group: String,
+    /// For a promotion that replaces a lapsed primary: the instant its
+    /// lease had certainly run out.
+    pub lapsed_at: Option<Instant>,
 }
 
 impl Effects {
@@ -280,6 +291,7 @@ impl Effects {
             && self.sends.is_empty()
             && self.closes.is_empty()
             && self.replies.is_empty()
+            && self.promotions.is_empty()
     }
 }
 

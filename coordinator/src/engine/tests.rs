@@ -315,6 +315,9 @@ fn silent_primary_is_replaced_only_after_its_lease_with_drift_margin() {
         })
         .collect();
     assert_eq!(kinds, [EventKind::PrimaryLapsed, EventKind::Promoted]);
+    // The metrics learn when the lease had certainly run out.
+    let note = &sim.log.last().unwrap().promotions[0];
+    assert_eq!(note.lapsed_at, Some(sim.now.mono));
 }
 
 #[test]

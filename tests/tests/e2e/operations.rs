@@ -194,3 +194,36 @@ fn the_agent_installer_installs_a_working_configuration() {
     assert!(again.status.success());
     assert!(std::fs::read_to_string(&config).unwrap().contains("rec-8"));
 }
+
+#[test]
+fn metrics_report_sessions_commits_and_the_failover_split() {
+    let mut c = Cluster::start();
+    for n in ["rec-1", "rec-2"] {
+        c.start_agent(n);
+    }
+    c.wait_nodes(&["rec-1", "rec-2"]);
+    c.add_group("recorders", &["rec-1", "rec-2"]);
+    c.kill_agent("rec-1");
+    c.wait_primary("recorders", "rec-2");
+    let (code, text) = http_get(c.http, "/metrics").expect("metrics answer");
+    assert_eq!(code, 200);
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from:\n{text}"))
+    };
+    assert_eq!(value("failover_agent_sessions"), 1.0);
+    assert_eq!(value("failover_promotions_total"), 2.0);
+    assert_eq!(value("failover_events_total{kind=\"primary_lapsed\"}"), 1.0);
+    // Only the failover is split into detect, decide and promote.
+    for name in ["detect", "decide", "promote", "coordinator_overhead"] {
+        assert_eq!(
+            value(&format!("failover_{name}_seconds_count")),
+            1.0,
+            "{name}"
+        );
+    }
+    // Creation and first election share one commit; the failover is one more.
+    assert_eq!(value("failover_store_commits_total"), 2.0);
+    assert!(value("failover_heartbeats_total") > 0.0);
+}
