@@ -617,24 +617,38 @@ impl Engine {
             .cloned()
     }
 
-    /// Eligible, and not a member that failed here and has not yet been
-    /// healthy for `failback_delay` since.
-    pub(super) fn qualifies(&self, name: &str, node: &str, now: Now, wake: &mut Wake) -> bool {
+    /// Eligible, and not a member that failed here recently.
+    fn qualifies(&self, name: &str, node: &str, now: Now, wake: &mut Wake) -> bool {
         if !self.eligible(name, node, now) {
             return false;
         }
-        let g = &self.groups[name];
-        let Some(&failed_at) = g.failed.get(node) else {
-            return true;
-        };
-        let healthy_since = self.nodes[node].healthy_since(name).unwrap_or(now.mono);
-        let ready = failed_at.max(healthy_since) + g.record.policy.failback_delay;
-        if now.mono < ready {
-            wake.at(ready);
-            false
-        } else {
-            true
+        match self.requalifies_at(name, node, now) {
+            Some(at) if now.mono < at => {
+                wake.at(at);
+                false
+            }
+            _ => true,
         }
+    }
+
+    /// For a member that failed here: when it may be promoted again — once
+    /// it has been healthy for `failback_delay` since the failure. `None`
+    /// if it has no failure on record.
+    fn requalifies_at(&self, name: &str, node: &str, now: Now) -> Option<Instant> {
+        let g = &self.groups[name];
+        let failed_at = *g.failed.get(node)?;
+        let healthy_since = self
+            .nodes
+            .get(node)
+            .and_then(|n| n.healthy_since(name))
+            .unwrap_or(now.mono);
+        Some(failed_at.max(healthy_since) + g.record.policy.failback_delay)
+    }
+
+    /// Failed here and not yet healthy for `failback_delay` since.
+    pub(super) fn recently_failed(&self, name: &str, node: &str, now: Now) -> bool {
+        self.requalifies_at(name, node, now)
+            .is_some_and(|at| now.mono < at)
     }
 
     /// Whether an operator may put the role on `node`: a member that is

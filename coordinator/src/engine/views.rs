@@ -74,9 +74,7 @@ impl Engine {
                     healthy: connected && node.is_some_and(|n| n.passes_checks(name)),
                     last_contact_unix_ms: node.map_or(0, |n| n.last_contact_ms),
                     maintenance: g.record.in_maintenance(m),
-                    recently_failed: g.failed.contains_key(m)
-                        && !self.qualifies(name, m, now, &mut Wake::default())
-                        && self.eligible(name, m, now),
+                    recently_failed: self.recently_failed(name, m, now),
                 }
             })
             .collect();
