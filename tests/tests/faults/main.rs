@@ -11,7 +11,7 @@ use std::time::Duration;
 use tests::faults::{FaultConfig, run};
 
 /// Long enough for a dozen or more faults per seed.
-const PER_SEED: Duration = Duration::from_secs(45);
+const PER_SEED: Duration = Duration::from_secs(60);
 
 fn seed(seed: u64) {
     let report = run(FaultConfig::new(seed, PER_SEED));
