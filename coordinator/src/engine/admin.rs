@@ -157,16 +157,12 @@ impl Engine {
         out.writes.push(Write::PutGroup(record.clone()));
         let epoch = record.epoch;
         self.groups.insert(name.clone(), Group::new(record, now));
-        self.record_event(
-            NewEvent {
-                group: &name,
-                kind: EventKind::GroupCreated,
-                epoch,
-                old_primary: None,
-                new_primary: None,
-                reason: format!("created with members {}", members.join(", ")),
-                actor,
-            },
+        self.admin_event(
+            &name,
+            EventKind::GroupCreated,
+            epoch,
+            format!("created with members {}", members.join(", ")),
+            actor,
             now,
             out,
         );
@@ -255,16 +251,12 @@ impl Engine {
         g.record.members.insert(position, node.to_owned());
         out.writes.push(Write::PutGroup(g.record.clone()));
         let epoch = g.record.epoch;
-        self.record_event(
-            NewEvent {
-                group,
-                kind: EventKind::MemberAdded,
-                epoch,
-                old_primary: None,
-                new_primary: None,
-                reason: format!("{node} added at position {position}"),
-                actor,
-            },
+        self.admin_event(
+            group,
+            EventKind::MemberAdded,
+            epoch,
+            format!("{node} added at position {position}"),
+            actor,
             now,
             out,
         );
@@ -308,16 +300,12 @@ impl Engine {
         g.failed.remove(node);
         out.writes.push(Write::PutGroup(g.record.clone()));
         let epoch = g.record.epoch;
-        self.record_event(
-            NewEvent {
-                group,
-                kind: EventKind::MemberRemoved,
-                epoch,
-                old_primary: None,
-                new_primary: None,
-                reason: format!("{node} removed"),
-                actor,
-            },
+        self.admin_event(
+            group,
+            EventKind::MemberRemoved,
+            epoch,
+            format!("{node} removed"),
+            actor,
             now,
             out,
         );
@@ -355,16 +343,12 @@ impl Engine {
         g.record.members.insert(position, node.to_owned());
         out.writes.push(Write::PutGroup(g.record.clone()));
         let epoch = g.record.epoch;
-        self.record_event(
-            NewEvent {
-                group,
-                kind: EventKind::MemberMoved,
-                epoch,
-                old_primary: None,
-                new_primary: None,
-                reason: format!("{node} moved to position {position}"),
-                actor,
-            },
+        self.admin_event(
+            group,
+            EventKind::MemberMoved,
+            epoch,
+            format!("{node} moved to position {position}"),
+            actor,
             now,
             out,
         );
@@ -509,16 +493,12 @@ impl Engine {
         g.record.maintenance.push(node.to_owned());
         out.writes.push(Write::PutGroup(g.record.clone()));
         let epoch = g.record.epoch;
-        self.record_event(
-            NewEvent {
-                group,
-                kind: EventKind::MemberDrained,
-                epoch,
-                old_primary: None,
-                new_primary: None,
-                reason: format!("{node} put in maintenance"),
-                actor,
-            },
+        self.admin_event(
+            group,
+            EventKind::MemberDrained,
+            epoch,
+            format!("{node} put in maintenance"),
+            actor,
             now,
             out,
         );
@@ -548,16 +528,12 @@ impl Engine {
             g.record.maintenance.retain(|m| m != node);
             out.writes.push(Write::PutGroup(g.record.clone()));
             let epoch = g.record.epoch;
-            self.record_event(
-                NewEvent {
-                    group,
-                    kind: EventKind::MemberUndrained,
-                    epoch,
-                    old_primary: None,
-                    new_primary: None,
-                    reason: format!("{node} back from maintenance"),
-                    actor,
-                },
+            self.admin_event(
+                group,
+                EventKind::MemberUndrained,
+                epoch,
+                format!("{node} back from maintenance"),
+                actor,
                 now,
                 out,
             );
@@ -589,16 +565,12 @@ impl Engine {
         out.writes.push(Write::PutGroup(g.record.clone()));
         let epoch = g.record.epoch;
         let members = g.record.members.clone();
-        self.record_event(
-            NewEvent {
-                group,
-                kind: EventKind::PolicyChanged,
-                epoch,
-                old_primary: None,
-                new_primary: None,
-                reason: changes,
-                actor,
-            },
+        self.admin_event(
+            group,
+            EventKind::PolicyChanged,
+            epoch,
+            changes,
+            actor,
             now,
             out,
         );
@@ -722,6 +694,35 @@ fn describe_changes(old: &Policy, new: &Policy) -> String {
         "settings unchanged".into()
     } else {
         changes.join(", ")
+    }
+}
+
+impl Engine {
+    /// Records an operator's change that does not move the role.
+    #[allow(clippy::too_many_arguments)]
+    fn admin_event(
+        &mut self,
+        group: &str,
+        kind: EventKind,
+        epoch: u64,
+        reason: String,
+        actor: &str,
+        now: Now,
+        out: &mut Effects,
+    ) {
+        self.record_event(
+            NewEvent {
+                group,
+                kind,
+                epoch,
+                old_primary: None,
+                new_primary: None,
+                reason,
+                actor,
+            },
+            now,
+            out,
+        );
     }
 }
 
