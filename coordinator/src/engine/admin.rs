@@ -394,18 +394,8 @@ impl Engine {
                 to.to_owned()
             }
             None => {
-                let g = &self.groups[group];
-                let current = g.record.primary.clone();
-                let mut wake = Wake::default();
-                self.first_candidate(group, current.as_deref(), now, &mut wake)
-                    .or_else(|| {
-                        g.record
-                            .members
-                            .iter()
-                            .filter(|m| Some(m.as_str()) != current.as_deref())
-                            .find(|m| self.eligible(group, m, now))
-                            .cloned()
-                    })
+                let current = self.groups[group].record.primary.clone();
+                self.successor(group, current.as_deref(), now)
                     .ok_or_else(|| {
                         AdminError::FailedPrecondition(format!(
                             "no other member of group {group} is connected, healthy and out of \
@@ -469,18 +459,7 @@ impl Engine {
         }
         let is_primary = g.record.primary.as_deref() == Some(node);
         let successor = if is_primary {
-            let mut wake = Wake::default();
-            let successor = self
-                .first_candidate(group, Some(node), now, &mut wake)
-                .or_else(|| {
-                    g.record
-                        .members
-                        .iter()
-                        .filter(|m| m.as_str() != node)
-                        .find(|m| self.eligible(group, m, now))
-                        .cloned()
-                });
-            Some(successor.ok_or_else(|| {
+            Some(self.successor(group, Some(node), now).ok_or_else(|| {
                 AdminError::FailedPrecondition(format!(
                     "{node} is the primary of group {group} and no other member can take over: \
                      draining it would leave the group without a primary"
@@ -579,6 +558,22 @@ impl Engine {
         }
         self.reconcile(group, now, out);
         Ok(AdminReply::Group(self.group_view(group, now)))
+    }
+
+    /// Who an operator's move hands the role to, other than `exclude`: the
+    /// first member that qualifies, or else the first that is merely
+    /// eligible (an operator may override a recent failure).
+    fn successor(&self, group: &str, exclude: Option<&str>, now: Now) -> Option<String> {
+        self.first_candidate(group, exclude, now, &mut Wake::default())
+            .or_else(|| {
+                self.groups[group]
+                    .record
+                    .members
+                    .iter()
+                    .filter(|m| Some(m.as_str()) != exclude)
+                    .find(|m| self.eligible(group, m, now))
+                    .cloned()
+            })
     }
 
     fn require_eligible(&self, group: &str, node: &str, now: Now) -> Result<(), AdminError> {
