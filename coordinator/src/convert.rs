@@ -218,6 +218,9 @@ pub fn group_to_proto(v: GroupView) -> pb::GroupStatus {
                 last_contact_unix_ms: m.last_contact_unix_ms,
                 maintenance: m.maintenance,
                 recently_failed: m.recently_failed,
+                duplicate: m.duplicate.unwrap_or_default(),
+                qualifies: m.qualifies,
+                why_not: m.why_not.unwrap_or_default(),
             })
             .collect(),
         policy: Some(policy_to_proto(&v.policy)),
@@ -252,6 +255,9 @@ pub fn node_to_proto(v: NodeView) -> pb::NodeStatus {
                 detail: c.detail,
             })
             .collect(),
+        duplicate: v.duplicate.unwrap_or_default(),
+        instance: v.instance.unwrap_or_default(),
+        node_uuid: v.node_uuid.unwrap_or_default(),
     }
 }
 

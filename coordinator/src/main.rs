@@ -57,13 +57,26 @@ fn init_tracing(format: LogFormat, level: &str) {
     }
 }
 
-/// Cancels `shutdown` on SIGTERM or Ctrl-C.
+/// Cancels `shutdown` on SIGTERM or Ctrl-C. SIGHUP never stops the
+/// coordinator (its default action would, and every strict primary would
+/// fence once its lease ran out).
 async fn cancel_on_signal(shutdown: CancellationToken) {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("can install a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop the coordinator with SIGKILL");
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP ignored: the coordinator does not reload its configuration; restart it to apply changes");
+            }
+        }
     }
     tracing::info!("shutting down");
     shutdown.cancel();

@@ -51,6 +51,22 @@ pub struct GroupRecord {
     pub members: Vec<String>,
     pub policy: Policy,
     pub primary: Option<String>,
+    /// The agent instance (one process of `primary`'s agent) the role was
+    /// given to: only it may renew the lease or confirm a step-down. Kept
+    /// across restarts so a restarted coordinator binds the role to the
+    /// same process; `None` in records written before instances existed
+    /// (then the primary's first session that claims the role binds it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_instance: Option<String>,
+    /// The longest lease that may have been granted at the current epoch:
+    /// a shorter `failover_timeout` set since does not shorten a lease
+    /// already granted, so a restarted coordinator waits this long.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub granted_ttl_max: Option<std::time::Duration>,
     /// The fencing token: grows by one on every change of `primary`.
     pub epoch: u64,
     /// The epoch the group was created with: while `epoch` is still this,
@@ -65,6 +81,13 @@ pub struct GroupRecord {
 }
 
 impl GroupRecord {
+    /// The longest lease that may be outstanding at the current epoch.
+    pub fn lease_ttl_bound(&self) -> std::time::Duration {
+        self.granted_ttl_max
+            .unwrap_or_default()
+            .max(self.policy.failover_timeout)
+    }
+
     pub fn in_maintenance(&self, node: &str) -> bool {
         self.maintenance.iter().any(|m| m == node)
     }
@@ -100,7 +123,19 @@ pub enum EventKind {
     /// A member became primary (with a new epoch).
     Promoted,
     /// The primary's lease ran out without a heartbeat: it is replaced.
+    /// (A crash, a freeze or a partition; clean stops have their own kinds.)
     PrimaryLapsed,
+    /// The primary's agent stopped cleanly and stepped down first; the
+    /// role moves at once.
+    PrimarySteppedDown,
+    /// The primary's agent stopped cleanly and did not come back within
+    /// the group's shutdown grace.
+    ShutdownGraceExpired,
+    /// A second agent process claimed a node id that is connected; it was
+    /// refused.
+    DuplicateNode,
+    /// An agent claimed an epoch too far above the stored one; refused.
+    EpochClaimRefused,
     /// A planned switchover told the primary to step down (new epoch).
     SteppingDown,
     /// The stepping-down primary confirmed that it stopped acting.
@@ -134,6 +169,10 @@ impl EventKind {
             EventKind::MemberMoved => "member_moved",
             EventKind::Promoted => "promoted",
             EventKind::PrimaryLapsed => "primary_lapsed",
+            EventKind::PrimarySteppedDown => "primary_stepped_down",
+            EventKind::ShutdownGraceExpired => "shutdown_grace_expired",
+            EventKind::DuplicateNode => "duplicate_node",
+            EventKind::EpochClaimRefused => "epoch_claim_refused",
             EventKind::SteppingDown => "stepping_down",
             EventKind::StepDownConfirmed => "step_down_confirmed",
             EventKind::NoPrimary => "no_primary",

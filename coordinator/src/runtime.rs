@@ -22,7 +22,8 @@ use tonic::Status;
 
 use crate::convert::to_proto;
 use crate::engine::{
-    AdminCommand, AdminError, AdminResult, Effects, Engine, Input, Now, ReplyId, SessionId, Write,
+    AdminCommand, AdminError, AdminResult, DuplicateRefusal, Effects, Engine, Input, Now, ReplyId,
+    SessionId, Write,
 };
 use crate::metrics::{EventLabels, Metrics, secs};
 use crate::model::{EventKind, EventRecord};
@@ -278,6 +279,7 @@ impl Runtime {
             writes,
             sends,
             closes,
+            refusals,
             replies,
             promotions,
         } = out;
@@ -354,6 +356,12 @@ impl Runtime {
                 s.cancel.cancel();
             }
         }
+        for (session, refusal) in refusals {
+            if let Some(s) = self.sessions.remove(&session) {
+                let _ = s.outbound.try_send(Err(duplicate_status(&refusal)));
+                s.cancel.cancel();
+            }
+        }
         self.metrics.sessions.set(self.sessions.len() as i64);
         for (id, result) in replies {
             if let Some(tx) = self.replies.remove(&id) {
@@ -362,6 +370,18 @@ impl Runtime {
         }
         Ok(())
     }
+}
+
+/// The status that ends a refused duplicate session. The agent reads the
+/// silence limit to know how long to keep trying before it gives up.
+fn duplicate_status(refusal: &DuplicateRefusal) -> Status {
+    let mut status = Status::already_exists(refusal.message.clone());
+    if let Ok(value) = refusal.silence_limit.as_millis().to_string().parse() {
+        status
+            .metadata_mut()
+            .insert(proto::SILENCE_LIMIT_METADATA, value);
+    }
+    status
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

@@ -87,6 +87,8 @@ async fn run_session(
         session,
         hello: Hello {
             node: node.clone(),
+            instance: hello.instance_id,
+            node_uuid: hello.node_uuid,
             agent_version: hello.agent_version,
             address,
             roles: claims,
@@ -182,6 +184,8 @@ async fn read_hello(
         }) => {
             names::validate_node_id(&hello.node_id)
                 .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            validate_instance(&hello.instance_id)?;
+            validate_node_uuid(&hello.node_uuid)?;
             Ok(hello)
         }
         Some(_) => Err(Status::failed_precondition(
@@ -190,5 +194,31 @@ async fn read_hello(
         None => Err(Status::cancelled(
             "the agent closed the stream before its Hello",
         )),
+    }
+}
+
+/// An instance id is 32 lowercase hex digits (128 random bits): hard to
+/// guess, and short enough to keep and compare.
+fn validate_instance(id: &str) -> Result<(), Status> {
+    let hex = |c: u8| c.is_ascii_digit() || (b'a'..=b'f').contains(&c);
+    if id.len() == 32 && id.bytes().all(hex) {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(
+            "the Hello's instance_id must be 32 lowercase hex digits (agents from before \
+             instance ids existed must be upgraded)",
+        ))
+    }
+}
+
+/// A node UUID in its usual text form (36 characters of hex and dashes).
+fn validate_node_uuid(id: &str) -> Result<(), Status> {
+    let ok = id.len() == 36 && id.bytes().all(|c| c.is_ascii_hexdigit() || c == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(
+            "the Hello's node_uuid must be a UUID like 0f8fad5b-d9cb-469f-a165-70867728950e",
+        ))
     }
 }

@@ -92,7 +92,15 @@ impl Store {
         for item in self.db.scan_prefix(FLOOR) {
             let (key, value) = item?;
             let name = String::from_utf8_lossy(&key[FLOOR.len()..]).into_owned();
-            recovered.epoch_floors.insert(name, be_u64(&value));
+            // 8 bytes of epoch, then (since leases were kept) 8 of lease ms.
+            let (epoch, ttl) = value.split_at(value.len().min(8));
+            recovered.epoch_floors.insert(name.clone(), be_u64(epoch));
+            if ttl.len() == 8 {
+                let ms = be_u64(ttl);
+                recovered
+                    .deleted_ttls
+                    .insert(name, std::time::Duration::from_millis(ms));
+            }
         }
         recovered.next_event_seq = match self.db.scan_prefix(EVENT).next_back() {
             Some(item) => be_u64(&item?.0[EVENT.len()..]) + 1,
@@ -113,12 +121,15 @@ impl Store {
                 Write::PutGroup(record) => {
                     batch.insert(key(GROUP, record.name.as_bytes()), encode(record));
                 }
-                Write::DeleteGroup { name, epoch_floor } => {
+                Write::DeleteGroup {
+                    name,
+                    epoch_floor,
+                    lease_ttl,
+                } => {
                     batch.remove(key(GROUP, name.as_bytes()));
-                    batch.insert(
-                        key(FLOOR, name.as_bytes()),
-                        epoch_floor.to_be_bytes().to_vec(),
-                    );
+                    let ttl_ms = u64::try_from(lease_ttl.as_millis()).unwrap_or(u64::MAX);
+                    let value = [epoch_floor.to_be_bytes(), ttl_ms.to_be_bytes()].concat();
+                    batch.insert(key(FLOOR, name.as_bytes()), value);
                 }
                 Write::Event(event) => {
                     batch.insert(key(EVENT, &event.seq.to_be_bytes()), encode(event));
@@ -195,6 +206,8 @@ mod tests {
             members: vec!["a".into(), "b".into()],
             policy: Policy::default(),
             primary: Some("a".into()),
+            primary_instance: None,
+            granted_ttl_max: None,
             epoch,
             first_epoch: 0,
             maintenance: vec![],
@@ -228,6 +241,7 @@ mod tests {
                     Write::DeleteGroup {
                         name: "b".into(),
                         epoch_floor: 2,
+                        lease_ttl: std::time::Duration::from_secs(7),
                     },
                     Write::Event(event(1, "a")),
                     Write::Event(event(2, "b")),
@@ -238,6 +252,10 @@ mod tests {
         let r = store.recover().unwrap();
         assert_eq!(r.groups, vec![group("a", 3)]);
         assert_eq!(r.epoch_floors.get("b"), Some(&2));
+        assert_eq!(
+            r.deleted_ttls.get("b"),
+            Some(&std::time::Duration::from_secs(7))
+        );
         assert_eq!(r.next_event_seq, 3);
         assert_eq!(store.events(Some("a"), 0).unwrap(), vec![event(1, "a")]);
     }

@@ -12,3 +12,8 @@ pub mod v1 {
 /// Encoded descriptor set of `failover.v1`, served by gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/failover_descriptor.bin"));
+
+/// gRPC metadata key on the ALREADY_EXISTS status that refuses a duplicate
+/// agent: how long (milliseconds) the connected instance may stay silent
+/// before it counts as gone.
+pub const SILENCE_LIMIT_METADATA: &str = "failover-silence-limit-ms";

@@ -149,6 +149,8 @@ impl Engine {
             members: members.clone(),
             policy,
             primary: None,
+            primary_instance: None,
+            granted_ttl_max: None,
             epoch,
             first_epoch: epoch,
             maintenance: Vec::new(),
@@ -157,6 +159,18 @@ impl Engine {
         out.writes.push(Write::PutGroup(record.clone()));
         let epoch = record.epoch;
         self.groups.insert(name.clone(), Group::new(record, now));
+        if let Some(lease) = self
+            .deleted_leases
+            .remove(&name)
+            .filter(|l| l.until > now.mono)
+        {
+            // Its step-down (the hook it runs on release, at this epoch)
+            // ends the wait, like any confirmed step-down.
+            if let Some(g) = self.groups.get_mut(&name) {
+                g.stepping_down = lease.holder.map(|(node, instance)| (node, Some(instance)));
+            }
+            self.set_lease_until(&name, Some(lease.until));
+        }
         self.admin_event(
             &name,
             EventKind::GroupCreated,
@@ -181,13 +195,41 @@ impl Engine {
         out: &mut Effects,
     ) -> AdminResult {
         self.existing(name)?;
+        let Some(epoch_floor) = self.groups[name].record.epoch.checked_add(1) else {
+            return Err(AdminError::FailedPrecondition(format!(
+                "group {name}'s epoch cannot grow any further"
+            )));
+        };
+        // Its primary is released, but one that is cut off may act until
+        // its lease ends: a group re-created under this name waits for it.
+        let lease_until = self.groups[name].lease_until;
+        let lease_ttl = self.groups[name].record.lease_ttl_bound();
         self.set_lease_until(name, None);
         let g = self.groups.remove(name).expect("checked above");
-        let epoch_floor = g.record.epoch + 1;
+        if let Some(until) = lease_until.filter(|t| *t > now.mono) {
+            let holder = match (
+                &g.record.primary,
+                &g.record.primary_instance,
+                &g.stepping_down,
+            ) {
+                (Some(node), Some(instance), _) => Some((node.clone(), instance.clone())),
+                (None, _, Some((node, Some(instance)))) => Some((node.clone(), instance.clone())),
+                _ => None,
+            };
+            self.deleted_leases.insert(
+                name.to_owned(),
+                DeletedLease {
+                    until,
+                    holder,
+                    epoch_floor,
+                },
+            );
+        }
         self.epoch_floors.insert(name.to_owned(), epoch_floor);
         out.writes.push(Write::DeleteGroup {
             name: name.to_owned(),
             epoch_floor,
+            lease_ttl,
         });
         self.record_event(
             NewEvent {
@@ -281,7 +323,7 @@ impl Engine {
                  (failoverctl group promote {group} --to NODE)"
             )));
         }
-        let in_switchover = g.stepping_down.as_deref() == Some(node)
+        let in_switchover = g.stepping_down.as_ref().is_some_and(|(n, _)| n == node)
             || g.switchover.as_ref().is_some_and(|s| s.target == node);
         if in_switchover {
             return Err(AdminError::FailedPrecondition(format!(
@@ -409,7 +451,8 @@ impl Engine {
     }
 
     /// `group restore`: hand the role back to the highest-priority member
-    /// that is connected, healthy and out of maintenance.
+    /// that qualifies (can serve and has not failed recently: a restore is
+    /// a voluntary move).
     fn restore(
         &mut self,
         group: &str,
@@ -419,19 +462,17 @@ impl Engine {
         out: &mut Effects,
     ) -> Result<Option<AdminReply>, AdminError> {
         self.existing(group)?;
-        let target = self.groups[group]
-            .record
-            .members
-            .iter()
-            .find(|m| self.eligible(group, m, now))
-            .cloned()
+        let target = self
+            .first_candidate(group, None, now, &mut Wake::default())
             .ok_or_else(|| {
                 AdminError::FailedPrecondition(format!(
-                    "no member of group {group} is connected, healthy and out of maintenance"
+                    "no member of group {group} is connected, healthy, out of maintenance and \
+                     free of recent failures (group show says why for each; promote --to \
+                     forces a member)"
                 ))
             })?;
         let reason = format!(
-            "restore to {target}, the highest-priority healthy member, requested by {actor}"
+            "restore to {target}, the highest-priority member that qualifies, requested by {actor}"
         );
         self.begin_switchover(group, &target, reply, actor, reason, now, out)
     }
@@ -540,6 +581,8 @@ impl Engine {
         let g = self.groups.get_mut(group).expect("checked above");
         let policy = g.record.policy.merged(patch).map_err(invalid)?;
         let changes = describe_changes(&g.record.policy, &policy);
+        // A lease granted under the old timeout keeps its length.
+        g.record.granted_ttl_max = Some(g.record.lease_ttl_bound().max(policy.failover_timeout));
         g.record.policy = policy;
         out.writes.push(Write::PutGroup(g.record.clone()));
         let epoch = g.record.epoch;

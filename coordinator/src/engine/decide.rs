@@ -14,13 +14,19 @@
 //!    health checks (after `abnormal_timeout`) and failback — the last two
 //!    at most once per `min_failover_interval`.
 //! 2. The primary's lease ran out: it is marked failed and, with
-//!    auto-failover, the first qualifying member is promoted.
+//!    auto-failover, the vacancy is filled at once.
 //! 3. Nobody holds the role: the requested target, or (with auto-failover,
-//!    or for a group's first election) the first qualifying member.
+//!    or for a group's first election) the vacancy is filled.
 //!
-//! A member qualifies when it is connected, passes its checks, is not in
-//! maintenance, and has not failed here within `failback_delay` of being
-//! healthy again. Every rule that waits records when to look again.
+//! A member *can serve* when it is connected, passes its checks and is not
+//! in maintenance. It *qualifies* when it can serve and has not failed here
+//! within `failback_delay` of being healthy again. Voluntary moves (failback,
+//! restore, moves away from a live primary) go only to a member that
+//! qualifies. A vacancy is never kept open for ranking's sake: it goes to the
+//! first member that qualifies, else to the first that can serve — a member
+//! whose promote hook failed only once its retry is due (backoff from
+//! `min_failover_interval`, doubling, capped at `failback_delay`). Every rule
+//! that waits records when to look again.
 
 use super::*;
 use crate::policy::Failback;
@@ -70,11 +76,7 @@ impl Engine {
                 if lease_live || held {
                     self.primary_holds(name, &primary, now, wake, out);
                 } else {
-                    let cause = if self
-                        .nodes
-                        .get(&primary)
-                        .is_some_and(|n| n.goodbye_at.is_some())
-                    {
+                    let cause = if self.said_goodbye(name, &primary) {
                         Cause::Left
                     } else {
                         Cause::Lapsed
@@ -88,11 +90,24 @@ impl Engine {
         }
     }
 
+    /// When the agent instance holding the role said goodbye, if it did.
+    fn goodbye_of_holder(&self, name: &str, primary: &str) -> Option<Instant> {
+        let holder = self.groups.get(name)?.record.primary_instance.as_deref()?;
+        match &self.nodes.get(primary)?.goodbye {
+            Some((at, instance)) if instance == holder => Some(*at),
+            _ => None,
+        }
+    }
+
+    fn said_goodbye(&self, name: &str, primary: &str) -> bool {
+        self.goodbye_of_holder(name, primary).is_some()
+    }
+
     /// Whether the group waits for a primary whose agent said goodbye
     /// (within `shutdown_grace`, the primary keeps the role).
     fn held_after_goodbye(&self, name: &str, primary: &str, now: Now, wake: &mut Wake) -> bool {
         let grace = self.groups[name].record.policy.shutdown_grace;
-        let Some(left) = self.nodes.get(primary).and_then(|n| n.goodbye_at) else {
+        let Some(left) = self.goodbye_of_holder(name, primary) else {
             return false;
         };
         let until = left + grace;
@@ -162,8 +177,9 @@ impl Engine {
             return;
         }
         if g.promote_failed {
-            // Not serving: replace it now, even with nobody to take over.
-            let target = self.first_candidate(name, Some(primary), now, wake);
+            // Not serving: a vacancy in all but name. Replace it now, even
+            // with nobody to take over (it is retried after its backoff).
+            let target = self.vacancy_candidate(name, Some(primary), now, wake);
             let reason = format!("{primary}'s promote hook failed");
             return self.move_role(name, primary, target, reason, now, out);
         }
@@ -218,10 +234,10 @@ impl Engine {
     }
 
     /// Whether an automatic move away from a live primary must wait for
-    /// `min_failover_interval` since the last change of primary.
+    /// `min_failover_interval` since the last such move.
     fn rate_limited(&self, name: &str, now: Now, wake: &mut Wake) -> bool {
         let g = &self.groups[name];
-        let Some(last) = g.last_change else {
+        let Some(last) = g.last_move_away else {
             return false;
         };
         let allowed = last + g.record.policy.min_failover_interval;
@@ -313,10 +329,15 @@ impl Engine {
             Cause::SteppedDown => format!("{primary} stepped down before its agent stopped"),
         };
         let auto = g.record.policy.auto_failover;
+        let kind = match cause {
+            Cause::Lapsed => EventKind::PrimaryLapsed,
+            Cause::Left => EventKind::ShutdownGraceExpired,
+            Cause::SteppedDown => EventKind::PrimarySteppedDown,
+        };
         self.record_event(
             NewEvent {
                 group: name,
-                kind: EventKind::PrimaryLapsed,
+                kind,
                 epoch: g.record.epoch,
                 old_primary: Some(primary),
                 new_primary: None,
@@ -334,7 +355,7 @@ impl Engine {
             .expect("group exists")
             .last_primary = Some(primary.to_owned());
         let next = if auto {
-            self.first_candidate(name, Some(primary), now, wake)
+            self.vacancy_candidate(name, Some(primary), now, wake)
         } else {
             None
         };
@@ -354,11 +375,14 @@ impl Engine {
             }
             None => {
                 let g = self.groups.get_mut(name).expect("group exists");
+                let Some(epoch) = g.record.epoch.checked_add(1) else {
+                    return self.epoch_exhausted(name, now, out);
+                };
                 g.record.primary = None;
-                g.record.epoch += 1;
+                g.record.primary_instance = None;
+                g.record.epoch = epoch;
                 g.primary_fenced_since = None;
                 g.promote_failed = false;
-                g.last_change = Some(now.mono);
                 out.writes.push(Write::PutGroup(g.record.clone()));
                 if !auto {
                     self.alarm(
@@ -405,7 +429,7 @@ impl Engine {
         if !g.record.policy.auto_failover && !first_election {
             return;
         }
-        if let Some(next) = self.first_candidate(name, None, now, wake) {
+        if let Some(next) = self.vacancy_candidate(name, None, now, wake) {
             let reason = match &self.groups[name].last_primary {
                 Some(last) => format!("{next} is the first qualifying member since {last}"),
                 None => format!("{next} is the first qualifying member"),
@@ -418,15 +442,38 @@ impl Engine {
     /// from its latest heartbeat.
     fn promote(&mut self, name: &str, node: &str, reason: String, now: Now, out: &mut Effects) {
         let wait = self.lease_wait(&self.groups[name].record.policy);
+        // The role is bound to the agent instance it is given to: only that
+        // process may renew its lease or confirm its step-down.
+        let Some(instance) = self
+            .nodes
+            .get(node)
+            .and_then(Node::instance)
+            .map(str::to_owned)
+        else {
+            return;
+        };
+        let retry = self.groups[name].hook_failures.get(node).map(|f| f.count);
+        let reason = match retry {
+            Some(n) => format!(
+                "{reason}; retrying {node}, whose promote hook failed {n} time{}",
+                if n == 1 { "" } else { "s" }
+            ),
+            None => reason,
+        };
         let g = self.groups.get_mut(name).expect("group exists");
+        let Some(epoch) = g.record.epoch.checked_add(1) else {
+            return self.epoch_exhausted(name, now, out);
+        };
         let old = g.record.primary.take().or_else(|| g.last_primary.clone());
         g.primary_fenced_since = None;
         g.promote_failed = false;
         g.alarm = None;
-        g.last_change = Some(now.mono);
         g.failed.remove(node);
-        g.record.epoch += 1;
+        g.record.epoch = epoch;
         g.record.primary = Some(node.to_owned());
+        g.record.primary_instance = Some(instance);
+        // Every earlier lease has ended: only this one's length counts now.
+        g.record.granted_ttl_max = Some(g.record.policy.failover_timeout);
         g.last_primary = Some(node.to_owned());
         g.stepping_down = None;
         let epoch = g.record.epoch;
@@ -487,13 +534,17 @@ impl Engine {
     /// epoch and stop extending its lease.
     fn step_down(&mut self, name: &str, primary: &str, now: Now, out: &mut Effects) {
         let g = self.groups.get_mut(name).expect("group exists");
-        g.record.epoch += 1;
+        let Some(epoch) = g.record.epoch.checked_add(1) else {
+            return self.epoch_exhausted(name, now, out);
+        };
+        g.record.epoch = epoch;
         g.record.primary = None;
+        let holder = g.record.primary_instance.take();
         g.primary_fenced_since = None;
         g.promote_failed = false;
-        g.last_change = Some(now.mono);
+        g.last_move_away = Some(now.mono);
         g.last_primary = Some(primary.to_owned());
-        g.stepping_down = Some(primary.to_owned());
+        g.stepping_down = Some((primary.to_owned(), holder));
         let epoch = g.record.epoch;
         let (reason, actor) = match &g.switchover {
             Some(sw) => (
@@ -599,6 +650,65 @@ impl Engine {
         g.failed.insert(node.to_owned(), now.mono);
     }
 
+    /// The epoch cannot grow any further (never in practice: claims from
+    /// agents are bounded, see `sessions.rs::check_claim`). Nothing changes;
+    /// an operator must re-create the group under a new name.
+    fn epoch_exhausted(&mut self, name: &str, now: Now, out: &mut Effects) {
+        self.alarm(
+            name,
+            format!("group {name}'s epoch cannot grow any further: create the group again under another name"),
+            now,
+            out,
+        );
+    }
+
+    /// Who fills a vacancy, never keeping it open for ranking's sake: the
+    /// first member that qualifies; else the first that can serve, recently
+    /// failed or not — one whose promote hook failed only once its retry
+    /// is due.
+    pub(super) fn vacancy_candidate(
+        &self,
+        name: &str,
+        exclude: Option<&str>,
+        now: Now,
+        wake: &mut Wake,
+    ) -> Option<String> {
+        if let Some(best) = self.first_candidate(name, exclude, now, wake) {
+            return Some(best);
+        }
+        self.groups[name]
+            .record
+            .members
+            .iter()
+            .filter(|m| Some(m.as_str()) != exclude)
+            .filter(|m| self.eligible(name, m, now))
+            .find(|m| match self.hook_retry_at(name, m) {
+                Some(at) if now.mono < at => {
+                    wake.at(at);
+                    false
+                }
+                _ => true,
+            })
+            .cloned()
+    }
+
+    /// For a member whose promote hook failed: when it may be tried again
+    /// (while nobody else can serve). The backoff starts at
+    /// `min_failover_interval` (at least a second), doubles with every
+    /// failure and is capped at `failback_delay`.
+    pub(super) fn hook_retry_at(&self, name: &str, node: &str) -> Option<Instant> {
+        let g = &self.groups[name];
+        let f = g.hook_failures.get(node)?;
+        let policy = &g.record.policy;
+        let base = policy.min_failover_interval.max(MIN_HOOK_RETRY);
+        let doublings = f.count.saturating_sub(1).min(32);
+        let backoff = base
+            .checked_mul(1u32 << doublings.min(31))
+            .unwrap_or(policy.failback_delay)
+            .min(policy.failback_delay.max(base));
+        Some(f.last + backoff)
+    }
+
     /// The first member in priority order that qualifies for an automatic
     /// promotion.
     pub(super) fn first_candidate(
@@ -634,7 +744,7 @@ impl Engine {
     /// For a member that failed here: when it may be promoted again — once
     /// it has been healthy for `failback_delay` since the failure. `None`
     /// if it has no failure on record.
-    fn requalifies_at(&self, name: &str, node: &str, now: Now) -> Option<Instant> {
+    pub(super) fn requalifies_at(&self, name: &str, node: &str, now: Now) -> Option<Instant> {
         let g = &self.groups[name];
         let failed_at = *g.failed.get(node)?;
         let healthy_since = self
@@ -713,8 +823,15 @@ impl Engine {
     /// What the group is doing, derived from its state.
     pub(super) fn compute_phase(&self, name: &str, now: Now) -> Phase {
         let g = &self.groups[name];
+        // Active only while the instance that holds the role is connected:
+        // nobody else can renew its lease.
+        let holder_connected = |p: &String| {
+            self.nodes.get(p).and_then(Node::instance).is_some()
+                && self.nodes.get(p).and_then(Node::instance)
+                    == g.record.primary_instance.as_deref()
+        };
         match &g.record.primary {
-            Some(p) if self.nodes.get(p).is_some_and(|n| n.session.is_some()) => Phase::Active,
+            Some(p) if holder_connected(p) => Phase::Active,
             Some(_) => Phase::FailingOver,
             None if g.stepping_down.is_some() || g.lease_until.is_some_and(|t| t > now.mono) => {
                 Phase::FailingOver
@@ -745,7 +862,7 @@ impl Engine {
                     epoch,
                     old_primary: last.as_deref(),
                     new_primary: None,
-                    reason: "no member qualifies (connected, healthy, not in maintenance, not recently failed): nobody can be promoted".into(),
+                    reason: "no member can serve (connected, passing its checks, not in maintenance, promote hook not failing): nobody can be promoted; group show says why for each member".into(),
                     actor: COORDINATOR,
                 },
                 now,

@@ -14,6 +14,8 @@
 
 mod admin;
 mod decide;
+#[cfg(test)]
+mod model_tests;
 mod sessions;
 #[cfg(test)]
 mod tests;
@@ -61,6 +63,10 @@ pub struct EngineConfig {
 #[derive(Debug, Clone)]
 pub struct Hello {
     pub node: String,
+    /// Random per agent process: leases and confirmations are bound to it.
+    pub instance: String,
+    /// Persistent per installation of the agent.
+    pub node_uuid: String,
     pub agent_version: String,
     pub address: String,
     pub roles: Vec<ClaimedRole>,
@@ -260,8 +266,21 @@ pub enum Write {
     DeleteGroup {
         name: String,
         epoch_floor: u64,
+        /// The longest lease its primary may still hold: a group created
+        /// under the same name after a restart waits for it.
+        lease_ttl: Duration,
     },
     Event(EventRecord),
+}
+
+/// Why a new session was turned away: another instance of its node is
+/// connected and alive.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DuplicateRefusal {
+    pub message: String,
+    /// How long the connected instance may stay silent before it counts as
+    /// gone (the refused agent keeps trying at least twice this long).
+    pub silence_limit: Duration,
 }
 
 /// Everything the runtime must do after one step of the engine, in order:
@@ -271,6 +290,8 @@ pub struct Effects {
     pub writes: Vec<Write>,
     pub sends: Vec<(SessionId, ToAgent)>,
     pub closes: Vec<SessionId>,
+    /// Sessions refused after their Hello: ended with this error.
+    pub refusals: Vec<(SessionId, DuplicateRefusal)>,
     pub replies: Vec<(ReplyId, AdminResult)>,
     /// Promotions made in this step, for the failover-time metrics.
     pub promotions: Vec<PromotionNote>,
@@ -290,6 +311,7 @@ impl Effects {
         self.writes.is_empty()
             && self.sends.is_empty()
             && self.closes.is_empty()
+            && self.refusals.is_empty()
             && self.replies.is_empty()
             && self.promotions.is_empty()
     }
@@ -300,6 +322,8 @@ impl Effects {
 pub struct Recovered {
     pub groups: Vec<GroupRecord>,
     pub epoch_floors: HashMap<String, u64>,
+    /// The longest lease each deleted group's primary may have held.
+    pub deleted_ttls: HashMap<String, Duration>,
     pub next_event_seq: u64,
 }
 
@@ -314,11 +338,26 @@ pub struct Engine {
     /// `lease_until` or `wake`): the only moments at which time alone can
     /// change a decision.
     timers: BTreeSet<(Instant, String)>,
-    /// `(deadline, session)` for sessions that said Hello but have not
-    /// heartbeated yet (startup timeout).
-    startups: BTreeSet<(Instant, SessionId)>,
+    /// `(deadline, session)`, one per live session: its startup timeout
+    /// until its first heartbeat, then the instant it would have been
+    /// silent for too long (checked lazily: heartbeats do not move it).
+    session_timers: BTreeSet<(Instant, SessionId)>,
     epoch_floors: HashMap<String, u64>,
+    /// Deleted groups whose primary may still hold a lease, and until
+    /// when: a group re-created under the same name promotes nobody
+    /// before then. After a start, every deleted group's name waits a
+    /// full lease of the longest one it may have granted.
+    deleted_leases: HashMap<String, DeletedLease>,
     next_event_seq: u64,
+}
+
+/// The lease a deleted group's primary may still hold.
+struct DeletedLease {
+    until: Instant,
+    /// The released primary's node and agent instance: its step-down
+    /// hook result (at `epoch_floor`) ends the wait.
+    holder: Option<(String, String)>,
+    epoch_floor: u64,
 }
 
 /// One group: its durable record plus what the running coordinator knows.
@@ -335,8 +374,9 @@ struct Group {
     /// The instant registered in `Engine::timers` for this group, if any.
     timer: Option<Instant>,
     /// A former primary told to step down at the current epoch, whose
-    /// confirmation (or lease expiry) is awaited.
-    stepping_down: Option<String>,
+    /// confirmation (or lease expiry) is awaited: its node, and the agent
+    /// instance that held the lease (only that instance can confirm).
+    stepping_down: Option<(String, Option<String>)>,
     /// A planned switchover in progress.
     switchover: Option<Switchover>,
     /// The last node that held the role, for the event log.
@@ -346,16 +386,27 @@ struct Group {
     primary_fenced_since: Option<Instant>,
     /// The primary's promote hook failed or timed out at this epoch.
     promote_failed: bool,
-    /// When the primary last changed, for `min_failover_interval`.
-    last_change: Option<Instant>,
+    /// When the role last moved away from a live primary (a step-down),
+    /// for `min_failover_interval`.
+    last_move_away: Option<Instant>,
     /// Members that failed here (lapsed, promote hook failed, service
-    /// died) and when: not promoted again automatically until healthy for
-    /// `failback_delay` since.
+    /// died) and when: ranked below the others and not the target of a
+    /// voluntary move until healthy for `failback_delay` since.
     failed: HashMap<String, Instant>,
+    /// Members whose promote hook failed, for the retry backoff.
+    hook_failures: HashMap<String, HookFailures>,
     /// The alarm raised for the current situation, raised once.
     alarm: Option<String>,
     phase: Phase,
     phase_since_ms: u64,
+}
+
+/// A member's failed promote hooks in one group.
+#[derive(Debug, Clone, Copy)]
+struct HookFailures {
+    /// In a row, since its last promote hook that succeeded.
+    count: u32,
+    last: Instant,
 }
 
 /// A move of the role to `target`: requested by an operator (with a reply
@@ -379,13 +430,41 @@ struct Node {
     /// Per group: whether the node is connected and passes that group's
     /// checks, and since when (for failback and failed members).
     health: HashMap<String, (bool, Instant)>,
-    /// When its agent said goodbye (stopped cleanly), until a new session.
-    goodbye_at: Option<Instant>,
+    /// When its agent said goodbye (stopped cleanly), and which instance,
+    /// until a new session.
+    goodbye: Option<(Instant, String)>,
+    /// The installation UUID its agent last reported.
+    node_uuid: Option<String>,
+    /// Another agent process claiming this node id while it is connected.
+    duplicate: Option<Duplicate>,
+    /// Epoch claims refused per group, so each is recorded once.
+    refused_claims: HashMap<String, u64>,
+}
+
+/// Refused sessions of another agent instance claiming a connected node.
+struct Duplicate {
+    instance: String,
+    address: String,
+    node_uuid: String,
+    /// When this run of refusals began and when the last one came.
+    first_refused: Instant,
+    last_refused: Instant,
+    /// The `duplicate_node` event was recorded.
+    reported: bool,
 }
 
 /// One open agent session.
 struct Session {
     id: SessionId,
+    /// The agent process behind it.
+    instance: String,
+    /// When its Hello arrived.
+    opened: Instant,
+    /// The instant registered in `Engine::session_timers` for it.
+    timer: Instant,
+    /// It said goodbye: whatever it sends now earns nothing, and it is
+    /// not promoted.
+    leaving: bool,
     /// The latest heartbeat: its sequence number and when it arrived.
     last_heartbeat: Option<(u64, Instant)>,
     /// The last assignment sent per group, so unchanged ones are not resent.
@@ -406,8 +485,25 @@ impl Node {
             agent_version: String::new(),
             checks: Vec::new(),
             health: HashMap::new(),
-            goodbye_at: None,
+            goodbye: None,
+            node_uuid: None,
+            duplicate: None,
+            refused_claims: HashMap::new(),
         }
+    }
+
+    /// When the node's session was last heard from (its Hello or its
+    /// latest heartbeat).
+    fn last_heard(&self) -> Option<Instant> {
+        self.session.as_ref().map(|s| {
+            s.last_heartbeat
+                .map_or(s.opened, |(_, at)| at.max(s.opened))
+        })
+    }
+
+    /// The instance of its open session, if any.
+    fn instance(&self) -> Option<&str> {
+        self.session.as_ref().map(|s| s.instance.as_str())
     }
 
     /// Since when the node has been healthy for `group`, if it is now.
@@ -434,10 +530,12 @@ impl Node {
             .all(|c| c.passing)
     }
 
-    /// Connected: a session is open and has heartbeated within `within`.
+    /// Connected: a session is open, has heartbeated within `within`, and
+    /// has not said goodbye.
     fn heard_within(&self, now: Instant, within: Duration) -> bool {
         self.session
             .as_ref()
+            .filter(|s| !s.leaving)
             .and_then(|s| s.last_heartbeat)
             .is_some_and(|(_, at)| now.saturating_duration_since(at) < within)
     }
@@ -455,10 +553,30 @@ impl Engine {
             nodes: BTreeMap::new(),
             sessions: HashMap::new(),
             timers: BTreeSet::new(),
-            startups: BTreeSet::new(),
+            session_timers: BTreeSet::new(),
+            deleted_leases: HashMap::new(),
             epoch_floors: recovered.epoch_floors,
             next_event_seq: recovered.next_event_seq,
         };
+        let drift = engine.config.clock_drift;
+        let default_ttl = engine.config.default_policy.failover_timeout;
+        engine.deleted_leases = engine
+            .epoch_floors
+            .iter()
+            .map(|(name, floor)| {
+                let ttl = recovered
+                    .deleted_ttls
+                    .get(name)
+                    .copied()
+                    .unwrap_or(default_ttl);
+                let lease = DeletedLease {
+                    until: now.mono + ttl.mul_f64(1.0 + drift),
+                    holder: None,
+                    epoch_floor: *floor,
+                };
+                (name.clone(), lease)
+            })
+            .collect();
         for record in recovered.groups {
             let name = record.name.clone();
             for member in &record.members {
@@ -469,7 +587,7 @@ impl Engine {
                     .groups
                     .insert(name.clone());
             }
-            let wait = engine.lease_wait(&record.policy);
+            let wait = record.lease_ttl_bound().mul_f64(1.0 + drift);
             let had_primary = record.epoch > 0;
             engine.groups.insert(name.clone(), Group::new(record, now));
             if had_primary {
@@ -517,16 +635,12 @@ impl Engine {
 
     /// Acts on every deadline that has passed.
     pub fn tick(&mut self, now: Now, out: &mut Effects) {
-        while let Some(&(at, session)) = self.startups.first() {
+        while let Some(&(at, session)) = self.session_timers.first() {
             if at > now.mono {
                 break;
             }
-            self.startups.pop_first();
-            if let Some(node) = self.sessions.get(&session) {
-                tracing::warn!(%node, session, "no heartbeat within the startup timeout: closing the session");
-                out.closes.push(session);
-                self.on_session_closed(session, now, out);
-            }
+            self.session_timers.pop_first();
+            self.check_session_timer(session, now, out);
         }
         while let Some((at, name)) = self.timers.first().cloned() {
             if at > now.mono {
@@ -543,7 +657,7 @@ impl Engine {
     /// The next instant at which [`Engine::tick`] has something to do.
     pub fn next_deadline(&self) -> Option<Instant> {
         let group = self.timers.first().map(|(at, _)| *at);
-        let startup = self.startups.first().map(|(at, _)| *at);
+        let startup = self.session_timers.first().map(|(at, _)| *at);
         group.into_iter().chain(startup).min()
     }
 
@@ -574,7 +688,7 @@ impl Engine {
     /// Appends an event to the log (as a durable write).
     fn record_event(&mut self, event: NewEvent<'_>, now: Now, out: &mut Effects) {
         let seq = self.next_event_seq;
-        self.next_event_seq += 1;
+        self.next_event_seq = self.next_event_seq.saturating_add(1);
         tracing::info!(
             group = event.group,
             epoch = event.epoch,
@@ -652,6 +766,21 @@ struct NewEvent<'a> {
 /// The actor name of automatic decisions.
 const COORDINATOR: &str = "coordinator";
 
+/// How far above the stored epoch an agent's claim may be and still be
+/// adopted. Only a coordinator whose store went back in time (restored from
+/// an old backup) sees an honest claim above its epoch, and then by at most
+/// two epochs per role change since the backup; anything further is a
+/// corrupt or hostile agent, and adopting it could run the epoch out.
+const MAX_EPOCH_CLAIM_AHEAD: u64 = 1 << 20;
+
+/// The shortest wait before a member whose promote hook failed is tried
+/// again, whatever `min_failover_interval` says.
+const MIN_HOOK_RETRY: Duration = Duration::from_secs(1);
+
+/// A duplicate agent that has not been refused for this long is forgotten
+/// (its alarm clears).
+const DUPLICATE_MEMORY: Duration = Duration::from_secs(60);
+
 impl Group {
     fn new(record: GroupRecord, now: Now) -> Self {
         Group {
@@ -664,8 +793,9 @@ impl Group {
             switchover: None,
             primary_fenced_since: None,
             promote_failed: false,
-            last_change: None,
+            last_move_away: None,
             failed: HashMap::new(),
+            hook_failures: HashMap::new(),
             alarm: None,
             phase: Phase::NoPrimary,
             phase_since_ms: now.wall_ms,

@@ -15,11 +15,22 @@ struct Sim {
     next_session: SessionId,
     next_reply: ReplyId,
     sessions: HashMap<String, SessionId>,
+    /// The agent instance each node's next session comes from.
+    instances: HashMap<String, String>,
     seqs: HashMap<String, u64>,
     /// The checks each node reports in its heartbeats.
     checks: HashMap<String, Vec<CheckStatus>>,
     /// Every effect emitted, in order.
     log: Vec<Effects>,
+}
+
+/// A deterministic 32-hex-digit instance id.
+fn instance_id(node: &str, generation: u64) -> String {
+    let mut n: u128 = u128::from(generation) + 1;
+    for b in node.bytes() {
+        n = n.wrapping_mul(131).wrapping_add(u128::from(b));
+    }
+    format!("{n:032x}")
 }
 
 fn config() -> EngineConfig {
@@ -47,6 +58,7 @@ impl Sim {
             next_session: 1,
             next_reply: 1,
             sessions: HashMap::new(),
+            instances: HashMap::new(),
             seqs: HashMap::new(),
             checks: HashMap::new(),
             log: Vec::new(),
@@ -70,20 +82,44 @@ impl Sim {
         self.log.last().unwrap()
     }
 
+    /// The instance id of `node`'s current agent process.
+    fn instance(&mut self, node: &str) -> String {
+        self.instances
+            .entry(node.into())
+            .or_insert_with(|| instance_id(node, 0))
+            .clone()
+    }
+
+    /// `node`'s agent process is replaced by a new one (a new instance).
+    fn restart_agent(&mut self, node: &str, generation: u64) {
+        self.instances
+            .insert(node.into(), instance_id(node, generation));
+    }
+
     fn connect_claiming(&mut self, node: &str, roles: Vec<ClaimedRole>) -> SessionId {
+        let session = self.open_session(node, roles);
+        self.sessions.insert(node.into(), session);
+        self.heartbeat(node);
+        session
+    }
+
+    /// Opens a session with a Hello from `node`'s current instance and
+    /// returns its id, without heartbeating.
+    fn open_session(&mut self, node: &str, roles: Vec<ClaimedRole>) -> SessionId {
         let session = self.next_session;
         self.next_session += 1;
-        self.sessions.insert(node.into(), session);
+        let instance = self.instance(node);
         self.step(Input::SessionOpened {
             session,
             hello: Hello {
                 node: node.into(),
+                instance,
+                node_uuid: "00000000-0000-4000-8000-000000000001".into(),
                 agent_version: "test".into(),
                 address: "127.0.0.1:1".into(),
                 roles,
             },
         });
-        self.heartbeat(node);
         session
     }
 
@@ -391,6 +427,8 @@ fn restarted_coordinator_waits_out_a_full_lease_before_replacing_the_primary() {
         members: vec!["rec-1".into(), "rec-2".into()],
         policy: Policy::default(),
         primary: Some("rec-1".into()),
+        primary_instance: None,
+        granted_ttl_max: None,
         epoch: 7,
         first_epoch: 0,
         maintenance: vec![],
@@ -414,6 +452,8 @@ fn restarted_coordinator_keeps_a_primary_that_comes_back() {
         members: vec!["rec-1".into(), "rec-2".into()],
         policy: Policy::default(),
         primary: Some("rec-1".into()),
+        primary_instance: None,
+        granted_ttl_max: None,
         epoch: 7,
         first_epoch: 0,
         maintenance: vec![],
@@ -590,6 +630,8 @@ fn refused_commands_change_nothing() {
     let mut after = sim.view("recorders");
     after.members[2].connected = true;
     after.members[2].healthy = true;
+    after.members[2].qualifies = true;
+    after.members[2].why_not = None;
     assert_eq!(before, after);
 }
 
@@ -608,7 +650,48 @@ fn a_recreated_group_starts_above_the_deleted_one() {
         .any(|(_, m)| matches!(m, ToAgent::Release { epoch, .. } if *epoch == 2));
     assert!(released);
     sim.create("recorders", &["rec-1", "rec-2"]).unwrap();
+    // The deleted group's primary may not have heard of its release (cut
+    // off): nobody is promoted in the new group before its lease ends.
+    assert_eq!(sim.primary("recorders"), (None, 2));
+    sim.run_for(WAIT, &["rec-1", "rec-2"]);
     assert_eq!(sim.primary("recorders"), (Some("rec-1".into()), 3));
+}
+
+#[test]
+fn a_restarted_coordinator_waits_out_the_longest_lease_granted_at_the_epoch() {
+    let mut sim = three_members();
+    sim.set(
+        "recorders",
+        PolicyPatch {
+            failover_timeout: Some(Duration::from_millis(500)),
+            heartbeat_interval: Some(Duration::from_millis(100)),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let stored = sim
+        .log
+        .iter()
+        .rev()
+        .flat_map(|e| e.writes.iter().rev())
+        .filter_map(|w| match w {
+            Write::PutGroup(r) => Some(r.clone()),
+            _ => None,
+        })
+        .next()
+        .unwrap();
+    // rec-1 was granted 3 s leases before the change: a restart must wait
+    // for those, not for the new 500 ms.
+    assert_eq!(stored.lease_ttl_bound(), TTL);
+    let mut sim = Sim::recovered(Recovered {
+        groups: vec![stored],
+        ..Default::default()
+    });
+    sim.connect("rec-2");
+    sim.run_for(Duration::from_millis(3000), &["rec-2"]);
+    assert_eq!(sim.primary("recorders").0.as_deref(), Some("rec-1"));
+    sim.run_for(Duration::from_millis(100), &["rec-2"]);
+    assert_eq!(sim.primary("recorders").0.as_deref(), Some("rec-2"));
 }
 
 #[test]
@@ -686,7 +769,7 @@ fn heartbeat_interval_is_the_smallest_among_the_nodes_groups() {
 }
 
 #[test]
-fn a_member_whose_heartbeats_resume_is_promoted_once_it_is_healthy_for_the_delay() {
+fn a_sole_member_that_failed_is_promoted_again_as_soon_as_it_can_serve() {
     // rec-1's session stays open but goes silent past the failover timeout
     // (a partition that keeps TCP up), so the group has nobody to promote.
     let mut sim = Sim::new();
@@ -694,13 +777,12 @@ fn a_member_whose_heartbeats_resume_is_promoted_once_it_is_healthy_for_the_delay
     sim.create("recorders", &["rec-1"]).unwrap();
     sim.advance(WAIT + Duration::from_millis(10));
     assert_eq!(sim.primary("recorders"), (None, 2));
-    // Its heartbeats resume on the same session, but it failed here: no
-    // ping-pong, it must be healthy for failback_delay (60 s) first.
-    sim.run_for(Duration::from_secs(59), &["rec-1"]);
-    assert_eq!(sim.primary("recorders"), (None, 2));
-    assert!(sim.view("recorders").members[0].recently_failed);
-    sim.run_for(Duration::from_secs(2), &["rec-1"]);
+    assert_eq!(sim.view("recorders").phase, Phase::NoPrimary);
+    // Its heartbeats resume on the same session. It failed here, but it is
+    // the only member that can serve: a vacancy is never kept open.
+    sim.heartbeat("rec-1");
     assert_eq!(sim.primary("recorders"), (Some("rec-1".into()), 3));
+    assert!(!sim.view("recorders").members[0].recently_failed);
 }
 
 fn fenced(group: &str, epoch: u64) -> Vec<ClaimedRole> {
@@ -839,6 +921,9 @@ fn restore_hands_the_role_back_to_the_highest_priority_healthy_member() {
     sim.run_for(WAIT + Duration::from_millis(500), &["rec-2", "rec-3"]);
     assert_eq!(sim.primary("recorders").0.as_deref(), Some("rec-2"));
     sim.connect("rec-1");
+    // rec-1 failed here: a restore goes to it only once it has been
+    // healthy for failback_delay (60 s).
+    sim.run_for(secs(61), &ALL);
     sim.admin(AdminCommand::Restore {
         group: "recorders".into(),
     });
@@ -941,7 +1026,7 @@ fn an_unhealthy_primary_is_replaced_after_the_abnormal_timeout() {
 }
 
 #[test]
-fn min_failover_interval_delays_moves_away_from_a_live_primary() {
+fn min_failover_interval_counts_from_the_last_move_away_from_a_live_primary() {
     let mut sim = three_members();
     sim.set(
         "recorders",
@@ -951,15 +1036,46 @@ fn min_failover_interval_delays_moves_away_from_a_live_primary() {
         },
     )
     .unwrap();
-    sim.set_healthy("rec-1", false);
+    // A planned switchover moves the role away from a live primary.
+    sim.admin(AdminCommand::Promote {
+        group: "recorders".into(),
+        to: "rec-2".into(),
+    });
+    sim.hook_done("rec-1", "recorders", 2, Role::Secondary);
+    assert_eq!(sim.primary("recorders"), (Some("rec-2".into()), 3));
+    sim.set_healthy("rec-2", false);
     sim.run_for(secs(20), &ALL);
-    assert_eq!(sim.primary("recorders").0.as_deref(), Some("rec-1"));
+    assert_eq!(sim.primary("recorders").0.as_deref(), Some("rec-2"));
     sim.run_for(secs(11), &ALL);
     assert_eq!(
         sim.primary("recorders").0,
         None,
         "moving once the interval passed"
     );
+}
+
+#[test]
+fn a_brand_new_primary_whose_check_fails_is_replaced_after_the_abnormal_timeout() {
+    let mut sim = three_members();
+    sim.set(
+        "recorders",
+        PolicyPatch {
+            abnormal_timeout: Some(secs(2)),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    sim.set_healthy("rec-1", false);
+    sim.run_for(Duration::from_millis(1500), &ALL);
+    assert_eq!(sim.primary("recorders").0.as_deref(), Some("rec-1"));
+    sim.run_for(secs(1), &ALL);
+    assert_eq!(
+        sim.primary("recorders"),
+        (None, 2),
+        "the first election is not a move away from a live primary: no rate limit"
+    );
+    sim.hook_done("rec-1", "recorders", 2, Role::Secondary);
+    assert_eq!(sim.primary("recorders"), (Some("rec-2".into()), 3));
 }
 
 #[test]
@@ -1113,6 +1229,8 @@ fn a_session_that_never_heartbeats_is_closed_after_the_startup_timeout() {
         session: 77,
         hello: Hello {
             node: "rec-1".into(),
+            instance: instance_id("rec-1", 0),
+            node_uuid: String::new(),
             agent_version: "test".into(),
             address: String::new(),
             roles: vec![],
@@ -1159,4 +1277,388 @@ fn settings_are_changed_validated_and_recorded() {
         assert!(sim.set("recorders", bad).is_err());
     }
     assert_eq!(sim.view("recorders").policy, before.policy);
+}
+
+// ---------------------------------------------------------------------------
+// A session speaks only for itself (agent instances)
+// ---------------------------------------------------------------------------
+
+/// Opens a session for `node` from another agent process (`generation`).
+fn open_as(sim: &mut Sim, node: &str, generation: u64, roles: Vec<ClaimedRole>) -> SessionId {
+    let kept = sim.instance(node);
+    sim.restart_agent(node, generation);
+    let session = sim.open_session(node, roles);
+    sim.instances.insert(node.into(), kept);
+    session
+}
+
+fn refused(out: &Effects, session: SessionId) -> bool {
+    out.refusals.iter().any(|(s, _)| *s == session)
+}
+
+#[test]
+fn a_second_instance_of_a_connected_node_is_refused_and_reported() {
+    let mut sim = three_members();
+    let dup = open_as(&mut sim, "rec-1", 1, vec![]);
+    assert!(refused(sim.log.last().unwrap(), dup));
+    assert!(!sim.engine.sessions.contains_key(&dup));
+    // The original keeps heartbeating; the duplicate tries again: now it is
+    // certain both are alive, and it is reported once.
+    sim.run_for(secs(1), &ALL);
+    let dup2 = open_as(&mut sim, "rec-1", 1, vec![]);
+    assert!(refused(sim.log.last().unwrap(), dup2));
+    let dup3 = open_as(&mut sim, "rec-1", 1, vec![]);
+    assert!(refused(sim.log.last().unwrap(), dup3));
+    let reported = sim
+        .event_kinds()
+        .iter()
+        .filter(|k| **k == EventKind::DuplicateNode)
+        .count();
+    assert_eq!(reported, 1);
+    let view = sim.view("recorders");
+    assert!(view.members[0].duplicate.is_some(), "{view:?}");
+    assert!(view.alarm.unwrap_or_default().contains("duplicate"));
+    let node = sim
+        .engine
+        .node_views(sim.now)
+        .into_iter()
+        .find(|n| n.node == "rec-1")
+        .unwrap();
+    assert!(node.duplicate.is_some());
+    // The original holds the role and its lease throughout.
+    sim.run_for(secs(10), &ALL);
+    assert_eq!(sim.primary("recorders"), (Some("rec-1".into()), 1));
+}
+
+#[test]
+fn the_same_instance_reconnecting_replaces_its_old_session_and_keeps_its_lease() {
+    let mut sim = three_members();
+    let old = sim.sessions["rec-1"];
+    let claims = vec![ClaimedRole {
+        group: "recorders".into(),
+        role: Role::Primary,
+        epoch: 1,
+    }];
+    let new = sim.connect_claiming("rec-1", claims);
+    assert!(sim.log.iter().any(|e| e.closes.contains(&old)));
+    assert!(!sim.log.iter().any(|e| refused(e, new)));
+    let out = sim.heartbeat("rec-1");
+    assert!(matches!(&out.sends[0].1, ToAgent::Ack { grants, .. } if grants.len() == 1));
+    sim.run_for(secs(10), &ALL);
+    assert_eq!(sim.primary("recorders"), (Some("rec-1".into()), 1));
+}
+
+#[test]
+fn a_new_instance_after_a_silence_gets_no_grants_and_waits_out_the_old_lease() {
+    // rec-1 (primary) freezes; after its session has been silent for the
+    // silence limit, another process opens as rec-1 and heartbeats.
+    let mut sim = three_members();
+    sim.run_for(secs(6) + Duration::from_millis(100), &["rec-2", "rec-3"]);
+    // By now the lease ran out (3.03 s): someone else took over.
+    assert_eq!(sim.primary("recorders").0.as_deref(), Some("rec-2"));
+    let mut sim = three_members();
+    // Silent just past the silence limit but with the group's lease kept
+    // alive by nobody: the new instance must not renew anything.
+    sim.set(
+        "recorders",
+        PolicyPatch {
+            auto_failover: Some(false),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    sim.run_for(Duration::from_millis(2500), &["rec-2", "rec-3"]);
+    sim.advance(Duration::from_millis(3600));
+    let claims = vec![ClaimedRole {
+        group: "recorders".into(),
+        role: Role::Primary,
+        epoch: 1,
+    }];
+    let imposter = open_as(&mut sim, "rec-1", 7, claims.clone());
+    assert!(!refused(sim.log.last().unwrap(), imposter));
+    sim.sessions.insert("rec-1".into(), imposter);
+    let out = sim.heartbeat_claiming("rec-1", claims);
+    assert!(
+        matches!(&out.sends[0].1, ToAgent::Ack { grants, .. } if grants.is_empty()),
+        "a new instance never renews the old instance's lease"
+    );
+}
+
+#[test]
+fn a_dead_primary_is_not_kept_alive_by_another_session_of_its_node() {
+    let mut sim = three_members();
+    sim.disconnect("rec-1"); // kill -9: its stream closes
+    let claims = vec![ClaimedRole {
+        group: "recorders".into(),
+        role: Role::Primary,
+        epoch: 1,
+    }];
+    let other = open_as(&mut sim, "rec-1", 5, claims.clone());
+    sim.sessions.insert("rec-1".into(), other);
+    sim.instances
+        .insert("rec-1".into(), instance_id("rec-1", 5));
+    for _ in 0..7 {
+        let out = sim.heartbeat_claiming("rec-1", claims.clone());
+        assert!(matches!(&out.sends[0].1, ToAgent::Ack { grants, .. } if grants.is_empty()));
+        sim.advance(Duration::from_millis(500));
+        sim.heartbeat("rec-2");
+        sim.heartbeat("rec-3");
+    }
+    // The old lease ran out; the group failed over (the new instance of
+    // rec-1 is itself a candidate, but it recently failed: rec-2 first).
+    assert_eq!(sim.primary("recorders"), (Some("rec-2".into()), 2));
+}
+
+#[test]
+fn only_the_stepping_down_instance_can_confirm_its_step_down() {
+    let mut sim = three_members();
+    sim.set(
+        "recorders",
+        PolicyPatch {
+            auto_failover: Some(false),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    sim.admin(AdminCommand::Promote {
+        group: "recorders".into(),
+        to: "rec-2".into(),
+    });
+    assert_eq!(sim.primary("recorders"), (None, 2));
+    // rec-1's network is cut; past the silence limit another process opens
+    // as rec-1 and confirms the step-down at once.
+    sim.run_for(Duration::from_millis(2000), &["rec-2", "rec-3"]);
+    sim.advance(Duration::from_millis(4100));
+    sim.heartbeat("rec-2");
+    sim.heartbeat("rec-3");
+    let claims = vec![ClaimedRole {
+        group: "recorders".into(),
+        role: Role::Primary,
+        epoch: 1,
+    }];
+    let imposter = open_as(&mut sim, "rec-1", 9, claims);
+    sim.sessions.insert("rec-1".into(), imposter);
+    sim.hook_done("rec-1", "recorders", 2, Role::Secondary);
+    assert!(
+        !sim.event_kinds().contains(&EventKind::StepDownConfirmed),
+        "another instance confirmed rec-1's step-down"
+    );
+}
+
+#[test]
+fn a_wrong_instance_cannot_give_up_or_fail_the_role_either() {
+    let mut sim = three_members();
+    sim.disconnect("rec-1");
+    let other = open_as(&mut sim, "rec-1", 3, vec![]);
+    sim.sessions.insert("rec-1".into(), other);
+    sim.hook_done("rec-1", "recorders", 1, Role::Secondary);
+    let session = sim.sessions["rec-1"];
+    sim.step(Input::HookResult {
+        session,
+        report: HookReport {
+            group: "recorders".into(),
+            epoch: 1,
+            role: Role::Primary,
+            outcome: HookOutcome::Failed,
+            exit_code: Some(1),
+            detail: String::new(),
+        },
+    });
+    let kinds = sim.event_kinds();
+    assert!(!kinds.contains(&EventKind::PrimarySteppedDown), "{kinds:?}");
+    assert!(!kinds.contains(&EventKind::PromoteFailed), "{kinds:?}");
+    assert_eq!(sim.primary("recorders"), (Some("rec-1".into()), 1));
+}
+
+#[test]
+fn an_epoch_claim_far_above_the_stored_one_is_refused_and_never_wraps() {
+    let mut sim = three_members();
+    let claims = vec![ClaimedRole {
+        group: "recorders".into(),
+        role: Role::Secondary,
+        epoch: u64::MAX,
+    }];
+    sim.disconnect("rec-2");
+    sim.connect_claiming("rec-2", claims);
+    assert_eq!(sim.primary("recorders"), (Some("rec-1".into()), 1));
+    assert!(sim.event_kinds().contains(&EventKind::EpochClaimRefused));
+    // A plausible claim (a store restored from a backup) is adopted.
+    let claims = vec![ClaimedRole {
+        group: "recorders".into(),
+        role: Role::Secondary,
+        epoch: 40,
+    }];
+    sim.disconnect("rec-3");
+    sim.connect_claiming("rec-3", claims);
+    assert_eq!(sim.primary("recorders"), (Some("rec-1".into()), 41));
+    assert_eq!(sim.view("recorders").phase, Phase::Active);
+    // The primary is told the new epoch and keeps being granted leases.
+    let told = sim.assignments_to("rec-1").last().cloned().unwrap();
+    assert_eq!((told.role, told.epoch), (Role::Primary, 41));
+    let out = sim.heartbeat("rec-1");
+    assert!(matches!(&out.sends[0].1, ToAgent::Ack { grants, .. } if grants[0].epoch == 41));
+}
+
+#[test]
+fn replayed_heartbeats_earn_nothing() {
+    let mut sim = three_members();
+    let session = sim.sessions["rec-1"];
+    let seq = sim.seqs["rec-1"];
+    let out = sim.step(Input::Heartbeat {
+        session,
+        seq,
+        received: sim.now.mono,
+        checks: vec![],
+        roles: vec![],
+    });
+    assert!(
+        out.sends.is_empty(),
+        "a replayed heartbeat was acknowledged"
+    );
+}
+
+#[test]
+fn a_session_silent_for_twice_its_lease_is_closed() {
+    let mut sim = three_members();
+    let session = sim.sessions["rec-3"];
+    sim.run_for(secs(5), &["rec-1", "rec-2"]);
+    assert!(!sim.log.iter().any(|e| e.closes.contains(&session)));
+    sim.run_for(secs(2), &["rec-1", "rec-2"]);
+    assert!(sim.log.iter().any(|e| e.closes.contains(&session)));
+    assert!(!sim.engine.node_views(sim.now)[2].connected);
+}
+
+#[test]
+fn a_clean_step_down_is_its_own_event_not_a_lapse() {
+    let mut sim = three_members();
+    sim.hook_done("rec-1", "recorders", 1, Role::Secondary);
+    let kinds = sim.event_kinds();
+    assert!(kinds.contains(&EventKind::PrimarySteppedDown), "{kinds:?}");
+    assert!(!kinds.contains(&EventKind::PrimaryLapsed), "{kinds:?}");
+    assert_eq!(sim.primary("recorders"), (Some("rec-2".into()), 2));
+}
+
+// ---------------------------------------------------------------------------
+// A vacancy is never kept open
+// ---------------------------------------------------------------------------
+
+#[test]
+fn two_faults_a_minute_apart_still_fail_over_to_the_recently_failed_member() {
+    let mut sim = Sim::new();
+    sim.connect("n1");
+    sim.connect("n2");
+    sim.create("g", &["n1", "n2"]).unwrap();
+    // n1 is cut off: n2 takes over.
+    sim.run_for(WAIT + Duration::from_millis(10), &["n2"]);
+    assert_eq!(sim.primary("g"), (Some("n2".into()), 2));
+    // n1 is back and healthy; a few seconds later n2 freezes.
+    sim.run_for(secs(5), &["n1", "n2"]);
+    assert!(sim.view("g").members[0].recently_failed);
+    sim.run_for(WAIT - Duration::from_millis(10), &["n1"]);
+    assert_eq!(sim.primary("g").0.as_deref(), Some("n2"));
+    sim.run_for(Duration::from_millis(500), &["n1"]);
+    assert_eq!(
+        sim.primary("g"),
+        (Some("n1".into()), 3),
+        "n1 promoted at the end of n2's lease"
+    );
+}
+
+#[test]
+fn recently_failed_members_rank_below_the_others() {
+    let mut sim = three_members();
+    // rec-1 lapses, rec-2 takes over; rec-1 comes back.
+    sim.run_for(WAIT + Duration::from_millis(10), &["rec-2", "rec-3"]);
+    assert_eq!(sim.primary("recorders").0.as_deref(), Some("rec-2"));
+    sim.run_for(secs(1), &ALL);
+    // rec-2 lapses: rec-3 (never failed) goes before rec-1 (recently failed).
+    sim.run_for(WAIT + Duration::from_millis(10), &["rec-1", "rec-3"]);
+    assert_eq!(sim.primary("recorders").0.as_deref(), Some("rec-3"));
+}
+
+#[test]
+fn recently_failed_members_are_no_failback_or_restore_target() {
+    let mut sim = three_members();
+    sim.set(
+        "recorders",
+        PolicyPatch {
+            failback: Some(crate::policy::Failback::Delayed),
+            failback_delay: Some(secs(30)),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    sim.run_for(WAIT + Duration::from_millis(10), &["rec-2", "rec-3"]);
+    assert_eq!(sim.primary("recorders").0.as_deref(), Some("rec-2"));
+    sim.run_for(secs(10), &ALL);
+    let (_, answer) = sim.admin(AdminCommand::Restore {
+        group: "recorders".into(),
+    });
+    // rec-1 recently failed: restore picks the best member that qualifies,
+    // which is rec-2 itself.
+    assert!(matches!(answer, Some(Ok(_))), "{answer:?}");
+    assert_eq!(sim.primary("recorders").0.as_deref(), Some("rec-2"));
+    let why = sim.view("recorders").members[0].why_not.clone().unwrap();
+    assert!(why.contains("recently failed"), "{why}");
+    // Once healthy for the delay, failback moves the role back.
+    sim.run_for(secs(25), &ALL);
+    assert_eq!(
+        sim.primary("recorders"),
+        (Some("rec-1".into()), 4),
+        "failed back"
+    );
+}
+
+#[test]
+fn a_failed_promote_hook_is_retried_with_backoff_when_nobody_else_can_serve() {
+    let mut sim = Sim::new();
+    sim.connect("solo");
+    sim.create("g", &["solo"]).unwrap();
+    let mut promotions = Vec::new();
+    for attempt in 1..=4u64 {
+        let (_, epoch) = sim.primary("g");
+        assert_eq!(
+            sim.primary("g").0.as_deref(),
+            Some("solo"),
+            "attempt {attempt}"
+        );
+        promotions.push(sim.now.mono);
+        let session = sim.sessions["solo"];
+        sim.step(Input::HookResult {
+            session,
+            report: HookReport {
+                group: "g".into(),
+                epoch,
+                role: Role::Primary,
+                outcome: HookOutcome::Failed,
+                exit_code: Some(1),
+                detail: "exit 1".into(),
+            },
+        });
+        // Stepped down; it confirms; then it is retried after its backoff.
+        let (_, down) = sim.primary("g");
+        sim.hook_done("solo", "g", down, Role::Secondary);
+        assert_eq!(sim.primary("g").0, None);
+        let why = sim.view("g").members[0].why_not.clone().unwrap();
+        assert!(why.contains("promote hook failed"), "{why}");
+        for _ in 0..200 {
+            if sim.primary("g").0.is_some() {
+                break;
+            }
+            sim.run_for(Duration::from_millis(500), &["solo"]);
+        }
+    }
+    let gaps: Vec<u64> = promotions
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_secs())
+        .collect();
+    // 10 s (min_failover_interval), 20 s, 40 s: doubling, capped at 60 s.
+    assert_eq!(gaps, [10, 20, 40], "{gaps:?}");
+    assert!(
+        sim.event_kinds()
+            .iter()
+            .filter(|k| **k == EventKind::Promoted)
+            .count()
+            >= 4
+    );
 }

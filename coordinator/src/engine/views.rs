@@ -29,6 +29,12 @@ pub struct MemberView {
     pub maintenance: bool,
     /// Failed here and not yet healthy for `failback_delay` since.
     pub recently_failed: bool,
+    /// Whether it could be promoted automatically right now.
+    pub qualifies: bool,
+    /// Why not, in words (for a member that is not primary).
+    pub why_not: Option<String>,
+    /// Another agent process claims this node id while it is connected.
+    pub duplicate: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -42,6 +48,12 @@ pub struct NodeView {
     /// `(group, role, epoch)` for every group the node is a member of.
     pub groups: Vec<(String, Role, u64)>,
     pub checks: Vec<CheckView>,
+    /// Another agent process claims this node id while it is connected.
+    pub duplicate: Option<String>,
+    /// The first 8 hex digits of the connected agent's instance id.
+    pub instance: Option<String>,
+    /// The connected agent's installation UUID.
+    pub node_uuid: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -56,16 +68,18 @@ impl Engine {
     pub fn group_view(&self, name: &str, now: Now) -> GroupView {
         let g = &self.groups[name];
         let ttl = g.record.policy.failover_timeout;
-        let members = g
+        let members: Vec<MemberView> = g
             .record
             .members
             .iter()
             .map(|m| {
                 let node = self.nodes.get(m);
                 let connected = node.is_some_and(|n| n.heard_within(now.mono, ttl));
+                let is_primary = g.record.primary.as_ref() == Some(m);
+                let why_not = self.why_not(name, m, now);
                 MemberView {
                     node: m.clone(),
-                    role: if g.record.primary.as_ref() == Some(m) {
+                    role: if is_primary {
                         Role::Primary
                     } else {
                         Role::Secondary
@@ -75,9 +89,16 @@ impl Engine {
                     last_contact_unix_ms: node.map_or(0, |n| n.last_contact_ms),
                     maintenance: g.record.in_maintenance(m),
                     recently_failed: self.recently_failed(name, m, now),
+                    qualifies: why_not.is_none(),
+                    why_not: if is_primary { None } else { why_not },
+                    duplicate: node.and_then(|n| self.duplicate_text(m, n, now)),
                 }
             })
             .collect();
+        let duplicate_alarm = members
+            .iter()
+            .find_map(|m| m.duplicate.clone())
+            .map(|d| format!("duplicate agent: {d}"));
         GroupView {
             name: name.to_owned(),
             epoch: g.record.epoch,
@@ -86,11 +107,83 @@ impl Engine {
             phase_since_unix_ms: g.phase_since_ms,
             members,
             policy: g.record.policy.clone(),
-            alarm: g.alarm.clone(),
+            alarm: g.alarm.clone().or(duplicate_alarm),
         }
     }
 
-    pub fn node_views(&self, _now: Now) -> Vec<NodeView> {
+    /// Why `node` would not be promoted automatically right now, in the
+    /// words an operator needs; `None` if it would.
+    fn why_not(&self, name: &str, node: &str, now: Now) -> Option<String> {
+        let g = &self.groups[name];
+        let Some(n) = self.nodes.get(node) else {
+            return Some("never connected to this coordinator".into());
+        };
+        if g.record.in_maintenance(node) {
+            return Some("in maintenance (failoverctl group member undrain to end it)".into());
+        }
+        if !n.heard_within(now.mono, g.record.policy.failover_timeout) {
+            return Some(match n.session {
+                Some(_) => "connected but silent for longer than the failover timeout".into(),
+                None => "disconnected".into(),
+            });
+        }
+        let failing: Vec<String> = n
+            .checks
+            .iter()
+            .filter(|c| c.applies_to(name) && !c.passing)
+            .map(|c| {
+                if c.detail.is_empty() {
+                    format!("failing check {}", c.name)
+                } else {
+                    format!("failing check {} ({})", c.name, c.detail)
+                }
+            })
+            .collect();
+        if !failing.is_empty() {
+            return Some(failing.join(", "));
+        }
+        if let Some(f) = g.hook_failures.get(node) {
+            let retry = self
+                .hook_retry_at(name, node)
+                .map(|at| wall(now, at))
+                .unwrap_or_default();
+            return Some(format!(
+                "promote hook failed {} time{}; retried at {} if nobody else can serve",
+                f.count,
+                if f.count == 1 { "" } else { "s" },
+                retry
+            ));
+        }
+        match self.requalifies_at(name, node, now) {
+            Some(at) if now.mono < at => Some(format!(
+                "recently failed: ranked last, and no failback or restore to it, until {} \
+                 (promoted at once if nobody else can serve)",
+                wall(now, at)
+            )),
+            _ => None,
+        }
+    }
+
+    /// The `duplicate_node` situation of `id`, if one is current.
+    fn duplicate_text(&self, id: &str, n: &Node, now: Now) -> Option<String> {
+        let d = n.duplicate.as_ref()?;
+        if !d.reported || now.mono.saturating_duration_since(d.last_refused) >= DUPLICATE_MEMORY {
+            return None;
+        }
+        let install = if n.node_uuid.as_deref() == Some(d.node_uuid.as_str()) {
+            "same installation"
+        } else {
+            "another installation"
+        };
+        Some(format!(
+            "another agent (instance {}, {install}) from {} claims {id}, which is connected from {}",
+            sessions::short(&d.instance),
+            d.address,
+            n.address
+        ))
+    }
+
+    pub fn node_views(&self, now: Now) -> Vec<NodeView> {
         self.nodes
             .iter()
             .map(|(id, n)| {
@@ -105,6 +198,7 @@ impl Engine {
                     groups: n
                         .groups
                         .iter()
+                        .filter(|g| self.groups.contains_key(*g))
                         .map(|g| {
                             let a = self.assignment_for(g, id);
                             (g.clone(), a.role, a.epoch)
@@ -120,8 +214,23 @@ impl Engine {
                             detail: c.detail.clone(),
                         })
                         .collect(),
+                    duplicate: self.duplicate_text(id, n, now),
+                    instance: n.instance().map(|i| sessions::short(i).to_owned()),
+                    node_uuid: n.node_uuid.clone(),
                 }
             })
             .collect()
     }
+}
+
+/// An instant on the monotonic clock as a UTC wall-clock time.
+fn wall(now: Now, at: Instant) -> String {
+    let ms = if at >= now.mono {
+        now.wall_ms
+            .saturating_add(at.duration_since(now.mono).as_millis() as u64)
+    } else {
+        now.wall_ms
+            .saturating_sub(now.mono.duration_since(at).as_millis() as u64)
+    };
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
