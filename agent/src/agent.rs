@@ -23,6 +23,7 @@ use crate::clock;
 use crate::config::AgentConfig;
 use crate::connection::{self, Connection};
 use crate::hooks::{self, HookEnv, HookRun, Outcome};
+use crate::identity::Identity;
 use crate::role_log::RoleLog;
 use crate::roles::{Assignment, Fencing, Role, Roles, StandbyMode, fence_margin};
 
@@ -38,6 +39,30 @@ const STABLE_SESSION: Duration = Duration::from_secs(5);
 /// How long a stopping agent waits for the coordinator to take its last
 /// messages (hook results, goodbye).
 const FLUSH_GRACE: Duration = Duration::from_secs(2);
+/// The longest lease a grant may carry (the longest failover timeout a
+/// group may have); a longer one is refused as corrupt.
+const MAX_LEASE: Duration = Duration::from_secs(600);
+/// The heartbeat interval the coordinator may set, clamped to this range.
+const HEARTBEAT_RANGE: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(60));
+/// A duplicate is refused this long at least before the agent gives up.
+const MIN_DUPLICATE_PATIENCE: Duration = Duration::from_secs(10);
+
+/// The exit status of an agent that gave up because another agent process
+/// holds its node id (systemd: `RestartPreventExitStatus=3`).
+pub const DUPLICATE_EXIT_STATUS: u8 = 3;
+
+/// Another agent process is connected under this node id; this one stops.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct DuplicateNode(pub String);
+
+/// Why a session ended.
+struct SessionEnd {
+    reason: String,
+    /// Refused because another instance of this node is connected; with
+    /// the coordinator's silence limit for that instance.
+    duplicate: Option<Duration>,
+}
 
 /// What a hook run is about: a new value means a new hook must run.
 #[derive(Debug, Clone, PartialEq)]
@@ -82,6 +107,10 @@ struct HookDone {
 
 pub struct Agent {
     config: AgentConfig,
+    identity: Identity,
+    /// Since when every session was refused as a duplicate, and how long
+    /// to keep trying.
+    refused_as_duplicate: Option<(Instant, Duration, String)>,
     roles: Roles,
     role_log: RoleLog,
     slots: HashMap<String, HookSlot>,
@@ -106,7 +135,13 @@ impl Agent {
     pub fn new(config: AgentConfig) -> anyhow::Result<Agent> {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let interval = Duration::from_millis(500);
-        let role_log = RoleLog::open(config.role_log.as_deref(), &config.node_id).map_err(|e| {
+        let identity = Identity::load(&config.state_dir)?;
+        let role_log = RoleLog::open(
+            config.role_log.as_deref(),
+            &config.node_id,
+            &identity.instance,
+        )
+        .map_err(|e| {
             anyhow::anyhow!(
                 "cannot open the role log {}: {e}",
                 config
@@ -118,6 +153,8 @@ impl Agent {
         })?;
         Ok(Agent {
             config,
+            identity,
+            refused_as_duplicate: None,
             roles: Roles::default(),
             role_log,
             slots: HashMap::new(),
@@ -135,8 +172,12 @@ impl Agent {
         })
     }
 
-    pub async fn run(mut self, shutdown: CancellationToken) {
-        tracing::info!(node = %self.config.node_id, coordinators = ?self.config.coordinators, "agent starting");
+    /// Runs until `shutdown` is cancelled, or until another agent process
+    /// has held this node id for long enough that this one is surely the
+    /// duplicate ([`DuplicateNode`]).
+    pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        tracing::info!(node = %self.config.node_id, instance = %self.identity.instance, node_uuid = %self.identity.node_uuid, coordinators = ?self.config.coordinators, "agent starting");
+        let mut outcome = Ok(());
         let stop_checks = CancellationToken::new();
         self.checks = checks::start(&self.config.checks, &stop_checks);
         let check_changed = self.checks.changed.clone();
@@ -159,7 +200,12 @@ impl Agent {
                 Some(done) = self.done_rx.recv() => self.on_hook_done(done),
                 message = next_message(&mut self.conn), if self.conn.is_some() => match message {
                     Ok(message) => self.on_message(message),
-                    Err(reason) => self.disconnected(&reason),
+                    Err(end) => {
+                        if let Err(e) = self.session_ended(end) {
+                            outcome = Err(e);
+                            break;
+                        }
+                    }
                 },
                 _ = self.heartbeats.tick(), if self.conn.is_some() => self.heartbeat(),
                 // A check flipped: tell the coordinator now.
@@ -183,6 +229,37 @@ impl Agent {
         }
         self.stop().await;
         stop_checks.cancel();
+        outcome
+    }
+
+    /// The session ended. A refusal as a duplicate is kept track of: once
+    /// refused for twice the time the connected instance may stay silent
+    /// (at least 10 s), this process is the duplicate and stops.
+    fn session_ended(&mut self, end: SessionEnd) -> anyhow::Result<()> {
+        let Some(limit) = end.duplicate else {
+            self.disconnected(&end.reason);
+            return Ok(());
+        };
+        self.conn = None;
+        let patience = limit.saturating_mul(2).max(MIN_DUPLICATE_PATIENCE);
+        let (since, patience, _) =
+            self.refused_as_duplicate
+                .get_or_insert((Instant::now(), patience, end.reason.clone()));
+        tracing::error!(
+            node = %self.config.node_id,
+            instance = %self.identity.instance,
+            "refused: {} (giving up in {:?})",
+            end.reason,
+            patience.saturating_sub(since.elapsed())
+        );
+        if since.elapsed() >= *patience {
+            return Err(DuplicateNode(format!(
+                "another agent holds node id {}: {} — this agent stops (exit status {DUPLICATE_EXIT_STATUS})",
+                self.config.node_id, end.reason
+            ))
+            .into());
+        }
+        Ok(())
     }
 
     /// Fences every strict primary whose lease has ended.
@@ -344,6 +421,8 @@ impl Agent {
             node_id: self.config.node_id.clone(),
             agent_version: env!("CARGO_PKG_VERSION").into(),
             roles: self.claims(),
+            instance_id: self.identity.instance.clone(),
+            node_uuid: self.identity.node_uuid.clone(),
         }));
         // A first heartbeat at once: the coordinator can grant a lease only
         // in answer to one.
@@ -387,7 +466,7 @@ impl Agent {
             return;
         }
         let seq = self.next_seq;
-        self.next_seq += 1;
+        self.next_seq = self.next_seq.saturating_add(1);
         // The lease is counted from this instant, taken before sending.
         let sent_at = clock::now();
         let roles = self.claims();
@@ -423,6 +502,7 @@ impl Agent {
         match kind {
             In::Welcome(w) => {
                 tracing::info!(coordinator = %w.coordinator_id, "welcomed");
+                self.refused_as_duplicate = None;
                 if let Some(settings) = w.settings {
                     self.apply_settings(settings);
                 }
@@ -440,7 +520,8 @@ impl Agent {
     }
 
     fn apply_settings(&mut self, settings: pb::Settings) {
-        let interval = Duration::from_millis(settings.heartbeat_interval_ms.max(1));
+        let (min, max) = HEARTBEAT_RANGE;
+        let interval = Duration::from_millis(settings.heartbeat_interval_ms).clamp(min, max);
         if interval != self.heartbeat_interval {
             tracing::info!(?interval, "heartbeat interval set");
             self.heartbeat_interval = interval;
@@ -455,7 +536,13 @@ impl Agent {
         let now = clock::now();
         for grant in ack.grants {
             let ttl = Duration::from_millis(grant.lease_ttl_ms);
-            let until = sent_at + ttl - fence_margin(ttl);
+            if ttl > MAX_LEASE {
+                tracing::warn!(group = %grant.group, ?ttl, "refused a lease grant longer than any failover timeout");
+                continue;
+            }
+            let Some(until) = sent_at.checked_add(ttl - fence_margin(ttl)) else {
+                continue;
+            };
             let was_fenced = self
                 .roles
                 .get(&grant.group)
@@ -571,12 +658,32 @@ impl Agent {
 }
 
 /// The next message of the open session, or why there is none.
-async fn next_message(conn: &mut Option<Connection>) -> Result<pb::CoordinatorMessage, String> {
-    let conn = conn.as_mut().expect("guarded by the select");
+async fn next_message(conn: &mut Option<Connection>) -> Result<pb::CoordinatorMessage, SessionEnd> {
+    let Some(conn) = conn.as_mut() else {
+        return std::future::pending().await;
+    };
     match conn.inbound.message().await {
         Ok(Some(message)) => Ok(message),
-        Ok(None) => Err("the coordinator ended the session".into()),
-        Err(status) => Err(format!("session failed: {}", status.message())),
+        Ok(None) => Err(SessionEnd {
+            reason: "the coordinator ended the session".into(),
+            duplicate: None,
+        }),
+        Err(status) if status.code() == tonic::Code::AlreadyExists => {
+            let limit = status
+                .metadata()
+                .get(proto::SILENCE_LIMIT_METADATA)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .map_or(Duration::ZERO, Duration::from_millis);
+            Err(SessionEnd {
+                reason: status.message().to_owned(),
+                duplicate: Some(limit),
+            })
+        }
+        Err(status) => Err(SessionEnd {
+            reason: format!("session failed: {}", status.message()),
+            duplicate: None,
+        }),
     }
 }
 

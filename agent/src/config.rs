@@ -57,6 +57,7 @@ struct FileConfig {
     node_id: Option<String>,
     coordinator: Option<OneOrMany>,
     role_log: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
     #[serde(default)]
     hooks: HooksConfig,
     #[serde(default)]
@@ -108,6 +109,8 @@ pub struct AgentConfig {
     pub coordinators: Vec<String>,
     /// Append every role transition of this node here (JSON lines).
     pub role_log: Option<PathBuf>,
+    /// Where the agent keeps its installation UUID (`node-uuid`).
+    pub state_dir: PathBuf,
     pub hooks: HooksConfig,
     /// Health checks, each validated.
     pub checks: Vec<CheckConfig>,
@@ -172,15 +175,94 @@ impl AgentConfig {
         if let Some(format) = args.log_format {
             log.format = format;
         }
+        let state_dir = file
+            .state_dir
+            .or_else(systemd_state_directory)
+            .or_else(|| {
+                args.config
+                    .as_deref()
+                    .and_then(Path::parent)
+                    .map(|p| {
+                        if p.as_os_str().is_empty() {
+                            Path::new(".")
+                        } else {
+                            p
+                        }
+                    })
+                    .map(Path::to_owned)
+            })
+            .unwrap_or_else(|| PathBuf::from("."));
         Ok(AgentConfig {
             node_id,
             coordinators,
             role_log: file.role_log,
+            state_dir,
             hooks,
             checks: file.checks,
             log,
         })
     }
+}
+
+impl AgentConfig {
+    /// What `--check-config` finds wrong with the files the configuration
+    /// names: a hook that is missing or not executable, a role log whose
+    /// directory is missing, a state directory that does not exist.
+    pub fn check_files(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Some(command) = &self.hooks.on_role_change
+            && let Some(program) = command.split_whitespace().next()
+            && program.contains('/')
+        {
+            let path = Path::new(program);
+            match std::fs::metadata(path) {
+                Err(e) => problems.push(format!(
+                    "hooks.on_role_change: {} cannot be used: {e}",
+                    path.display()
+                )),
+                Ok(m) if !m.is_file() => problems.push(format!(
+                    "hooks.on_role_change: {} is not a file",
+                    path.display()
+                )),
+                Ok(m) if !is_executable(&m) => problems.push(format!(
+                    "hooks.on_role_change: {} is not executable (chmod +x it)",
+                    path.display()
+                )),
+                Ok(_) => {}
+            }
+        }
+        if let Some(log) = &self.role_log {
+            let dir = log
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            if !dir.is_dir() {
+                problems.push(format!(
+                    "role_log: the directory {} does not exist",
+                    dir.display()
+                ));
+            }
+        }
+        if !self.state_dir.is_dir() {
+            problems.push(format!(
+                "state_dir: {} is not a directory",
+                self.state_dir.display()
+            ));
+        }
+        problems
+    }
+}
+
+fn is_executable(m: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    m.permissions().mode() & 0o111 != 0
+}
+
+/// The state directory systemd made for the unit (`StateDirectory=`).
+fn systemd_state_directory() -> Option<PathBuf> {
+    let dirs = std::env::var_os("STATE_DIRECTORY")?;
+    let first = dirs.to_str()?.split(':').next()?;
+    (!first.is_empty()).then(|| PathBuf::from(first))
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {

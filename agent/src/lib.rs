@@ -8,6 +8,7 @@ pub mod clock;
 pub mod config;
 pub mod connection;
 pub mod hooks;
+pub mod identity;
 pub mod role_log;
 pub mod roles;
 
@@ -15,6 +16,5 @@ use tokio_util::sync::CancellationToken;
 
 /// Runs the agent until `shutdown` is cancelled.
 pub async fn run(config: config::AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    agent::Agent::new(config)?.run(shutdown).await;
-    Ok(())
+    agent::Agent::new(config)?.run(shutdown).await
 }

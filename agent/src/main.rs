@@ -19,8 +19,18 @@ fn main() -> ExitCode {
         }
     };
     if args.check_config {
+        let problems = config.check_files();
+        if !problems.is_empty() {
+            for p in &problems {
+                eprintln!("error: {p}");
+            }
+            return ExitCode::from(2);
+        }
         println!("configuration is valid:\n{config:#?}");
         return ExitCode::SUCCESS;
+    }
+    for problem in config.check_files() {
+        eprintln!("warning: {problem}");
     }
     init_tracing(config.log.format, &config.log.level);
     let runtime = match tokio::runtime::Runtime::new() {
@@ -37,6 +47,11 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<agent::agent::DuplicateNode>() => {
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::from(agent::agent::DUPLICATE_EXIT_STATUS)
+        }
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("error: {e:#}");
@@ -57,13 +72,25 @@ fn init_tracing(format: LogFormat, level: &str) {
     }
 }
 
-/// Cancels `shutdown` on SIGTERM or Ctrl-C.
+/// Cancels `shutdown` on SIGTERM or Ctrl-C. SIGHUP never stops the agent
+/// (its default action would, and the primary's service would fence).
 async fn cancel_on_signal(shutdown: CancellationToken) {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("can install a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop the agent with SIGKILL");
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP ignored: the agent does not reload its configuration; restart it to apply changes");
+            }
+        }
     }
     shutdown.cancel();
 }

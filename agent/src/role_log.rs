@@ -3,7 +3,7 @@
 //! exactly when this node started and stopped acting as primary.
 //!
 //! Each line has `at_ns` (wall clock, nanoseconds since the Unix epoch),
-//! `node`, `event`, `group`, `epoch`, `role`, and `detail`. Events:
+//! `node`, `instance` (this agent process), `event`, `group`, `epoch`, `role`, and `detail`. Events:
 //!
 //! - `assigned`: an assignment was accepted (`role`, `detail` = primary);
 //! - `refused`: an assignment or release was refused (`detail` = why);
@@ -28,12 +28,14 @@ use serde::Serialize;
 pub struct RoleLog {
     file: Option<File>,
     node: String,
+    instance: String,
 }
 
 #[derive(Serialize)]
 struct Line<'a> {
     at_ns: u128,
     node: &'a str,
+    instance: &'a str,
     event: &'a str,
     group: &'a str,
     epoch: u64,
@@ -43,7 +45,7 @@ struct Line<'a> {
 
 impl RoleLog {
     /// Opens (creating or appending to) `path`; `None` records nothing.
-    pub fn open(path: Option<&Path>, node: &str) -> std::io::Result<RoleLog> {
+    pub fn open(path: Option<&Path>, node: &str, instance: &str) -> std::io::Result<RoleLog> {
         let file = match path {
             Some(path) => Some(OpenOptions::new().create(true).append(true).open(path)?),
             None => None,
@@ -51,6 +53,7 @@ impl RoleLog {
         Ok(RoleLog {
             file,
             node: node.to_owned(),
+            instance: instance.to_owned(),
         })
     }
 
@@ -64,13 +67,16 @@ impl RoleLog {
         let line = Line {
             at_ns,
             node: &self.node,
+            instance: &self.instance,
             event,
             group,
             epoch,
             role,
             detail,
         };
-        let mut text = serde_json::to_string(&line).expect("role log lines serialize");
+        let Ok(mut text) = serde_json::to_string(&line) else {
+            return;
+        };
         text.push('\n');
         // One write per line: O_APPEND keeps lines whole.
         if let Err(e) = file.write_all(text.as_bytes()) {
@@ -87,12 +93,16 @@ mod tests {
     fn lines_are_json_and_appended() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("roles.jsonl");
-        RoleLog::open(Some(&path), "n-1")
+        RoleLog::open(Some(&path), "n-1", "i")
             .unwrap()
             .record("effective", "g", 3, "primary", "");
-        RoleLog::open(Some(&path), "n-1")
-            .unwrap()
-            .record("lease_expired", "g", 3, "fenced", "");
+        RoleLog::open(Some(&path), "n-1", "i").unwrap().record(
+            "lease_expired",
+            "g",
+            3,
+            "fenced",
+            "",
+        );
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<serde_json::Value> = text
             .lines()
