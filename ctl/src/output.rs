@@ -126,6 +126,9 @@ pub fn group_json(g: &pb::GroupStatus) -> Value {
             "healthy": m.healthy,
             "maintenance": m.maintenance,
             "recently_failed": m.recently_failed,
+            "qualifies": m.qualifies,
+            "why_not": non_empty(&m.why_not),
+            "duplicate": non_empty(&m.duplicate),
             "last_contact": time(m.last_contact_unix_ms),
         })).collect::<Vec<_>>(),
         "policy": policy_json(&g.policy.clone().unwrap_or_default()),
@@ -177,10 +180,10 @@ pub fn group_table(g: &pb::GroupStatus) -> String {
         "LAST CONTACT",
     ]);
     for (i, m) in g.members.iter().enumerate() {
-        let note = match (m.maintenance, m.recently_failed) {
-            (true, _) => "maintenance",
-            (false, true) => "recently failed",
-            _ => "",
+        let note = if !m.duplicate.is_empty() {
+            format!("DUPLICATE: {}", m.duplicate)
+        } else {
+            m.why_not.clone()
         };
         t.add_row(vec![
             i.to_string(),
@@ -188,7 +191,7 @@ pub fn group_table(g: &pb::GroupStatus) -> String {
             role_name(m.role).into(),
             yes_no(m.connected).into(),
             yes_no(m.healthy).into(),
-            note.into(),
+            note,
             ago(m.last_contact_unix_ms),
         ]);
     }
@@ -234,6 +237,9 @@ pub fn nodes_json(nodes: &[pb::NodeStatus]) -> Value {
                     "last_contact": time(n.last_contact_unix_ms),
                     "address": non_empty(&n.address),
                     "agent_version": non_empty(&n.agent_version),
+                    "instance": non_empty(&n.instance),
+                    "node_uuid": non_empty(&n.node_uuid),
+                    "duplicate": non_empty(&n.duplicate),
                     "groups": n.groups.iter().map(|g| json!({
                         "group": g.group,
                         "role": role_name(g.role),
@@ -259,6 +265,7 @@ pub fn nodes_table(nodes: &[pb::NodeStatus]) -> String {
         "LAST CONTACT",
         "ADDRESS",
         "GROUPS",
+        "NOTE",
     ]);
     for n in nodes {
         let groups = n
@@ -278,6 +285,11 @@ pub fn nodes_table(nodes: &[pb::NodeStatus]) -> String {
                 n.address.clone()
             },
             groups,
+            if n.duplicate.is_empty() {
+                String::new()
+            } else {
+                format!("DUPLICATE: {}", n.duplicate)
+            },
         ]);
     }
     t.to_string()

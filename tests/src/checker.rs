@@ -50,16 +50,31 @@ pub struct Interval {
     pub end_ns: Option<u128>,
 }
 
-/// Reads every `roles-*.jsonl` in `dir`.
+/// Reads every `roles-<actor>.jsonl` in `dir`. Each file is one agent
+/// process slot (`<actor>` is the node id, or `<node>+<tag>` for a second
+/// process claiming the same node id), and its events are attributed to
+/// that actor: two processes of one node id are two actors, which must not
+/// overlap either.
 pub fn read_role_logs(dir: &Path) -> Vec<RoleEvent> {
     let mut events: Vec<RoleEvent> = Vec::new();
     for entry in std::fs::read_dir(dir).expect("readable dir").flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with("roles-") && name.ends_with(".jsonl") {
-            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
-            // A line cut short by kill -9 is not an event.
-            events.extend(text.lines().filter_map(|l| serde_json::from_str(l).ok()));
-        }
+        let Some(actor) = name
+            .strip_prefix("roles-")
+            .and_then(|n| n.strip_suffix(".jsonl"))
+        else {
+            continue;
+        };
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        // A line cut short by kill -9 is not an event.
+        events.extend(
+            text.lines()
+                .filter_map(|l| serde_json::from_str::<RoleEvent>(l).ok())
+                .map(|mut e| {
+                    e.node = actor.to_owned();
+                    e
+                }),
+        );
     }
     events.sort_by_key(|e| e.at_ns);
     events
@@ -73,6 +88,35 @@ pub struct Verdict {
 }
 
 impl Verdict {
+    /// The longest stretch, in any group, during which nobody acted as
+    /// primary, from the group's first primary to `until_ns`, not counting
+    /// time inside `excluded` (e.g. while no coordinator was running).
+    /// It includes the lease wait of every failover, by design.
+    pub fn dark_ns(&self, until_ns: u128, excluded: &[(u128, u128)]) -> u128 {
+        let mut by_group: BTreeMap<&str, Vec<(u128, u128)>> = BTreeMap::new();
+        for i in &self.intervals {
+            by_group
+                .entry(&i.group)
+                .or_default()
+                .push((i.start_ns, i.end_ns.unwrap_or(until_ns)));
+        }
+        let mut worst = 0;
+        for spans in by_group.values_mut() {
+            spans.sort();
+            let mut covered_until = spans[0].1;
+            for &(start, end) in spans.iter().skip(1) {
+                if start > covered_until {
+                    worst = worst.max(outside(covered_until, start, excluded));
+                }
+                covered_until = covered_until.max(end);
+            }
+            if until_ns > covered_until {
+                worst = worst.max(outside(covered_until, until_ns, excluded));
+            }
+        }
+        worst
+    }
+
     /// How many times a group's primary changed to another node.
     pub fn failovers(&self) -> usize {
         let mut by_group: BTreeMap<&str, Vec<&Interval>> = BTreeMap::new();
@@ -206,6 +250,18 @@ fn check_fence_on_wake(
             }
         }
     }
+}
+
+/// How much of `from..to` lies outside every excluded span.
+fn outside(from: u128, to: u128, excluded: &[(u128, u128)]) -> u128 {
+    let mut length = to - from;
+    for &(a, b) in excluded {
+        let (a, b) = (a.max(from), b.min(to));
+        if b > a {
+            length = length.saturating_sub(b - a);
+        }
+    }
+    length
 }
 
 fn check_overlaps(intervals: &[Interval], violations: &mut Vec<String>) {
@@ -343,6 +399,20 @@ mod tests {
             "{:?}",
             v.violations
         );
+    }
+
+    #[test]
+    fn dark_time_is_the_longest_gap_between_primaries() {
+        let events = [
+            ev(10, "a", "effective", 1, "primary"),
+            ev(100, "a", "effective", 1, "fenced"),
+            ev(150, "b", "effective", 2, "primary"),
+            ev(400, "b", "effective", 2, "fenced"),
+            ev(700, "c", "effective", 3, "primary"),
+        ];
+        let v = check(&events, &[], 1000);
+        assert_eq!(v.dark_ns(1000, &[]), 300);
+        assert_eq!(v.dark_ns(1000, &[(450, 550)]), 200);
     }
 
     #[test]

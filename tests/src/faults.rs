@@ -22,17 +22,16 @@ use crate::checker::{self, Inflicted};
 use crate::proxy::Mode;
 use crate::{Cluster, bin, member, member_order};
 
-/// Beyond `failover_timeout × (1 + rho) + failback_delay`, how long a group
-/// may take to have exactly one primary again after a fault heals: an agent
-/// reconnects within its longest backoff (5 s, jittered), then takes its
-/// role within a heartbeat; one more second absorbs process start-up on a
-/// loaded machine. (`failback_delay` is in the bound because a member that
-/// failed is promoted again only once healthy for that long.)
+/// Beyond `failover_timeout × (1 + rho)`, how long a group may take to have
+/// exactly one primary again after a fault heals: an agent reconnects
+/// within its longest backoff (5 s, jittered), then takes its role within a
+/// heartbeat; one more second absorbs process start-up on a loaded machine.
 pub const CONVERGENCE_SLACK: Duration = Duration::from_secs(6);
 
-/// The groups' failback delay: the shortest allowed, so members that failed
-/// are soon candidates again.
-const FAILBACK_DELAY: Duration = Duration::from_secs(1);
+/// The groups' failback delay: the default. A member that failed is still
+/// promoted at once when nobody else can serve, so convergence never waits
+/// for it (the bound above does not include it).
+const FAILBACK_DELAY: Duration = Duration::from_secs(60);
 
 const NODES: [&str; 3] = ["n-1", "n-2", "n-3"];
 const GROUPS: [(&str, [&str; 3]); 2] = [
@@ -70,6 +69,10 @@ pub struct Report {
     /// Times a group's primary moved to another node.
     pub failovers: usize,
     pub slowest_convergence_ms: u64,
+    /// The longest time a group had nobody acting as primary while a
+    /// coordinator was running (lease waits included: they are the price
+    /// of never having two).
+    pub dark_ms: u64,
     pub violations: Vec<String>,
     /// Where the run's logs were kept (only when something was violated).
     pub kept_logs: Option<String>,
@@ -85,11 +88,13 @@ impl std::fmt::Display for Report {
             .collect();
         write!(
             f,
-            "seed {}: {total} faults ({}), {} failovers, slowest convergence {} ms, {} violations",
+            "seed {}: {total} faults ({}), {} failovers, slowest convergence {} ms, \
+             dark time {} ms, {} violations",
             self.seed,
             kinds.join(", "),
             self.failovers,
             self.slowest_convergence_ms,
+            self.dark_ms,
             self.violations.len()
         )?;
         for v in &self.violations {
@@ -128,6 +133,8 @@ struct Run {
     report: Report,
     /// Acknowledged member order of every group that exists.
     model: BTreeMap<String, Vec<String>>,
+    /// Spans (ns) during which no coordinator was running.
+    coordinator_down: Vec<(u128, u128)>,
 }
 
 impl Run {
@@ -147,6 +154,7 @@ impl Run {
                 ..Report::default()
             },
             model: BTreeMap::new(),
+            coordinator_down: Vec::new(),
         };
         for (name, members) in GROUPS {
             run.create_group(name, &members);
@@ -221,17 +229,85 @@ impl Run {
 
     fn step(&mut self) {
         match self.rng.random_range(0..100) {
-            0..20 => self.partition(),
-            20..30 => self.delay(),
-            30..38 => self.reset(),
-            38..53 => self.freeze(),
-            53..66 => self.kill_agent(),
-            66..76 => self.kill_coordinator(),
-            76..82 => self.restart_while_partitioned(),
-            82..88 => self.crash_after_promotion(),
+            0..17 => self.partition(),
+            17..25 => self.delay(),
+            25..31 => self.reset(),
+            31..43 => self.freeze(),
+            43..54 => self.kill_agent(),
+            54..63 => self.kill_coordinator(),
+            63..68 => self.restart_while_partitioned(),
+            68..73 => self.crash_after_promotion(),
+            73..81 => self.duplicate_agent(),
+            81..89 => self.hostile_session(),
             _ => self.admin(),
         }
+        self.restart_exited_agents();
         self.converge();
+    }
+
+    /// An agent that gave up (refused as a duplicate while an impostor or
+    /// its own duplicate held its node id) is started again, as systemd
+    /// would after an operator fixed the cause.
+    fn restart_exited_agents(&mut self) {
+        for node in NODES {
+            if self.c.agents.get_mut(node).is_none_or(|p| p.exited()) {
+                self.c.agents.remove(node);
+                self.c.start_agent(node);
+            }
+        }
+    }
+
+    /// A second agent process claims a node id: a cloned machine, an
+    /// installer run twice. Sometimes the original freezes meanwhile, so
+    /// the duplicate gets the node (and the original must not act when it
+    /// wakes). The duplicate is killed when the fault ends.
+    fn duplicate_agent(&mut self) {
+        self.count("duplicate_agent");
+        let node = self.target();
+        let dup = self.c.start_duplicate_agent(&node, "dup");
+        if self.rng.random_bool(0.4) {
+            let from_ns = self.c.freeze_agent(&node);
+            // Past the silence limit (twice the lease): the duplicate is
+            // accepted as the node.
+            self.hold(2.3..3.5);
+            let to_ns = self.c.thaw_agent(&node);
+            self.inflicted.push(Inflicted::Frozen {
+                node: node.clone(),
+                from_ns,
+                to_ns,
+            });
+        }
+        self.hold(0.5..2.0);
+        let at_ns = self.c.kill_agent(&dup);
+        self.inflicted.push(Inflicted::Killed { node: dup, at_ns });
+    }
+
+    /// A hostile client speaks the agent protocol as a member node: wild
+    /// epoch claims, confirmations of step-downs it never made, replayed
+    /// heartbeats, goodbyes. Sometimes the real node is cut off meanwhile,
+    /// so the impostor's sessions are accepted.
+    fn hostile_session(&mut self) {
+        self.count("hostile_session");
+        let node = self.target();
+        let cut = self.rng.random_bool(0.5);
+        if cut {
+            self.c.proxy(&node).set(Mode::Blackhole);
+        }
+        let length = self.timeouts(1.5..4.0);
+        let url = self.c.url();
+        let groups: Vec<(String, u64)> = GROUPS
+            .iter()
+            .map(|(g, _)| (g.to_string(), crate::epoch(&self.c.group(g))))
+            .collect();
+        let seed = self.rng.random();
+        let hostile = std::thread::spawn(move || {
+            crate::raw::hostile(&url, &node, &groups, length, seed);
+            node
+        });
+        let node = hostile.join().expect("hostile client thread");
+        if cut {
+            self.c.proxy(&node).set(Mode::Pass);
+        }
     }
 
     fn partition(&mut self) {
@@ -288,6 +364,7 @@ impl Run {
     /// kill -9 of the coordinator, racing an admin change against it.
     fn kill_coordinator(&mut self) {
         self.count("kill_coordinator");
+        let down_from = crate::now_ns();
         let (group, node, position) = self.random_move();
         let url = self.c.url();
         let args = [
@@ -315,6 +392,7 @@ impl Run {
             .expect("failoverctl runs");
         self.hold(0.0..2.0);
         self.c.start_coordinator();
+        self.coordinator_down.push((down_from, crate::now_ns()));
         self.check_durable(Some(Raced {
             group,
             node,
@@ -329,9 +407,11 @@ impl Run {
         let node = self.target();
         self.c.proxy(&node).set(Mode::Blackhole);
         self.hold(0.2..1.0);
+        let down_from = crate::now_ns();
         self.c.kill_coordinator();
         self.hold(0.0..1.0);
         self.c.start_coordinator();
+        self.coordinator_down.push((down_from, crate::now_ns()));
         self.check_durable(None);
         self.hold(0.0..2.0);
         self.c.proxy(&node).set(Mode::Pass);
@@ -341,9 +421,11 @@ impl Run {
     /// hears of it; the restarted one must carry it through.
     fn crash_after_promotion(&mut self) {
         self.count("crash_after_promotion");
+        let down_from = crate::now_ns();
         self.c.kill_coordinator();
         self.c
             .start_coordinator_with(&[("FAILOVER_CRASH_POINT", "after-promotion-commit")]);
+        self.coordinator_down.push((down_from, crate::now_ns()));
         self.check_durable(None);
         let node = self.primary_of_random_group();
         let at_ns = self.c.kill_agent(&node);
@@ -354,7 +436,9 @@ impl Run {
         // The primary's lease (and the start-up wait) runs out, a successor
         // is chosen and written, and the coordinator aborts.
         let deadline = Instant::now() + self.config.failover_timeout * 3 + Duration::from_secs(10);
+        let mut down_from = crate::now_ns();
         while !self.c.coordinator_exited() {
+            down_from = crate::now_ns();
             if Instant::now() > deadline {
                 // Nothing was promoted (the killed node held no role).
                 self.c.kill_coordinator();
@@ -363,6 +447,7 @@ impl Run {
             std::thread::sleep(Duration::from_millis(20));
         }
         self.c.start_coordinator();
+        self.coordinator_down.push((down_from, crate::now_ns()));
         self.check_durable(None);
         self.c.start_agent(&node);
     }
@@ -471,7 +556,7 @@ impl Run {
     /// (c): every group has exactly one primary, connected, and exactly that
     /// node acting as primary, within the bound.
     fn converge(&mut self) {
-        let bound = self.config.failover_timeout.mul_f64(1.01) + FAILBACK_DELAY + CONVERGENCE_SLACK;
+        let bound = self.config.failover_timeout.mul_f64(1.01) + CONVERGENCE_SLACK;
         let started = Instant::now();
         let give_up = started + bound + Duration::from_secs(30);
         loop {
@@ -531,8 +616,25 @@ impl Run {
             inflicted,
             mut report,
             config,
+            coordinator_down,
             ..
         } = self;
+        let events: Vec<_> = checker::read_role_logs(c.dir.path())
+            .into_iter()
+            .filter(|e| GROUPS.iter().any(|(g, _)| *g == e.group))
+            .collect();
+        let verdict = checker::check(&events, &inflicted, config.failover_timeout.as_nanos());
+        report.dark_ms = (verdict.dark_ns(crate::now_ns(), &coordinator_down) / 1_000_000) as u64;
+        // Nobody acts while the old lease is waited out, then a successor
+        // is promoted within the convergence slack: anything longer is a
+        // group kept dark while a member could serve.
+        let dark_bound = config.failover_timeout.mul_f64(2.02) + CONVERGENCE_SLACK;
+        if report.dark_ms > dark_bound.as_millis() as u64 {
+            report.violations.push(format!(
+                "a group had no acting primary for {} ms while a coordinator ran (bound {dark_bound:?})",
+                report.dark_ms
+            ));
+        }
         let verdict = checker::check(
             &checker::read_role_logs(c.dir.path()),
             &inflicted,

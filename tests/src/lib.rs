@@ -16,6 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub mod checker;
 pub mod faults;
 pub mod proxy;
+pub mod raw;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -109,7 +110,12 @@ impl Proc {
 
     /// Waits for the process to exit by itself.
     pub fn wait_exit(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + PATIENCE;
+        self.wait_exit_within(PATIENCE)
+    }
+
+    /// Waits up to `within` for the process to exit by itself.
+    pub fn wait_exit_within(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 return status;
@@ -285,8 +291,14 @@ impl Cluster {
     /// whose role log is `roles-<node>.jsonl`. The agent reaches the
     /// coordinator through its proxy if it has one.
     pub fn agent_config(&self, node: &str, extra: &str) -> PathBuf {
-        let path = self.path(&format!("{node}.toml"));
-        let coordinator = match self.proxies.get(node) {
+        self.agent_config_as(node, node, extra)
+    }
+
+    /// Like [`Cluster::agent_config`], for the agent process slot `actor`
+    /// (its config `<actor>.toml`, its role log `roles-<actor>.jsonl`).
+    pub fn agent_config_as(&self, node: &str, actor: &str, extra: &str) -> PathBuf {
+        let path = self.path(&format!("{actor}.toml"));
+        let coordinator = match self.proxies.get(actor) {
             Some(proxy) => format!("http://{}", proxy.addr),
             None => self.url(),
         };
@@ -295,7 +307,7 @@ impl Cluster {
             format!(
                 "node_id = \"{node}\"\ncoordinator = \"{coordinator}\"\nrole_log = \"{}\"\n\n\
                  [hooks]\non_role_change = \"{}\"\ntimeout = \"10s\"\n{extra}",
-                self.role_log(node).display(),
+                self.role_log(actor).display(),
                 self.path("hook.sh").display()
             ),
         )
@@ -326,6 +338,16 @@ impl Cluster {
     pub fn start_agent(&mut self, node: &str) {
         let config = self.agent_config(node, "");
         self.start_agent_with(node, &config);
+    }
+
+    /// Starts a second agent process that claims `node`'s id (a cloned
+    /// machine, an installer run twice), known to the harness and the
+    /// checker as `<node>+<tag>`; returns that name.
+    pub fn start_duplicate_agent(&mut self, node: &str, tag: &str) -> String {
+        let actor = format!("{node}+{tag}");
+        let config = self.agent_config_as(node, &actor, "");
+        self.start_agent_with(&actor, &config);
+        actor
     }
 
     pub fn start_agent_with(&mut self, node: &str, config: &Path) {

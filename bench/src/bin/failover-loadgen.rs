@@ -319,11 +319,10 @@ async fn session(
     let (tx, rx) = mpsc::channel(64);
     let node = node_id(&args.prefix, i);
     tx.send(pb::AgentMessage {
-        kind: Some(pb::agent_message::Kind::Hello(pb::Hello {
-            node_id: node,
-            agent_version: "loadgen".into(),
-            roles: vec![],
-        })),
+        kind: Some(pb::agent_message::Kind::Hello(tests::raw::hello(
+            &node,
+            vec![],
+        ))),
     })
     .await?;
     let mut inbound = AgentServiceClient::new(channel)

@@ -1,6 +1,8 @@
 //! `failover-soak`: the fault-injection suite over many seeds for as long
 //! as you like, with a summary: faults injected, failovers, violations
-//! (which must be 0). Exit status 1 if any promise was broken.
+//! (which must be 0) and dark time (the longest a group had nobody acting
+//! as primary while a coordinator ran). Exit status 1 if any promise was
+//! broken.
 //!
 //!   cargo build --release --bins
 //!   target/release/failover-soak --seeds 1..20 --per-seed 2m
@@ -45,7 +47,7 @@ fn parse_range(s: &str) -> Result<std::ops::Range<u64>, String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let (mut faults, mut failovers, mut violations) = (0u32, 0usize, 0usize);
+    let (mut faults, mut failovers, mut violations, mut dark_ms) = (0u32, 0usize, 0usize, 0u64);
     for seed in args.seeds.clone() {
         let mut config = FaultConfig::new(seed, args.per_seed);
         config.heartbeat = args.heartbeat;
@@ -55,9 +57,11 @@ fn main() -> ExitCode {
         faults += report.faults.values().sum::<u32>();
         failovers += report.failovers;
         violations += report.violations.len();
+        dark_ms = dark_ms.max(report.dark_ms);
     }
     println!(
-        "summary: {} seeds, {faults} faults injected, {failovers} failovers, {violations} violations",
+        "summary: {} seeds, {faults} faults injected, {failovers} failovers, {violations} violations, \
+         longest dark time {dark_ms} ms",
         args.seeds.end - args.seeds.start
     );
     if violations == 0 {

@@ -310,11 +310,10 @@ async fn malformed_agent_sessions_get_a_clear_status() {
     assert!(status.message().contains("Hello"), "{status:?}");
 
     let bad_name = pb::AgentMessage {
-        kind: Some(pb::agent_message::Kind::Hello(pb::Hello {
-            node_id: "Not A Node".into(),
-            agent_version: "test".into(),
-            roles: vec![],
-        })),
+        kind: Some(pb::agent_message::Kind::Hello(tests::raw::hello(
+            "Not A Node",
+            vec![],
+        ))),
     };
     let status = first_error(&mut client, bad_name).await;
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");

@@ -167,7 +167,7 @@ fn settings_are_set_shown_checked_and_kept_across_a_restart() {
 #[test]
 fn with_auto_failover_off_an_operator_takes_over_and_restores() {
     let mut c = cluster();
-    add(&c, &["--auto-failover", "false"]);
+    add(&c, &["--auto-failover", "false", "--failback-delay", "1s"]);
     c.wait_hook("rec-1 promoted", |h| {
         h.node == "rec-1" && h.role == "primary"
     });
@@ -201,6 +201,18 @@ fn with_auto_failover_off_an_operator_takes_over_and_restores() {
 
     c.start_agent("rec-1");
     c.wait_connected("recorders", &["rec-1"]);
+    // rec-1 failed here: restore goes back to it once it has been healthy
+    // for the failback delay, and group show says so meanwhile.
+    let g = c.group("recorders");
+    assert!(
+        member(&g, "rec-1")["why_not"]
+            .as_str()
+            .is_some_and(|w| w.contains("recently failed")),
+        "{g}"
+    );
+    c.wait_until("rec-1 qualifies again", || {
+        (member(&c.group("recorders"), "rec-1")["qualifies"] == true).then_some(())
+    });
     let g = c.ctl_json(&["group", "restore", "recorders"]);
     assert_eq!(
         g["primary"], "rec-1",
@@ -397,7 +409,7 @@ fn tcp_and_http_checks_report_through_node_list() {
 }
 
 #[test]
-fn a_failing_promote_hook_moves_the_role_on_and_all_failing_means_no_primary() {
+fn a_failing_promote_hook_moves_the_role_on_and_all_failing_leaves_no_primary_between_retries() {
     let mut c = Cluster::start();
     // Hooks that record, then fail when asked to become primary.
     let failing = c.path("failing-hook.sh");
@@ -444,7 +456,8 @@ fn a_failing_promote_hook_moves_the_role_on_and_all_failing_means_no_primary() {
         .collect();
     assert_eq!(promoted, ["rec-1", "rec-2", "rec-3"]);
 
-    // All failing: a group of the two failing nodes ends without a primary.
+    // All failing: a group of the two failing nodes has no primary between
+    // retries (see availability.rs for the retries themselves).
     c.add_group_with("spare", &["rec-1", "rec-2"], &FAST);
     let g = c.wait_until("spare has no primary", || {
         let g = c.group("spare");
@@ -510,13 +523,18 @@ fn an_agent_stopped_with_no_grace_steps_down_and_the_role_moves_at_once() {
     });
     assert_eq!(down.epoch, 1, "it stepped down on its own, at its epoch");
     c.wait_primary("recorders", "rec-2");
-    let lapse = events(&c)
+    let kinds: Vec<Value> = events(&c).iter().map(|e| e["kind"].clone()).collect();
+    assert!(
+        !kinds.iter().any(|k| k == "primary_lapsed"),
+        "a clean stop is not a lapse: {kinds:?}"
+    );
+    let stepped = events(&c)
         .into_iter()
-        .find(|e| e["kind"] == "primary_lapsed")
+        .find(|e| e["kind"] == "primary_stepped_down")
         .unwrap();
     assert!(
-        lapse["reason"].as_str().unwrap().contains("stepped down"),
-        "{lapse}"
+        stepped["reason"].as_str().unwrap().contains("stepped down"),
+        "{stepped}"
     );
 }
 
@@ -603,11 +621,10 @@ async fn silent_sessions_are_closed_by_the_connect_and_startup_timeouts() {
     // A Hello, then nothing: closed after the startup timeout.
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     tx.send(pb::AgentMessage {
-        kind: Some(pb::agent_message::Kind::Hello(pb::Hello {
-            node_id: "rec-1".into(),
-            agent_version: "test".into(),
-            roles: vec![],
-        })),
+        kind: Some(pb::agent_message::Kind::Hello(tests::raw::hello(
+            "rec-1",
+            vec![],
+        ))),
     })
     .await
     .unwrap();

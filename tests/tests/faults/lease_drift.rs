@@ -115,6 +115,8 @@ fn simulate(seed: u64, rate_a: f64) -> (Option<u64>, Option<u64>) {
         let mut out = Effects::default();
         let hello = Hello {
             node: a.node.into(),
+            instance: format!("{:032x}", a.session),
+            node_uuid: String::new(),
             agent_version: "sim".into(),
             address: String::new(),
             roles: vec![],
