@@ -25,7 +25,7 @@ use crate::connection::{self, Connection};
 use crate::hooks::{self, HookEnv, HookRun, Outcome};
 use crate::identity::Identity;
 use crate::role_log::RoleLog;
-use crate::roles::{Assignment, Fencing, Role, Roles, StandbyMode, fence_margin};
+use crate::roles::{Assignment, Role, Roles, StandbyMode, fence_margin};
 
 /// Heartbeats remembered for matching acknowledgements. An acknowledgement
 /// of an older one is too stale to matter.
@@ -330,7 +330,7 @@ impl Agent {
         );
         let Some(command) = self.config.hooks.on_role_change.clone() else {
             tracing::info!(group = %env.group, epoch = env.epoch, role = env.role, previous_role = env.previous_role, "role change (no hook configured)");
-            self.report(&env, pb::HookOutcome::NotConfigured, None, String::new());
+            self.report(&env, Outcome::NotConfigured, None, String::new());
             return;
         };
         let cancel = CancellationToken::new();
@@ -356,13 +356,7 @@ impl Agent {
             exit_code,
             detail,
         } = done.run;
-        let outcome = match outcome {
-            Outcome::Succeeded => pb::HookOutcome::Succeeded,
-            Outcome::Failed => pb::HookOutcome::Failed,
-            Outcome::TimedOut => pb::HookOutcome::TimedOut,
-            Outcome::Superseded => pb::HookOutcome::Superseded,
-        };
-        if outcome == pb::HookOutcome::Succeeded {
+        if outcome == Outcome::Succeeded {
             tracing::info!(group = %done.group, epoch = done.env.epoch, role = done.env.role, "hook succeeded");
         } else {
             tracing::warn!(group = %done.group, epoch = done.env.epoch, role = done.env.role, ?outcome, %detail, "hook did not succeed");
@@ -372,7 +366,7 @@ impl Agent {
             &done.group,
             done.env.epoch,
             done.env.role,
-            outcome.as_str_name(),
+            outcome.as_str(),
         );
         self.report(&done.env, outcome, exit_code, detail);
         if done.env.role == Role::Secondary.as_str() {
@@ -384,23 +378,13 @@ impl Agent {
     }
 
     /// Sends a hook result, or keeps it for the next session.
-    fn report(
-        &mut self,
-        env: &HookEnv,
-        outcome: pb::HookOutcome,
-        exit_code: Option<i32>,
-        detail: String,
-    ) {
-        let role = match env.role {
-            "primary" => pb::Role::Primary,
-            "secondary" => pb::Role::Secondary,
-            _ => pb::Role::Fenced,
-        };
+    fn report(&mut self, env: &HookEnv, outcome: Outcome, exit_code: Option<i32>, detail: String) {
+        let role = env.role.parse().unwrap_or(Role::Fenced);
         let result = pb::HookResult {
             group: env.group.clone(),
             epoch: env.epoch,
-            role: role as i32,
-            outcome: outcome as i32,
+            role: pb::Role::from(role) as i32,
+            outcome: pb::HookOutcome::from(outcome) as i32,
             exit_code,
             detail,
         };
@@ -488,7 +472,7 @@ impl Agent {
             .iter()
             .map(|(group, g)| pb::GroupRole {
                 group: group.clone(),
-                role: role_to_proto(g.role) as i32,
+                role: pb::Role::from(g.role) as i32,
                 epoch: g.epoch,
             })
             .collect()
@@ -561,49 +545,39 @@ impl Agent {
     }
 
     fn on_assignment(&mut self, a: pb::Assignment) {
-        let Some(role) = role_from_proto(a.role) else {
-            tracing::warn!(group = %a.group, "assignment without a role ignored");
-            return;
+        let assignment = match Assignment::try_from(a) {
+            Ok(assignment) => assignment,
+            Err(e) => {
+                tracing::warn!("assignment ignored: {e}");
+                return;
+            }
         };
-        let previous = self.roles.get(&a.group).map(|g| (g.role, g.epoch));
-        let assignment = Assignment {
-            group: a.group.clone(),
-            epoch: a.epoch,
-            role,
-            primary: (!a.primary.is_empty()).then_some(a.primary),
-            standby_mode: match pb::StandbyMode::try_from(a.standby_mode) {
-                Ok(pb::StandbyMode::Warm) => StandbyMode::Warm,
-                Ok(pb::StandbyMode::Cold) => StandbyMode::Cold,
-                _ => StandbyMode::Hot,
-            },
-            fencing: match pb::Fencing::try_from(a.fencing) {
-                Ok(pb::Fencing::None) => Fencing::None,
-                _ => Fencing::Strict,
-            },
-            shutdown_grace: Duration::from_millis(a.shutdown_grace_ms),
-        };
+        let role = assignment.role;
+        let group = assignment.group.clone();
+        let epoch = assignment.epoch;
+        let previous = self.roles.get(&group).map(|g| (g.role, g.epoch));
         let primary = assignment.primary.clone();
         let primary = primary.as_deref().unwrap_or("");
         match self.roles.assign(assignment) {
             Ok(true) => {
                 tracing::info!(
-                    group = %a.group,
-                    epoch = a.epoch,
+                    %group,
+                    epoch,
                     role = role.as_str(),
                     previous = ?previous,
                     primary,
                     "role assigned"
                 );
                 self.role_log
-                    .record("assigned", &a.group, a.epoch, role.as_str(), primary);
+                    .record("assigned", &group, epoch, role.as_str(), primary);
             }
             Ok(false) => {}
             Err(refusal) => {
                 tracing::warn!(%refusal, "assignment refused");
                 self.role_log.record(
                     "refused",
-                    &a.group,
-                    a.epoch,
+                    &group,
+                    epoch,
                     role.as_str(),
                     &refusal.to_string(),
                 );
@@ -701,21 +675,4 @@ fn heartbeat_timer(interval: Duration) -> Interval {
 /// dead (a half-open TCP connection never reports an error by itself).
 fn ack_timeout(heartbeat_interval: Duration) -> Duration {
     (heartbeat_interval * 6).max(Duration::from_secs(2))
-}
-
-fn role_to_proto(role: Role) -> pb::Role {
-    match role {
-        Role::Primary => pb::Role::Primary,
-        Role::Secondary => pb::Role::Secondary,
-        Role::Fenced => pb::Role::Fenced,
-    }
-}
-
-fn role_from_proto(role: i32) -> Option<Role> {
-    match pb::Role::try_from(role).ok()? {
-        pb::Role::Primary => Some(Role::Primary),
-        pb::Role::Secondary => Some(Role::Secondary),
-        pb::Role::Fenced => Some(Role::Fenced),
-        pb::Role::Unspecified => None,
-    }
 }

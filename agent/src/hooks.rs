@@ -39,13 +39,8 @@ impl HookEnv {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Succeeded,
-    Failed,
-    TimedOut,
-    Superseded,
-}
+/// How a hook run ended (never `NotConfigured`: that needs no run).
+pub use proto::vocab::HookOutcome as Outcome;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct HookRun {

@@ -19,59 +19,7 @@ use thiserror::Error;
 /// `Primary -> Secondary` (step-down), `Primary -> Fenced` (lease ran out),
 /// `Fenced -> Primary` (same or higher epoch, or a valid grant of the same
 /// epoch), `Fenced -> Secondary`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Role {
-    Primary,
-    Secondary,
-    Fenced,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Primary => "primary",
-            Role::Secondary => "secondary",
-            Role::Fenced => "fenced",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StandbyMode {
-    Hot,
-    Warm,
-    Cold,
-}
-
-impl StandbyMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StandbyMode::Hot => "hot",
-            StandbyMode::Warm => "warm",
-            StandbyMode::Cold => "cold",
-        }
-    }
-}
-
-/// What a primary does when its lease runs out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fencing {
-    Strict,
-    None,
-}
-
-/// A role assignment from the coordinator.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Assignment {
-    pub group: String,
-    pub epoch: u64,
-    pub role: Role,
-    pub primary: Option<String>,
-    pub standby_mode: StandbyMode,
-    pub fencing: Fencing,
-    /// Zero: when the agent stops while primary, it steps down first.
-    pub shutdown_grace: Duration,
-}
+pub use proto::vocab::{Assignment, Fencing, Role, StandbyMode};
 
 /// This node's state in one group.
 #[derive(Debug, Clone, PartialEq)]

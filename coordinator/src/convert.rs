@@ -6,60 +6,8 @@ use std::time::Duration;
 use proto::v1 as pb;
 
 use crate::engine::{AdminError, GroupView, NodeView, ToAgent};
-use crate::model::{CheckStatus, EventRecord, HookOutcome, Phase, Role};
+use crate::model::{CheckStatus, EventRecord};
 use crate::policy::{Failback, Fencing, Policy, PolicyPatch, StandbyMode, TimeWindow};
-
-pub fn role_to_proto(role: Role) -> pb::Role {
-    match role {
-        Role::Primary => pb::Role::Primary,
-        Role::Secondary => pb::Role::Secondary,
-        Role::Fenced => pb::Role::Fenced,
-    }
-}
-
-pub fn role_from_proto(role: i32) -> Option<Role> {
-    match pb::Role::try_from(role).ok()? {
-        pb::Role::Primary => Some(Role::Primary),
-        pb::Role::Secondary => Some(Role::Secondary),
-        pb::Role::Fenced => Some(Role::Fenced),
-        pb::Role::Unspecified => None,
-    }
-}
-
-pub fn outcome_from_proto(outcome: i32) -> HookOutcome {
-    match pb::HookOutcome::try_from(outcome).unwrap_or(pb::HookOutcome::Unspecified) {
-        pb::HookOutcome::Succeeded => HookOutcome::Succeeded,
-        pb::HookOutcome::TimedOut => HookOutcome::TimedOut,
-        pb::HookOutcome::Superseded => HookOutcome::Superseded,
-        pb::HookOutcome::NotConfigured => HookOutcome::NotConfigured,
-        // Anything unknown counts as a failure: it never confirms anything.
-        pb::HookOutcome::Failed | pb::HookOutcome::Unspecified => HookOutcome::Failed,
-    }
-}
-
-fn standby_to_proto(mode: StandbyMode) -> pb::StandbyMode {
-    match mode {
-        StandbyMode::Hot => pb::StandbyMode::Hot,
-        StandbyMode::Warm => pb::StandbyMode::Warm,
-        StandbyMode::Cold => pb::StandbyMode::Cold,
-    }
-}
-
-fn fencing_to_proto(fencing: Fencing) -> pb::Fencing {
-    match fencing {
-        Fencing::Strict => pb::Fencing::Strict,
-        Fencing::None => pb::Fencing::None,
-    }
-}
-
-fn phase_to_proto(phase: Phase) -> pb::Phase {
-    match phase {
-        Phase::Active => pb::Phase::Active,
-        Phase::FailingOver => pb::Phase::FailingOver,
-        Phase::NoPrimary => pb::Phase::NoPrimary,
-        Phase::Maintenance => pb::Phase::Maintenance,
-    }
-}
 
 fn millis(d: Duration) -> u64 {
     d.as_millis() as u64
@@ -91,15 +39,7 @@ pub fn to_proto(message: ToAgent) -> pb::CoordinatorMessage {
                 })
                 .collect(),
         }),
-        ToAgent::Assignment(a) => Kind::Assignment(pb::Assignment {
-            group: a.group,
-            epoch: a.epoch,
-            role: role_to_proto(a.role) as i32,
-            primary: a.primary.unwrap_or_default(),
-            standby_mode: standby_to_proto(a.standby_mode) as i32,
-            fencing: fencing_to_proto(a.fencing) as i32,
-            shutdown_grace_ms: millis(a.shutdown_grace),
-        }),
+        ToAgent::Assignment(a) => Kind::Assignment(a.into()),
         ToAgent::Release {
             group,
             epoch,
@@ -130,25 +70,22 @@ pub fn policy_patch_from_proto(p: Option<pb::Policy>) -> Result<PolicyPatch, Adm
     let Some(p) = p else {
         return Ok(PolicyPatch::default());
     };
-    let standby_mode = match p.standby_mode.map(pb::StandbyMode::try_from) {
-        None => None,
-        Some(Ok(pb::StandbyMode::Hot)) => Some(StandbyMode::Hot),
-        Some(Ok(pb::StandbyMode::Warm)) => Some(StandbyMode::Warm),
-        Some(Ok(pb::StandbyMode::Cold)) => Some(StandbyMode::Cold),
-        Some(_) => return Err(invalid("standby_mode must be hot, warm or cold")),
-    };
-    let fencing = match p.fencing.map(pb::Fencing::try_from) {
-        None => None,
-        Some(Ok(pb::Fencing::Strict)) => Some(Fencing::Strict),
-        Some(Ok(pb::Fencing::None)) => Some(Fencing::None),
-        Some(_) => return Err(invalid("fencing must be strict or none")),
-    };
-    let failback = match p.failback.map(pb::Failback::try_from) {
-        None => None,
-        Some(Ok(pb::Failback::Never)) => Some(Failback::Never),
-        Some(Ok(pb::Failback::Delayed)) => Some(Failback::Delayed),
-        Some(_) => return Err(invalid("failback must be never or delayed")),
-    };
+    let unknown = |e: proto::vocab::Unknown| AdminError::InvalidArgument(e.to_string());
+    let standby_mode = p
+        .standby_mode
+        .map(StandbyMode::try_from)
+        .transpose()
+        .map_err(unknown)?;
+    let fencing = p
+        .fencing
+        .map(Fencing::try_from)
+        .transpose()
+        .map_err(unknown)?;
+    let failback = p
+        .failback
+        .map(Failback::try_from)
+        .transpose()
+        .map_err(unknown)?;
     let failback_window = match p.failback_window.as_deref() {
         None => None,
         Some("") | Some("none") => Some(None),
@@ -175,25 +112,18 @@ pub fn policy_patch_from_proto(p: Option<pb::Policy>) -> Result<PolicyPatch, Adm
     })
 }
 
-fn invalid(message: &str) -> AdminError {
-    AdminError::InvalidArgument(message.to_owned())
-}
-
 pub fn policy_to_proto(p: &Policy) -> pb::Policy {
     pb::Policy {
         heartbeat_interval_ms: Some(millis(p.heartbeat_interval)),
         failover_timeout_ms: Some(millis(p.failover_timeout)),
-        standby_mode: Some(standby_to_proto(p.standby_mode) as i32),
-        fencing: Some(fencing_to_proto(p.fencing) as i32),
+        standby_mode: Some(pb::StandbyMode::from(p.standby_mode) as i32),
+        fencing: Some(pb::Fencing::from(p.fencing) as i32),
         connect_timeout_ms: Some(millis(p.connect_timeout)),
         startup_timeout_ms: Some(millis(p.startup_timeout)),
         shutdown_grace_ms: Some(millis(p.shutdown_grace)),
         abnormal_timeout_ms: Some(millis(p.abnormal_timeout)),
         auto_failover: Some(p.auto_failover),
-        failback: Some(match p.failback {
-            Failback::Never => pb::Failback::Never,
-            Failback::Delayed => pb::Failback::Delayed,
-        } as i32),
+        failback: Some(pb::Failback::from(p.failback) as i32),
         failback_delay_ms: Some(millis(p.failback_delay)),
         failback_window: p.failback_window.map(|w| w.to_string()),
         min_failover_interval_ms: Some(millis(p.min_failover_interval)),
@@ -205,14 +135,14 @@ pub fn group_to_proto(v: GroupView) -> pb::GroupStatus {
         name: v.name,
         epoch: v.epoch,
         primary: v.primary.unwrap_or_default(),
-        phase: phase_to_proto(v.phase) as i32,
+        phase: pb::Phase::from(v.phase) as i32,
         phase_since_unix_ms: v.phase_since_unix_ms,
         members: v
             .members
             .into_iter()
             .map(|m| pb::MemberStatus {
                 node: m.node,
-                role: role_to_proto(m.role) as i32,
+                role: pb::Role::from(m.role) as i32,
                 connected: m.connected,
                 healthy: m.healthy,
                 last_contact_unix_ms: m.last_contact_unix_ms,
@@ -241,7 +171,7 @@ pub fn node_to_proto(v: NodeView) -> pb::NodeStatus {
             .into_iter()
             .map(|(group, role, epoch)| pb::GroupRole {
                 group,
-                role: role_to_proto(role) as i32,
+                role: pb::Role::from(role) as i32,
                 epoch,
             })
             .collect(),

@@ -5,39 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::policy::Policy;
 
-/// A node's role in one group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    Primary,
-    Secondary,
-    /// Agent-side only: a primary whose lease ran out.
-    Fenced,
-}
-
-/// What a group is doing, derived from its state (never stored).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    /// A primary holds the role and is connected.
-    Active,
-    /// The primary is silent, stepping down, or its lease is being waited out.
-    FailingOver,
-    /// Nobody holds the role and no member qualifies: an alarm.
-    NoPrimary,
-    Maintenance,
-}
-
-impl Phase {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Active => "active",
-            Phase::FailingOver => "failing_over",
-            Phase::NoPrimary => "no_primary",
-            Phase::Maintenance => "maintenance",
-        }
-    }
-}
+pub use proto::vocab::{HookOutcome, Phase, Role};
 
 /// A group as it is stored: everything that must survive a restart.
 ///
@@ -201,22 +169,5 @@ pub struct CheckStatus {
 impl CheckStatus {
     pub fn applies_to(&self, group: &str) -> bool {
         self.groups.is_empty() || self.groups.iter().any(|g| g == group)
-    }
-}
-
-/// How a hook run ended, as reported by an agent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HookOutcome {
-    Succeeded,
-    Failed,
-    TimedOut,
-    Superseded,
-    NotConfigured,
-}
-
-impl HookOutcome {
-    /// The role change took effect on the node (the application was told).
-    pub fn took_effect(self) -> bool {
-        matches!(self, HookOutcome::Succeeded | HookOutcome::NotConfigured)
     }
 }

@@ -8,70 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-/// What a secondary's application does while standing by; passed to hooks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum StandbyMode {
-    /// Running and ready to serve.
-    #[default]
-    Hot,
-    /// Started but not serving.
-    Warm,
-    /// Stopped until promoted.
-    Cold,
-}
-
-impl StandbyMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StandbyMode::Hot => "hot",
-            StandbyMode::Warm => "warm",
-            StandbyMode::Cold => "cold",
-        }
-    }
-}
-
-/// What a primary does when its lease runs out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum Fencing {
-    /// It fences itself: safety first.
-    #[default]
-    Strict,
-    /// It keeps its role while cut off: availability first, at the
-    /// documented risk of two primaries.
-    None,
-}
-
-impl Fencing {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Fencing::Strict => "strict",
-            Fencing::None => "none",
-        }
-    }
-}
-
-/// Whether the role goes back to a higher-priority member by itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum Failback {
-    /// Never: the role stays where it is until an operator moves it.
-    #[default]
-    Never,
-    /// Once a higher-priority member has been healthy for
-    /// `failback_delay` (and, if set, inside `failback_window`).
-    Delayed,
-}
-
-impl Failback {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Failback::Never => "never",
-            Failback::Delayed => "delayed",
-        }
-    }
-}
+pub use proto::vocab::{Failback, Fencing, StandbyMode};
 
 /// A daily time window in UTC, `HH:MM-HH:MM`; it may wrap past midnight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -18,9 +18,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::convert::{checks_from_proto, outcome_from_proto, role_from_proto};
+use crate::convert::checks_from_proto;
 use crate::engine::{ClaimedRole, Hello, HookReport, Input};
 use crate::runtime::Handle;
+use proto::vocab::{HookOutcome, Role};
 
 /// Messages buffered per agent before the runtime gives up on it.
 const OUTBOUND_CAPACITY: usize = 1024;
@@ -121,7 +122,7 @@ async fn run_session(
                 roles: claims_from_proto(hb.roles),
             },
             Kind::HookResult(r) => {
-                let Some(role) = role_from_proto(r.role) else {
+                let Ok(role) = Role::try_from(r.role) else {
                     continue;
                 };
                 Input::HookResult {
@@ -130,7 +131,7 @@ async fn run_session(
                         group: r.group,
                         epoch: r.epoch,
                         role,
-                        outcome: outcome_from_proto(r.outcome),
+                        outcome: HookOutcome::from_wire(r.outcome),
                         exit_code: r.exit_code,
                         detail: r.detail,
                     },
@@ -157,7 +158,7 @@ fn claims_from_proto(roles: Vec<pb::GroupRole>) -> Vec<ClaimedRole> {
         .filter(|r| names::validate_group_name(&r.group).is_ok())
         .filter_map(|r| {
             Some(ClaimedRole {
-                role: role_from_proto(r.role)?,
+                role: Role::try_from(r.role).ok()?,
                 group: r.group,
                 epoch: r.epoch,
             })

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use proto::vocab::{Failback, Fencing, Named, StandbyMode};
 
 #[derive(Debug, Parser)]
 #[command(name = "failoverctl", version, about = "Operate failover groups")]
@@ -119,7 +120,7 @@ pub struct PolicyArgs {
     #[arg(long, value_name = "true|false")]
     pub auto_failover: Option<bool>,
     /// Whether the role goes back to a higher-priority member by itself.
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = names::<Failback>())]
     pub failback: Option<Failback>,
     /// How long a member must be healthy before failback to it, and before
     /// a member that failed is promoted again [1s..24h].
@@ -134,30 +135,19 @@ pub struct PolicyArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration_or_zero)]
     pub min_failover_interval: Option<Duration>,
     /// What secondaries do while standing by (passed to hooks).
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = names::<StandbyMode>())]
     pub standby_mode: Option<StandbyMode>,
     /// What a primary does when its lease runs out.
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = names::<Fencing>())]
     pub fencing: Option<Fencing>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Failback {
-    Never,
-    Delayed,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum StandbyMode {
-    Hot,
-    Warm,
-    Cold,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Fencing {
-    Strict,
-    None,
+/// A clap parser for one of the vocabulary's closed sets of names, with
+/// the names as possible values (so `--help` and typos list them).
+fn names<T: Named>() -> impl clap::builder::TypedValueParser<Value = T> {
+    use clap::builder::TypedValueParser;
+    let names = T::all().iter().map(|v| v.name());
+    clap::builder::PossibleValuesParser::new(names).try_map(|s| s.parse::<T>())
 }
 
 #[derive(Debug, Subcommand)]
@@ -233,22 +223,12 @@ impl PolicyArgs {
             shutdown_grace_ms: ms(self.shutdown_grace),
             abnormal_timeout_ms: ms(self.abnormal_timeout),
             auto_failover: self.auto_failover,
-            failback: self.failback.map(|f| match f {
-                Failback::Never => pb::Failback::Never as i32,
-                Failback::Delayed => pb::Failback::Delayed as i32,
-            }),
+            failback: self.failback.map(|f| pb::Failback::from(f) as i32),
             failback_delay_ms: ms(self.failback_delay),
             failback_window: self.failback_window.clone(),
             min_failover_interval_ms: ms(self.min_failover_interval),
-            standby_mode: self.standby_mode.map(|m| match m {
-                StandbyMode::Hot => pb::StandbyMode::Hot as i32,
-                StandbyMode::Warm => pb::StandbyMode::Warm as i32,
-                StandbyMode::Cold => pb::StandbyMode::Cold as i32,
-            }),
-            fencing: self.fencing.map(|f| match f {
-                Fencing::Strict => pb::Fencing::Strict as i32,
-                Fencing::None => pb::Fencing::None as i32,
-            }),
+            standby_mode: self.standby_mode.map(|m| pb::StandbyMode::from(m) as i32),
+            fencing: self.fencing.map(|f| pb::Fencing::from(f) as i32),
         }
     }
 }

@@ -7,51 +7,28 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use comfy_table::presets::NOTHING;
 use comfy_table::{Cell, Table};
 use proto::v1 as pb;
+use proto::vocab::{Failback, Fencing, Phase, Role, StandbyMode};
 use serde_json::{Value, json};
 
-pub fn role_name(role: i32) -> &'static str {
-    match pb::Role::try_from(role).unwrap_or(pb::Role::Unspecified) {
-        pb::Role::Primary => "primary",
-        pb::Role::Secondary => "secondary",
-        pb::Role::Fenced => "fenced",
-        pb::Role::Unspecified => "unknown",
-    }
+/// A wire enum value by its name, or `unknown`.
+fn name<T: TryFrom<i32> + Copy + std::fmt::Display>(value: i32) -> String {
+    T::try_from(value).map_or_else(|_| "unknown".into(), |v| v.to_string())
 }
 
-fn phase_name(phase: i32) -> &'static str {
-    match pb::Phase::try_from(phase).unwrap_or(pb::Phase::Unspecified) {
-        pb::Phase::Active => "active",
-        pb::Phase::FailingOver => "failing_over",
-        pb::Phase::NoPrimary => "no_primary",
-        pb::Phase::Maintenance => "maintenance",
-        pb::Phase::Unspecified => "unknown",
-    }
+pub fn role_name(role: i32) -> String {
+    name::<Role>(role)
 }
 
-fn standby_name(mode: Option<i32>) -> &'static str {
-    match mode.map(pb::StandbyMode::try_from) {
-        Some(Ok(pb::StandbyMode::Warm)) => "warm",
-        Some(Ok(pb::StandbyMode::Cold)) => "cold",
-        _ => "hot",
-    }
-}
-
-fn fencing_name(fencing: Option<i32>) -> &'static str {
-    match fencing.map(pb::Fencing::try_from) {
-        Some(Ok(pb::Fencing::None)) => "none",
-        _ => "strict",
-    }
+/// A setting's name; an absent one reads as its default.
+fn setting<T: TryFrom<i32> + Default + std::fmt::Display>(value: Option<i32>) -> String {
+    value
+        .and_then(|v| T::try_from(v).ok())
+        .unwrap_or_default()
+        .to_string()
 }
 
 fn duration_ms(ms: Option<u64>) -> String {
     humantime::format_duration(Duration::from_millis(ms.unwrap_or(0))).to_string()
-}
-
-fn failback_name(failback: Option<i32>) -> &'static str {
-    match failback.map(pb::Failback::try_from) {
-        Some(Ok(pb::Failback::Delayed)) => "delayed",
-        _ => "never",
-    }
 }
 
 /// Every setting, by its documented name, as printed by `group show`.
@@ -64,12 +41,12 @@ fn policy_json(p: &pb::Policy) -> Value {
         "shutdown_grace": duration_ms(p.shutdown_grace_ms),
         "abnormal_timeout": duration_ms(p.abnormal_timeout_ms),
         "auto_failover": p.auto_failover.unwrap_or(true),
-        "failback": failback_name(p.failback),
+        "failback": setting::<Failback>(p.failback),
         "failback_delay": duration_ms(p.failback_delay_ms),
         "failback_window": p.failback_window.clone(),
         "min_failover_interval": duration_ms(p.min_failover_interval_ms),
-        "standby_mode": standby_name(p.standby_mode),
-        "fencing": fencing_name(p.fencing),
+        "standby_mode": setting::<StandbyMode>(p.standby_mode),
+        "fencing": setting::<Fencing>(p.fencing),
     })
 }
 
@@ -115,7 +92,7 @@ pub fn group_json(g: &pb::GroupStatus) -> Value {
         "name": g.name,
         "epoch": g.epoch,
         "primary": non_empty(&g.primary),
-        "phase": phase_name(g.phase),
+        "phase": name::<Phase>(g.phase),
         "phase_since": time(g.phase_since_unix_ms),
         "alarm": non_empty(&g.alarm),
         "members": g.members.iter().enumerate().map(|(i, m)| json!({
@@ -144,7 +121,7 @@ pub fn group_table(g: &pb::GroupStatus) -> String {
     let mut out = format!(
         "group:    {}\nphase:    {} (since {})\nepoch:    {}\nprimary:  {}\n",
         g.name,
-        phase_name(g.phase),
+        name::<Phase>(g.phase),
         ago(g.phase_since_unix_ms),
         g.epoch,
         primary,
@@ -188,7 +165,7 @@ pub fn group_table(g: &pb::GroupStatus) -> String {
         t.add_row(vec![
             i.to_string(),
             m.node.clone(),
-            role_name(m.role).into(),
+            role_name(m.role),
             yes_no(m.connected).into(),
             yes_no(m.healthy).into(),
             note,
@@ -208,7 +185,7 @@ pub fn groups_table(groups: &[pb::GroupStatus]) -> String {
     for g in groups {
         t.add_row(vec![
             g.name.clone(),
-            phase_name(g.phase).into(),
+            name::<Phase>(g.phase),
             if g.primary.is_empty() {
                 "-".into()
             } else {

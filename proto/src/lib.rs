@@ -2,6 +2,7 @@
 //! rules every part of the product agrees on.
 
 pub mod names;
+pub mod vocab;
 
 /// Generated messages and services of package `failover.v1`.
 #[allow(clippy::all)]

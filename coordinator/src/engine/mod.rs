@@ -28,7 +28,7 @@ use thiserror::Error;
 use tokio::time::Instant;
 
 use crate::model::{CheckStatus, EventKind, EventRecord, GroupRecord, HookOutcome, Phase, Role};
-use crate::policy::{Fencing, Policy, PolicyPatch, StandbyMode};
+use crate::policy::{Policy, PolicyPatch};
 
 pub use views::{GroupView, MemberView, NodeView};
 
@@ -244,17 +244,7 @@ pub struct LeaseGrant {
     pub ttl: Duration,
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct Assignment {
-    pub group: String,
-    pub epoch: u64,
-    pub role: Role,
-    pub primary: Option<String>,
-    pub standby_mode: StandbyMode,
-    pub fencing: Fencing,
-    /// Zero: a primary whose agent stops steps down first.
-    pub shutdown_grace: Duration,
-}
+pub use proto::vocab::Assignment;
 
 /// A change to the durable store.
 #[derive(Debug, Clone, PartialEq)]
