@@ -53,14 +53,22 @@ pub fn to_proto(message: ToAgent) -> pb::CoordinatorMessage {
     pb::CoordinatorMessage { kind: Some(kind) }
 }
 
+/// An agent's health checks, bounded in number and in every text.
 pub fn checks_from_proto(checks: Vec<pb::CheckStatus>) -> Vec<CheckStatus> {
+    use crate::limits::{MAX_CHECKS, MAX_DETAIL, MAX_LABEL, clip};
     checks
         .into_iter()
+        .take(MAX_CHECKS)
         .map(|c| CheckStatus {
-            name: c.name,
+            name: clip(c.name, MAX_LABEL),
             passing: c.passing,
-            groups: c.groups,
-            detail: c.detail,
+            groups: c
+                .groups
+                .into_iter()
+                .take(MAX_CHECKS)
+                .filter(|g| proto::names::validate_group_name(g).is_ok())
+                .collect(),
+            detail: clip(c.detail, MAX_DETAIL),
         })
         .collect()
 }

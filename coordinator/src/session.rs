@@ -20,6 +20,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::convert::checks_from_proto;
 use crate::engine::{ClaimedRole, Hello, HookReport, Input};
+use crate::limits::{MAX_CLAIMS, MAX_DETAIL, MAX_LABEL, MAX_REASON, clip};
 use crate::runtime::Handle;
 use proto::vocab::{HookOutcome, Role};
 
@@ -90,7 +91,9 @@ async fn run_session(
             node: node.clone(),
             instance: hello.instance_id,
             node_uuid: hello.node_uuid,
-            agent_version: hello.agent_version,
+            previous_instance: (!hello.previous_instance.is_empty())
+                .then_some(hello.previous_instance),
+            agent_version: clip(hello.agent_version, MAX_LABEL),
             address,
             roles: claims,
         },
@@ -133,13 +136,13 @@ async fn run_session(
                         role,
                         outcome: HookOutcome::from_wire(r.outcome),
                         exit_code: r.exit_code,
-                        detail: r.detail,
+                        detail: clip(r.detail, MAX_DETAIL),
                     },
                 }
             }
             Kind::Goodbye(g) => Input::Goodbye {
                 session,
-                reason: g.reason,
+                reason: clip(g.reason, MAX_REASON),
             },
             Kind::Hello(_) => {
                 tracing::warn!(%node, session, "second Hello on one session; closing it");
@@ -155,6 +158,7 @@ async fn run_session(
 fn claims_from_proto(roles: Vec<pb::GroupRole>) -> Vec<ClaimedRole> {
     roles
         .into_iter()
+        .take(MAX_CLAIMS)
         .filter(|r| names::validate_group_name(&r.group).is_ok())
         .filter_map(|r| {
             Some(ClaimedRole {
@@ -187,6 +191,9 @@ async fn read_hello(
                 .map_err(|e| Status::invalid_argument(e.to_string()))?;
             validate_instance(&hello.instance_id)?;
             validate_node_uuid(&hello.node_uuid)?;
+            if !hello.previous_instance.is_empty() {
+                validate_instance(&hello.previous_instance)?;
+            }
             Ok(hello)
         }
         Some(_) => Err(Status::failed_precondition(
@@ -212,10 +219,14 @@ fn validate_instance(id: &str) -> Result<(), Status> {
     }
 }
 
-/// A node UUID in its usual text form (36 characters of hex and dashes).
+/// A node UUID in its usual text form: 8-4-4-4-12 hex digits.
 fn validate_node_uuid(id: &str) -> Result<(), Status> {
-    let ok = id.len() == 36 && id.bytes().all(|c| c.is_ascii_hexdigit() || c == b'-');
-    if ok {
+    let parts: Vec<&str> = id.split('-').collect();
+    let lengths: Vec<usize> = parts.iter().map(|p| p.len()).collect();
+    let hex = parts
+        .iter()
+        .all(|p| p.bytes().all(|c| c.is_ascii_hexdigit()));
+    if lengths == [8, 4, 4, 4, 12] && hex {
         Ok(())
     } else {
         Err(Status::invalid_argument(

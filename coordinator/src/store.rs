@@ -27,8 +27,13 @@ const SCHEMA: &[u8] = b"1";
 
 #[derive(Debug, Error)]
 pub enum StoreError {
-    #[error("cannot open the store in {path}: {source} (is another coordinator using it?)")]
+    #[error("cannot open the store in {path}: {source}")]
     Open { path: PathBuf, source: sled::Error },
+    #[error(
+        "the store in {path} is in use by another process (another coordinator?): \
+         stop it first, or give this one its own --data-dir"
+    )]
+    Locked { path: PathBuf },
     #[error("store in {path} has schema {found:?}, this coordinator reads schema 1")]
     Schema { path: PathBuf, found: String },
     #[error("store IO failed: {0}")]
@@ -57,7 +62,23 @@ impl Store {
             source,
         };
         std::fs::create_dir_all(dir).map_err(|e| open_err(e.into()))?;
-        let db = sled::Config::new().path(dir).open().map_err(open_err)?;
+        // A coordinator restarted right after a kill may find the old
+        // process still exiting: its lock goes with it, so wait a moment.
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match sled::Config::new().path(dir).open() {
+                Ok(db) => break db,
+                Err(e) if is_lock_conflict(&e) => {
+                    if std::time::Instant::now() >= deadline {
+                        return Err(StoreError::Locked {
+                            path: dir.to_owned(),
+                        });
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                Err(e) => return Err(open_err(e)),
+            }
+        };
         // The directory entries of sled's files must be durable too.
         File::open(dir)?.sync_all()?;
         let log_file = File::open(dir.join("db"))?;
@@ -170,6 +191,15 @@ impl Store {
         events.reverse();
         Ok(events)
     }
+}
+
+/// How long opening the store waits for another process's lock to go.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Whether sled failed to open because another process holds the store.
+fn is_lock_conflict(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock
+        || io.to_string().contains("could not acquire lock"))
 }
 
 fn key(prefix: &[u8], rest: &[u8]) -> Vec<u8> {
@@ -290,6 +320,7 @@ mod tests {
         let err = Store::open(dir.path(), 10)
             .err()
             .expect("second open must fail");
+        assert!(matches!(err, StoreError::Locked { .. }), "{err}");
         assert!(err.to_string().contains("another coordinator"), "{err}");
     }
 }

@@ -3,8 +3,11 @@
 
 use proto::names;
 
+use super::decide::{self, eligible, first_candidate};
+use super::group::{Group, Switchover};
+use super::node::Node;
+use super::views::group_view;
 use super::*;
-use crate::policy::Policy;
 
 /// Most members a group may have. Failover groups are small; the bound also
 /// keeps each stored record far below the size at which sled would move it
@@ -28,13 +31,13 @@ impl Engine {
             } => self.create_group(name, members, &policy, actor, now, out),
             AdminCommand::ListGroups => Ok(AdminReply::Groups(
                 self.groups
-                    .keys()
-                    .map(|name| self.group_view(name, now))
+                    .values()
+                    .map(|g| group_view(g, &self.nodes, now))
                     .collect(),
             )),
             AdminCommand::GetGroup { name } => self
-                .existing(&name)
-                .map(|()| AdminReply::Group(self.group_view(&name, now))),
+                .group(&name)
+                .map(|g| AdminReply::Group(group_view(g, &self.nodes, now))),
             AdminCommand::DeleteGroup { name } => self.delete_group(&name, actor, now, out),
             AdminCommand::AddMember {
                 group,
@@ -51,19 +54,19 @@ impl Engine {
             } => self.move_member(&group, &node, position, actor, now, out),
             AdminCommand::Promote { group, to } => {
                 let started = self.promote_to(&group, &to, reply, actor, now, out);
-                return self.reply_later(reply, started, out);
+                return reply_later(reply, started, out);
             }
             AdminCommand::Takeover { group, to } => {
                 let started = self.takeover(&group, to.as_deref(), reply, actor, now, out);
-                return self.reply_later(reply, started, out);
+                return reply_later(reply, started, out);
             }
             AdminCommand::Restore { group } => {
                 let started = self.restore(&group, reply, actor, now, out);
-                return self.reply_later(reply, started, out);
+                return reply_later(reply, started, out);
             }
             AdminCommand::Drain { group, node } => {
                 let started = self.drain(&group, &node, reply, actor, now, out);
-                return self.reply_later(reply, started, out);
+                return reply_later(reply, started, out);
             }
             AdminCommand::Undrain { group, node } => self.undrain(&group, &node, actor, now, out),
             AdminCommand::UpdatePolicy { group, policy } => {
@@ -74,37 +77,28 @@ impl Engine {
         out.replies.push((reply, result));
     }
 
-    /// Answers now, unless a switchover was started: its promotion answers.
-    fn reply_later(
-        &mut self,
-        reply: ReplyId,
-        started: Result<Option<AdminReply>, AdminError>,
-        out: &mut Effects,
-    ) {
-        match started {
-            Ok(None) => {}
-            Ok(Some(done)) => out.replies.push((reply, Ok(done))),
-            Err(e) => out.replies.push((reply, Err(e))),
-        }
+    fn group(&self, name: &str) -> Result<&Group, AdminError> {
+        self.groups
+            .get(name)
+            .ok_or_else(|| AdminError::NotFound(format!("group {name} does not exist")))
     }
 
-    fn existing(&self, name: &str) -> Result<(), AdminError> {
-        if self.groups.contains_key(name) {
-            Ok(())
-        } else {
-            Err(AdminError::NotFound(format!("group {name} does not exist")))
-        }
-    }
-
-    fn member_of(&self, group: &str, node: &str) -> Result<(), AdminError> {
-        self.existing(group)?;
-        if self.groups[group].record.members.iter().any(|m| m == node) {
-            Ok(())
+    /// The group, if `node` is one of its members.
+    fn group_with(&self, group: &str, node: &str) -> Result<&Group, AdminError> {
+        let g = self.group(group)?;
+        if g.is_member(node) {
+            Ok(g)
         } else {
             Err(AdminError::NotFound(format!(
                 "{node} is not a member of group {group}"
             )))
         }
+    }
+
+    /// The group's current view, as most commands answer.
+    fn view(&self, name: &str, now: Now) -> AdminResult {
+        self.group(name)
+            .map(|g| AdminReply::Group(group_view(g, &self.nodes, now)))
     }
 
     fn create_group(
@@ -156,21 +150,20 @@ impl Engine {
             maintenance: Vec::new(),
             created_unix_ms: now.wall_ms,
         };
+        // Written whole now; later changes derive their writes.
         out.writes.push(Write::PutGroup(record.clone()));
-        let epoch = record.epoch;
-        self.groups.insert(name.clone(), Group::new(record, now));
+        let mut g = Group::created(record, now.wall_ms);
+        // A deleted group of this name may have left a primary that is cut
+        // off and still acting: nobody is promoted before its lease ends,
+        // unless it confirms its release (the hook it runs, at this epoch).
         if let Some(lease) = self
             .deleted_leases
             .remove(&name)
             .filter(|l| l.until > now.mono)
         {
-            // Its step-down (the hook it runs on release, at this epoch)
-            // ends the wait, like any confirmed step-down.
-            if let Some(g) = self.groups.get_mut(&name) {
-                g.stepping_down = lease.holder.map(|(node, instance)| (node, Some(instance)));
-            }
-            self.set_lease_until(&name, Some(lease.until));
+            g.await_release(lease.holder, lease.until);
         }
+        self.groups.insert(name.clone(), g);
         self.admin_event(
             &name,
             EventKind::GroupCreated,
@@ -184,7 +177,7 @@ impl Engine {
             self.join(&name, member, out);
         }
         self.reconcile(&name, now, out);
-        Ok(AdminReply::Group(self.group_view(&name, now)))
+        self.view(&name, now)
     }
 
     fn delete_group(
@@ -194,26 +187,32 @@ impl Engine {
         now: Now,
         out: &mut Effects,
     ) -> AdminResult {
-        self.existing(name)?;
-        let Some(epoch_floor) = self.groups[name].record.epoch.checked_add(1) else {
+        let g = self.group(name)?;
+        let Some(epoch_floor) = g.epoch().checked_add(1) else {
             return Err(AdminError::FailedPrecondition(format!(
                 "group {name}'s epoch cannot grow any further"
             )));
         };
+        let Some(g) = self.groups.remove(name) else {
+            return Err(AdminError::NotFound(format!("group {name} does not exist")));
+        };
+        if let Some(at) = g.timer {
+            self.timers.remove(&(at, name.to_owned()));
+        }
         // Its primary is released, but one that is cut off may act until
         // its lease ends: a group re-created under this name waits for it.
-        let lease_until = self.groups[name].lease_until;
-        let lease_ttl = self.groups[name].record.lease_ttl_bound();
-        self.set_lease_until(name, None);
-        let g = self.groups.remove(name).expect("checked above");
-        if let Some(until) = lease_until.filter(|t| *t > now.mono) {
-            let holder = match (
-                &g.record.primary,
-                &g.record.primary_instance,
-                &g.stepping_down,
-            ) {
-                (Some(node), Some(instance), _) => Some((node.clone(), instance.clone())),
-                (None, _, Some((node, Some(instance)))) => Some((node.clone(), instance.clone())),
+        if let Some(until) = g.lease_until().filter(|t| *t > now.mono) {
+            let holder = match g.role() {
+                group::RoleState::Held {
+                    node,
+                    instance: Some(instance),
+                    ..
+                }
+                | group::RoleState::SteppingDown {
+                    from: node,
+                    instance: Some(instance),
+                    ..
+                } => Some((node.clone(), instance.clone())),
                 _ => None,
             };
             self.deleted_leases.insert(
@@ -229,14 +228,14 @@ impl Engine {
         out.writes.push(Write::DeleteGroup {
             name: name.to_owned(),
             epoch_floor,
-            lease_ttl,
+            lease_ttl: g.record().lease_ttl_bound(),
         });
         self.record_event(
             NewEvent {
                 group: name,
                 kind: EventKind::GroupDeleted,
                 epoch: epoch_floor,
-                old_primary: g.record.primary.as_deref(),
+                old_primary: g.primary(),
                 new_primary: None,
                 reason: "group deleted".into(),
                 actor,
@@ -244,7 +243,7 @@ impl Engine {
             now,
             out,
         );
-        if let Some(reply) = g.switchover.and_then(|s| s.reply) {
+        if let Some(reply) = g.switchover.as_ref().and_then(|s| s.reply) {
             out.replies.push((
                 reply,
                 Err(AdminError::Aborted(format!(
@@ -252,7 +251,7 @@ impl Engine {
                 ))),
             ));
         }
-        for member in &g.record.members {
+        for member in g.members() {
             self.leave(name, member, epoch_floor, "the group was deleted", out);
         }
         Ok(AdminReply::Deleted)
@@ -267,44 +266,38 @@ impl Engine {
         now: Now,
         out: &mut Effects,
     ) -> AdminResult {
-        self.existing(group)?;
+        let g = self.group(group)?;
         names::validate_node_id(node).map_err(invalid)?;
-        let members = &self.groups[group].record.members;
-        if members.iter().any(|m| m == node) {
+        if g.is_member(node) {
             return Err(AdminError::AlreadyExists(format!(
                 "{node} is already a member of group {group}"
             )));
         }
-        if members.len() >= MAX_MEMBERS {
+        let count = g.members().len();
+        if count >= MAX_MEMBERS {
             return Err(AdminError::FailedPrecondition(format!(
                 "group {group} already has the maximum of {MAX_MEMBERS} members"
             )));
         }
-        let position = position.unwrap_or(members.len());
-        if position > members.len() {
+        let position = position.unwrap_or(count);
+        if position > count {
             return Err(AdminError::InvalidArgument(format!(
-                "position {position} is out of range: group {group} has {} members, \
-                 so use 0 to {}",
-                members.len(),
-                members.len()
+                "position {position} is out of range: group {group} has {count} members, \
+                 so use 0 to {count}"
             )));
         }
-        let g = self.groups.get_mut(group).expect("checked above");
-        g.record.members.insert(position, node.to_owned());
-        out.writes.push(Write::PutGroup(g.record.clone()));
-        let epoch = g.record.epoch;
-        self.admin_event(
+        self.change(
             group,
             EventKind::MemberAdded,
-            epoch,
             format!("{node} added at position {position}"),
             actor,
             now,
             out,
+            |g| g.insert_member(position, node),
         );
         self.join(group, node, out);
         self.reconcile(group, now, out);
-        Ok(AdminReply::Group(self.group_view(group, now)))
+        self.view(group, now)
     }
 
     fn remove_member(
@@ -315,15 +308,14 @@ impl Engine {
         now: Now,
         out: &mut Effects,
     ) -> AdminResult {
-        self.member_of(group, node)?;
-        let g = &self.groups[group];
-        if g.record.primary.as_deref() == Some(node) {
+        let g = self.group_with(group, node)?;
+        if g.primary() == Some(node) {
             return Err(AdminError::FailedPrecondition(format!(
                 "{node} is the primary of group {group}: promote another member first \
                  (failoverctl group promote {group} --to NODE)"
             )));
         }
-        let in_switchover = g.stepping_down.as_ref().is_some_and(|(n, _)| n == node)
+        let in_switchover = g.stepping_down() == Some(node)
             || g.switchover.as_ref().is_some_and(|s| s.target == node);
         if in_switchover {
             return Err(AdminError::FailedPrecondition(format!(
@@ -331,25 +323,20 @@ impl Engine {
                  when it is over"
             )));
         }
-        if g.record.members.len() == 1 {
+        if g.members().len() == 1 {
             return Err(AdminError::FailedPrecondition(format!(
                 "{node} is the last member of group {group}: delete the group instead"
             )));
         }
-        let g = self.groups.get_mut(group).expect("checked above");
-        g.record.members.retain(|m| m != node);
-        g.record.maintenance.retain(|m| m != node);
-        g.failed.remove(node);
-        out.writes.push(Write::PutGroup(g.record.clone()));
-        let epoch = g.record.epoch;
-        self.admin_event(
+        let epoch = g.epoch();
+        self.change(
             group,
             EventKind::MemberRemoved,
-            epoch,
             format!("{node} removed"),
             actor,
             now,
             out,
+            |g| g.remove_member(node),
         );
         self.leave(
             group,
@@ -359,7 +346,7 @@ impl Engine {
             out,
         );
         self.reconcile(group, now, out);
-        Ok(AdminReply::Group(self.group_view(group, now)))
+        self.view(group, now)
     }
 
     fn move_member(
@@ -371,31 +358,25 @@ impl Engine {
         now: Now,
         out: &mut Effects,
     ) -> AdminResult {
-        self.member_of(group, node)?;
-        let g = self.groups.get_mut(group).expect("checked above");
-        let len = g.record.members.len();
+        let len = self.group_with(group, node)?.members().len();
         if position >= len {
             return Err(AdminError::InvalidArgument(format!(
                 "position {position} is out of range: group {group} has {len} members, \
                  so use 0 to {}",
-                len - 1
+                len.saturating_sub(1)
             )));
         }
-        g.record.members.retain(|m| m != node);
-        g.record.members.insert(position, node.to_owned());
-        out.writes.push(Write::PutGroup(g.record.clone()));
-        let epoch = g.record.epoch;
-        self.admin_event(
+        self.change(
             group,
             EventKind::MemberMoved,
-            epoch,
             format!("{node} moved to position {position}"),
             actor,
             now,
             out,
+            |g| g.move_member(node, position),
         );
         self.reconcile(group, now, out);
-        Ok(AdminReply::Group(self.group_view(group, now)))
+        self.view(group, now)
     }
 
     /// `group promote --to`: a planned switchover to an eligible member.
@@ -408,9 +389,8 @@ impl Engine {
         now: Now,
         out: &mut Effects,
     ) -> Result<Option<AdminReply>, AdminError> {
-        self.existing(group)?;
+        self.group(group)?;
         names::validate_node_id(to).map_err(invalid)?;
-        self.member_of(group, to)?;
         self.require_eligible(group, to, now)?;
         let reason = format!("switchover to {to} requested by {actor}");
         self.begin_switchover(group, to, reply, actor, reason, now, out)
@@ -427,24 +407,19 @@ impl Engine {
         now: Now,
         out: &mut Effects,
     ) -> Result<Option<AdminReply>, AdminError> {
-        self.existing(group)?;
+        let g = self.group(group)?;
         let target = match to {
             Some(to) => {
                 names::validate_node_id(to).map_err(invalid)?;
-                self.member_of(group, to)?;
                 self.require_eligible(group, to, now)?;
                 to.to_owned()
             }
-            None => {
-                let current = self.groups[group].record.primary.clone();
-                self.successor(group, current.as_deref(), now)
-                    .ok_or_else(|| {
-                        AdminError::FailedPrecondition(format!(
-                            "no other member of group {group} is connected, healthy and out of \
-                             maintenance: nobody can take over"
-                        ))
-                    })?
-            }
+            None => successor(g, &self.nodes, g.primary(), now).ok_or_else(|| {
+                AdminError::FailedPrecondition(format!(
+                    "no other member of group {group} is connected, healthy and out of \
+                     maintenance: nobody can take over"
+                ))
+            })?,
         };
         let reason = format!("takeover by {target} requested by {actor}");
         self.begin_switchover(group, &target, reply, actor, reason, now, out)
@@ -461,10 +436,9 @@ impl Engine {
         now: Now,
         out: &mut Effects,
     ) -> Result<Option<AdminReply>, AdminError> {
-        self.existing(group)?;
-        let target = self
-            .first_candidate(group, None, now, &mut Wake::default())
-            .ok_or_else(|| {
+        let g = self.group(group)?;
+        let target =
+            first_candidate(g, &self.nodes, None, now, &mut Wake::default()).ok_or_else(|| {
                 AdminError::FailedPrecondition(format!(
                     "no member of group {group} is connected, healthy, out of maintenance and \
                      free of recent failures (group show says why for each; promote --to \
@@ -488,19 +462,17 @@ impl Engine {
         now: Now,
         out: &mut Effects,
     ) -> Result<Option<AdminReply>, AdminError> {
-        self.member_of(group, node)?;
-        let g = &self.groups[group];
-        if g.record.in_maintenance(node) {
-            return Ok(Some(AdminReply::Group(self.group_view(group, now))));
+        let g = self.group_with(group, node)?;
+        if g.in_maintenance(node) {
+            return Ok(Some(AdminReply::Group(group_view(g, &self.nodes, now))));
         }
         if g.switchover.as_ref().is_some_and(|s| s.target == node) {
             return Err(AdminError::FailedPrecondition(format!(
                 "a switchover to {node} is in progress in group {group}; try again when it is over"
             )));
         }
-        let is_primary = g.record.primary.as_deref() == Some(node);
-        let successor = if is_primary {
-            Some(self.successor(group, Some(node), now).ok_or_else(|| {
+        let successor = if g.primary() == Some(node) {
+            Some(successor(g, &self.nodes, Some(node), now).ok_or_else(|| {
                 AdminError::FailedPrecondition(format!(
                     "{node} is the primary of group {group} and no other member can take over: \
                      draining it would leave the group without a primary"
@@ -509,18 +481,14 @@ impl Engine {
         } else {
             None
         };
-        let g = self.groups.get_mut(group).expect("checked above");
-        g.record.maintenance.push(node.to_owned());
-        out.writes.push(Write::PutGroup(g.record.clone()));
-        let epoch = g.record.epoch;
-        self.admin_event(
+        self.change(
             group,
             EventKind::MemberDrained,
-            epoch,
             format!("{node} put in maintenance"),
             actor,
             now,
             out,
+            |g| g.set_maintenance(node, true),
         );
         match successor {
             Some(target) => {
@@ -529,7 +497,7 @@ impl Engine {
             }
             None => {
                 self.reconcile(group, now, out);
-                Ok(Some(AdminReply::Group(self.group_view(group, now))))
+                self.view(group, now).map(Some)
             }
         }
     }
@@ -542,24 +510,19 @@ impl Engine {
         now: Now,
         out: &mut Effects,
     ) -> AdminResult {
-        self.member_of(group, node)?;
-        let g = self.groups.get_mut(group).expect("checked above");
-        if g.record.in_maintenance(node) {
-            g.record.maintenance.retain(|m| m != node);
-            out.writes.push(Write::PutGroup(g.record.clone()));
-            let epoch = g.record.epoch;
-            self.admin_event(
+        if self.group_with(group, node)?.in_maintenance(node) {
+            self.change(
                 group,
                 EventKind::MemberUndrained,
-                epoch,
                 format!("{node} back from maintenance"),
                 actor,
                 now,
                 out,
+                |g| g.set_maintenance(node, false),
             );
             self.reconcile(group, now, out);
         }
-        Ok(AdminReply::Group(self.group_view(group, now)))
+        self.view(group, now)
     }
 
     /// `group set`: new settings for an existing group.
@@ -571,59 +534,38 @@ impl Engine {
         now: Now,
         out: &mut Effects,
     ) -> AdminResult {
-        self.existing(group)?;
+        let g = self.group(group)?;
         if patch.is_empty() {
             return Err(AdminError::InvalidArgument(
                 "nothing to change: give at least one setting (see failoverctl group set --help)"
                     .into(),
             ));
         }
-        let g = self.groups.get_mut(group).expect("checked above");
-        let policy = g.record.policy.merged(patch).map_err(invalid)?;
-        let changes = describe_changes(&g.record.policy, &policy);
-        // A lease granted under the old timeout keeps its length.
-        g.record.granted_ttl_max = Some(g.record.lease_ttl_bound().max(policy.failover_timeout));
-        g.record.policy = policy;
-        out.writes.push(Write::PutGroup(g.record.clone()));
-        let epoch = g.record.epoch;
-        let members = g.record.members.clone();
-        self.admin_event(
+        let policy = g.policy().merged(patch).map_err(invalid)?;
+        let changes = describe_changes(g.policy(), &policy);
+        let members = g.members().to_vec();
+        self.change(
             group,
             EventKind::PolicyChanged,
-            epoch,
             changes,
             actor,
             now,
             out,
+            |g| g.set_policy(policy),
         );
         for member in &members {
             self.sync_settings(member, out);
         }
         self.reconcile(group, now, out);
-        Ok(AdminReply::Group(self.group_view(group, now)))
-    }
-
-    /// Who an operator's move hands the role to, other than `exclude`: the
-    /// first member that qualifies, or else the first that is merely
-    /// eligible (an operator may override a recent failure).
-    fn successor(&self, group: &str, exclude: Option<&str>, now: Now) -> Option<String> {
-        self.first_candidate(group, exclude, now, &mut Wake::default())
-            .or_else(|| {
-                self.groups[group]
-                    .record
-                    .members
-                    .iter()
-                    .filter(|m| Some(m.as_str()) != exclude)
-                    .find(|m| self.eligible(group, m, now))
-                    .cloned()
-            })
+        self.view(group, now)
     }
 
     fn require_eligible(&self, group: &str, node: &str, now: Now) -> Result<(), AdminError> {
-        if self.eligible(group, node, now) {
+        let g = self.group_with(group, node)?;
+        if eligible(g, &self.nodes, node, now) {
             return Ok(());
         }
-        let why = if self.groups[group].record.in_maintenance(node) {
+        let why = if g.in_maintenance(node) {
             "it is in maintenance (failoverctl group member undrain first)"
         } else {
             "it is not connected and healthy"
@@ -646,9 +588,9 @@ impl Engine {
         now: Now,
         out: &mut Effects,
     ) -> Result<Option<AdminReply>, AdminError> {
-        let g = &self.groups[group];
-        if g.record.primary.as_deref() == Some(target) {
-            return Ok(Some(AdminReply::Group(self.group_view(group, now))));
+        let g = self.group(group)?;
+        if g.primary() == Some(target) {
+            return Ok(Some(AdminReply::Group(group_view(g, &self.nodes, now))));
         }
         if let Some(sw) = &g.switchover {
             return Err(AdminError::FailedPrecondition(format!(
@@ -656,17 +598,44 @@ impl Engine {
                 sw.target
             )));
         }
-        self.groups
-            .get_mut(group)
-            .expect("checked above")
-            .switchover = Some(Switchover {
-            target: target.to_owned(),
-            reply: Some(reply),
-            actor: actor.to_owned(),
-            reason,
+        self.with_group(group, now, out, |g, ctx| {
+            g.switchover = Some(Switchover {
+                target: target.to_owned(),
+                reply: Some(reply),
+                actor: actor.to_owned(),
+                reason,
+            });
+            decide::reconcile(g, ctx);
         });
-        self.reconcile(group, now, out);
         Ok(None)
+    }
+
+    /// An operator's change that does not move the role by itself: applies
+    /// it and records it.
+    #[allow(clippy::too_many_arguments)]
+    fn change(
+        &mut self,
+        group: &str,
+        kind: EventKind,
+        reason: String,
+        actor: &str,
+        now: Now,
+        out: &mut Effects,
+        apply: impl FnOnce(&mut Group),
+    ) {
+        self.with_group(group, now, out, |g, ctx| {
+            apply(g);
+            let name = g.name().to_owned();
+            ctx.event(NewEvent {
+                group: &name,
+                kind,
+                epoch: g.epoch(),
+                old_primary: None,
+                new_primary: None,
+                reason,
+                actor,
+            });
+        });
     }
 
     /// Records that `node` is a member of `group` and tells it.
@@ -702,40 +671,7 @@ impl Engine {
             self.sync_settings(node, out);
         }
     }
-}
 
-/// "failover-timeout 3s -> 1s, failback never -> delayed"
-fn describe_changes(old: &Policy, new: &Policy) -> String {
-    let (old, new) = (
-        serde_json::to_value(old).expect("policy serializes"),
-        serde_json::to_value(new).expect("policy serializes"),
-    );
-    let mut changes = Vec::new();
-    if let (Some(old), Some(new)) = (old.as_object(), new.as_object()) {
-        for (key, value) in new {
-            if old.get(key) != Some(value) {
-                let show = |v: Option<&serde_json::Value>| match v {
-                    Some(serde_json::Value::String(s)) => s.clone(),
-                    Some(serde_json::Value::Null) | None => "none".into(),
-                    Some(v) => v.to_string(),
-                };
-                changes.push(format!(
-                    "{} {} -> {}",
-                    key.replace('_', "-"),
-                    show(old.get(key)),
-                    show(Some(value))
-                ));
-            }
-        }
-    }
-    if changes.is_empty() {
-        "settings unchanged".into()
-    } else {
-        changes.join(", ")
-    }
-}
-
-impl Engine {
     /// Records an operator's change that does not move the role.
     #[allow(clippy::too_many_arguments)]
     fn admin_event(
@@ -761,6 +697,58 @@ impl Engine {
             now,
             out,
         );
+    }
+}
+
+/// Answers now, unless a switchover was started: its promotion answers.
+fn reply_later(reply: ReplyId, started: Result<Option<AdminReply>, AdminError>, out: &mut Effects) {
+    match started {
+        Ok(None) => {}
+        Ok(Some(done)) => out.replies.push((reply, Ok(done))),
+        Err(e) => out.replies.push((reply, Err(e))),
+    }
+}
+
+/// Who an operator's move hands the role to, other than `exclude`: the
+/// first member that qualifies, or else the first that can serve (an
+/// operator may override a recent failure).
+fn successor(g: &Group, nodes: &node::Nodes, exclude: Option<&str>, now: Now) -> Option<String> {
+    first_candidate(g, nodes, exclude, now, &mut Wake::default()).or_else(|| {
+        g.members()
+            .iter()
+            .filter(|m| Some(m.as_str()) != exclude)
+            .find(|m| eligible(g, nodes, m, now))
+            .cloned()
+    })
+}
+
+/// "failover-timeout 3s -> 1s, failback never -> delayed"
+fn describe_changes(old: &Policy, new: &Policy) -> String {
+    let (Ok(old), Ok(new)) = (serde_json::to_value(old), serde_json::to_value(new)) else {
+        return "settings changed".into();
+    };
+    let mut changes = Vec::new();
+    if let (Some(old), Some(new)) = (old.as_object(), new.as_object()) {
+        for (key, value) in new {
+            if old.get(key) != Some(value) {
+                let show = |v: Option<&serde_json::Value>| match v {
+                    Some(serde_json::Value::String(s)) => s.clone(),
+                    Some(serde_json::Value::Null) | None => "none".into(),
+                    Some(v) => v.to_string(),
+                };
+                changes.push(format!(
+                    "{} {} -> {}",
+                    key.replace('_', "-"),
+                    show(old.get(key)),
+                    show(Some(value))
+                ));
+            }
+        }
+    }
+    if changes.is_empty() {
+        "settings unchanged".into()
+    } else {
+        changes.join(", ")
     }
 }
 

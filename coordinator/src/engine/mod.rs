@@ -14,8 +14,11 @@
 
 mod admin;
 mod decide;
+mod group;
+mod lease;
 #[cfg(test)]
 mod model_tests;
+mod node;
 mod sessions;
 #[cfg(test)]
 mod tests;
@@ -29,6 +32,9 @@ use tokio::time::Instant;
 
 use crate::model::{CheckStatus, EventKind, EventRecord, GroupRecord, HookOutcome, Phase, Role};
 use crate::policy::{Policy, PolicyPatch};
+use group::Group;
+use lease::Leases;
+use node::{Node, Nodes};
 
 pub use views::{GroupView, MemberView, NodeView};
 
@@ -67,6 +73,9 @@ pub struct Hello {
     pub instance: String,
     /// Persistent per installation of the agent.
     pub node_uuid: String,
+    /// The agent process that stopped cleanly before this one, on the same
+    /// installation (kept secret in its state directory).
+    pub previous_instance: Option<String>,
     pub agent_version: String,
     pub address: String,
     pub roles: Vec<ClaimedRole>,
@@ -319,26 +328,28 @@ pub struct Recovered {
 
 pub struct Engine {
     config: EngineConfig,
+    leases: Leases,
     groups: BTreeMap<String, Group>,
-    /// Every node that is a member of a group or has a session.
-    nodes: BTreeMap<String, Node>,
+    nodes: Nodes,
     /// Which node each live session belongs to.
     sessions: HashMap<SessionId, String>,
-    /// `(instant, group)` for every group with a deadline ahead (its
-    /// `lease_until` or `wake`): the only moments at which time alone can
-    /// change a decision.
+    /// `(instant, group)` for every group with a deadline ahead (a lease
+    /// end or a wake-up): the only moments at which time alone can change
+    /// a decision.
     timers: BTreeSet<(Instant, String)>,
     /// `(deadline, session)`, one per live session: its startup timeout
     /// until its first heartbeat, then the instant it would have been
     /// silent for too long (checked lazily: heartbeats do not move it).
     session_timers: BTreeSet<(Instant, SessionId)>,
     epoch_floors: HashMap<String, u64>,
-    /// Deleted groups whose primary may still hold a lease, and until
-    /// when: a group re-created under the same name promotes nobody
-    /// before then. After a start, every deleted group's name waits a
-    /// full lease of the longest one it may have granted.
+    /// Deleted groups whose primary may still hold a lease: a group
+    /// re-created under the same name promotes nobody before it ends
+    /// (unless its holder confirms its release).
     deleted_leases: HashMap<String, DeletedLease>,
-    next_event_seq: u64,
+    events: EventLog,
+    /// Groups touched in the current step, whose changed records are
+    /// written at its end.
+    touched: BTreeSet<String>,
 }
 
 /// The lease a deleted group's primary may still hold.
@@ -350,207 +361,66 @@ struct DeletedLease {
     epoch_floor: u64,
 }
 
-/// One group: its durable record plus what the running coordinator knows.
-struct Group {
-    record: GroupRecord,
-    /// Until when a node that held this group's lease may still be acting
-    /// as primary, as far as the coordinator can tell (drift margin
-    /// included). Nobody else is promoted before this instant passes,
-    /// unless the holder confirmed that it stepped down.
-    lease_until: Option<Instant>,
-    /// The earliest future instant, other than `lease_until`, at which the
-    /// last decision would come out differently (a grace or delay ending).
-    wake: Option<Instant>,
-    /// The instant registered in `Engine::timers` for this group, if any.
-    timer: Option<Instant>,
-    /// A former primary told to step down at the current epoch, whose
-    /// confirmation (or lease expiry) is awaited: its node, and the agent
-    /// instance that held the lease (only that instance can confirm).
-    stepping_down: Option<(String, Option<String>)>,
-    /// A planned switchover in progress.
-    switchover: Option<Switchover>,
-    /// The last node that held the role, for the event log.
-    last_primary: Option<String>,
-    /// Since when the primary has been reporting itself fenced at the
-    /// current epoch: its grants do not reach it in time.
-    primary_fenced_since: Option<Instant>,
-    /// The primary's promote hook failed or timed out at this epoch.
-    promote_failed: bool,
-    /// When the role last moved away from a live primary (a step-down),
-    /// for `min_failover_interval`.
-    last_move_away: Option<Instant>,
-    /// Members that failed here (lapsed, promote hook failed, service
-    /// died) and when: ranked below the others and not the target of a
-    /// voluntary move until healthy for `failback_delay` since.
-    failed: HashMap<String, Instant>,
-    /// Members whose promote hook failed, for the retry backoff.
-    hook_failures: HashMap<String, HookFailures>,
-    /// The alarm raised for the current situation, raised once.
-    alarm: Option<String>,
-    phase: Phase,
-    phase_since_ms: u64,
+/// Numbers events and turns them into durable writes.
+struct EventLog {
+    next_seq: u64,
 }
 
-/// A member's failed promote hooks in one group.
-#[derive(Debug, Clone, Copy)]
-struct HookFailures {
-    /// In a row, since its last promote hook that succeeded.
-    count: u32,
-    last: Instant,
+impl EventLog {
+    /// Appends an event to the log (as a durable write).
+    fn record(&mut self, event: NewEvent<'_>, now: Now, out: &mut Effects) {
+        let seq = self.next_seq;
+        self.next_seq = self.next_seq.saturating_add(1);
+        tracing::info!(
+            group = event.group,
+            epoch = event.epoch,
+            kind = event.kind.as_str(),
+            old_primary = event.old_primary.unwrap_or("-"),
+            new_primary = event.new_primary.unwrap_or("-"),
+            actor = event.actor,
+            "{}",
+            event.reason
+        );
+        out.writes.push(Write::Event(EventRecord {
+            seq,
+            unix_ms: now.wall_ms,
+            group: event.group.to_owned(),
+            kind: event.kind,
+            epoch: event.epoch,
+            old_primary: event.old_primary.map(str::to_owned),
+            new_primary: event.new_primary.map(str::to_owned),
+            reason: event.reason,
+            actor: event.actor.to_owned(),
+        }));
+    }
 }
 
-/// A move of the role to `target`: requested by an operator (with a reply
-/// to send), or decided by the engine (failback, failing primary).
-struct Switchover {
-    target: String,
-    reply: Option<ReplyId>,
-    actor: String,
-    reason: String,
+/// What decision code works with besides the group it decides for: the
+/// nodes (sessions, health), the rules, the event log, the time and the
+/// effects being built.
+struct Ctx<'a> {
+    nodes: &'a mut Nodes,
+    leases: Leases,
+    events: &'a mut EventLog,
+    now: Now,
+    out: &'a mut Effects,
 }
 
-struct Node {
-    /// Groups this node is a member of.
-    groups: BTreeSet<String>,
-    session: Option<Session>,
-    /// Last message from the node (wall clock); 0 = not since start.
-    last_contact_ms: u64,
-    address: String,
-    agent_version: String,
-    checks: Vec<CheckStatus>,
-    /// Per group: whether the node is connected and passes that group's
-    /// checks, and since when (for failback and failed members).
-    health: HashMap<String, (bool, Instant)>,
-    /// When its agent said goodbye (stopped cleanly), and which instance,
-    /// until a new session.
-    goodbye: Option<(Instant, String)>,
-    /// The installation UUID its agent last reported.
-    node_uuid: Option<String>,
-    /// Another agent process claiming this node id while it is connected.
-    duplicate: Option<Duplicate>,
-    /// Epoch claims refused per group, so each is recorded once.
-    refused_claims: HashMap<String, u64>,
-}
-
-/// Refused sessions of another agent instance claiming a connected node.
-struct Duplicate {
-    instance: String,
-    address: String,
-    node_uuid: String,
-    /// When this run of refusals began and when the last one came.
-    first_refused: Instant,
-    last_refused: Instant,
-    /// The `duplicate_node` event was recorded.
-    reported: bool,
-}
-
-/// One open agent session.
-struct Session {
-    id: SessionId,
-    /// The agent process behind it.
-    instance: String,
-    /// When its Hello arrived.
-    opened: Instant,
-    /// The instant registered in `Engine::session_timers` for it.
-    timer: Instant,
-    /// It said goodbye: whatever it sends now earns nothing, and it is
-    /// not promoted.
-    leaving: bool,
-    /// The latest heartbeat: its sequence number and when it arrived.
-    last_heartbeat: Option<(u64, Instant)>,
-    /// The last assignment sent per group, so unchanged ones are not resent.
-    sent: HashMap<String, Assignment>,
-    /// The heartbeat interval last sent to the agent.
-    heartbeat_interval: Duration,
-    /// Until its first heartbeat: when the startup timeout closes it.
-    startup_deadline: Option<Instant>,
-}
-
-impl Node {
-    fn new() -> Self {
-        Node {
-            groups: BTreeSet::new(),
-            session: None,
-            last_contact_ms: 0,
-            address: String::new(),
-            agent_version: String::new(),
-            checks: Vec::new(),
-            health: HashMap::new(),
-            goodbye: None,
-            node_uuid: None,
-            duplicate: None,
-            refused_claims: HashMap::new(),
-        }
-    }
-
-    /// When the node's session was last heard from (its Hello or its
-    /// latest heartbeat).
-    fn last_heard(&self) -> Option<Instant> {
-        self.session.as_ref().map(|s| {
-            s.last_heartbeat
-                .map_or(s.opened, |(_, at)| at.max(s.opened))
-        })
-    }
-
-    /// The instance of its open session, if any.
-    fn instance(&self) -> Option<&str> {
-        self.session.as_ref().map(|s| s.instance.as_str())
-    }
-
-    /// Since when the node has been healthy for `group`, if it is now.
-    fn healthy_since(&self, group: &str) -> Option<Instant> {
-        match self.health.get(group) {
-            Some(&(true, since)) if self.session.is_some() => Some(since),
-            _ => None,
-        }
-    }
-
-    /// Since when the node has been failing `group`'s checks, if it is now.
-    fn unhealthy_since(&self, group: &str) -> Option<Instant> {
-        match self.health.get(group) {
-            Some(&(false, since)) if self.session.is_some() => Some(since),
-            _ => None,
-        }
-    }
-
-    /// Whether the node passes every check that applies to `group`.
-    fn passes_checks(&self, group: &str) -> bool {
-        self.checks
-            .iter()
-            .filter(|c| c.applies_to(group))
-            .all(|c| c.passing)
-    }
-
-    /// Connected: a session is open, has heartbeated within `within`, and
-    /// has not said goodbye.
-    fn heard_within(&self, now: Instant, within: Duration) -> bool {
-        self.session
-            .as_ref()
-            .filter(|s| !s.leaving)
-            .and_then(|s| s.last_heartbeat)
-            .is_some_and(|(_, at)| now.saturating_duration_since(at) < within)
+impl Ctx<'_> {
+    fn event(&mut self, event: NewEvent<'_>) {
+        self.events.record(event, self.now, self.out);
     }
 }
 
 impl Engine {
     /// Builds the engine from what the store held. Every group that has ever
-    /// had a primary starts with its lease assumed live for a full
-    /// `ttl * (1 + rho)`: the previous run may have granted one just before
-    /// it stopped, and nothing says when (invariant 1).
+    /// had a primary starts with its lease assumed live for a full lease
+    /// wait: the previous run may have granted one just before it stopped,
+    /// and nothing says when (invariant 1).
     pub fn new(config: EngineConfig, recovered: Recovered, now: Now) -> Self {
-        let mut engine = Engine {
-            config,
-            groups: BTreeMap::new(),
-            nodes: BTreeMap::new(),
-            sessions: HashMap::new(),
-            timers: BTreeSet::new(),
-            session_timers: BTreeSet::new(),
-            deleted_leases: HashMap::new(),
-            epoch_floors: recovered.epoch_floors,
-            next_event_seq: recovered.next_event_seq,
-        };
-        let drift = engine.config.clock_drift;
-        let default_ttl = engine.config.default_policy.failover_timeout;
-        engine.deleted_leases = engine
+        let leases = Leases::new(config.clock_drift);
+        let default_ttl = config.default_policy.failover_timeout;
+        let deleted_leases = recovered
             .epoch_floors
             .iter()
             .map(|(name, floor)| {
@@ -560,13 +430,28 @@ impl Engine {
                     .copied()
                     .unwrap_or(default_ttl);
                 let lease = DeletedLease {
-                    until: now.mono + ttl.mul_f64(1.0 + drift),
+                    until: leases.after_start(ttl, now.mono),
                     holder: None,
                     epoch_floor: *floor,
                 };
                 (name.clone(), lease)
             })
             .collect();
+        let mut engine = Engine {
+            config,
+            leases,
+            groups: BTreeMap::new(),
+            nodes: Nodes::new(),
+            sessions: HashMap::new(),
+            timers: BTreeSet::new(),
+            session_timers: BTreeSet::new(),
+            epoch_floors: recovered.epoch_floors,
+            deleted_leases,
+            events: EventLog {
+                next_seq: recovered.next_event_seq,
+            },
+            touched: BTreeSet::new(),
+        };
         for record in recovered.groups {
             let name = record.name.clone();
             for member in &record.members {
@@ -577,14 +462,11 @@ impl Engine {
                     .groups
                     .insert(name.clone());
             }
-            let wait = record.lease_ttl_bound().mul_f64(1.0 + drift);
-            let had_primary = record.epoch > 0;
-            engine.groups.insert(name.clone(), Group::new(record, now));
-            if had_primary {
-                engine.set_lease_until(&name, Some(now.mono + wait));
-            }
-            let phase = engine.compute_phase(&name, now);
-            engine.groups.get_mut(&name).expect("just inserted").phase = phase;
+            let until = leases.after_start(record.lease_ttl_bound(), now.mono);
+            let mut g = Group::recovered(record, until, now.wall_ms);
+            g.phase = decide::compute_phase(&g, &engine.nodes, now);
+            update_timer(&mut engine.timers, &mut g);
+            engine.groups.insert(name, g);
         }
         engine
     }
@@ -621,6 +503,7 @@ impl Engine {
                 command,
             } => self.on_admin(reply, &actor, command, now, out),
         }
+        self.write_changed(out);
     }
 
     /// Acts on every deadline that has passed.
@@ -642,13 +525,14 @@ impl Engine {
             }
             self.reconcile(&name, now, out);
         }
+        self.write_changed(out);
     }
 
     /// The next instant at which [`Engine::tick`] has something to do.
     pub fn next_deadline(&self) -> Option<Instant> {
         let group = self.timers.first().map(|(at, _)| *at);
-        let startup = self.session_timers.first().map(|(at, _)| *at);
-        group.into_iter().chain(startup).min()
+        let session = self.session_timers.first().map(|(at, _)| *at);
+        group.into_iter().chain(session).min()
     }
 
     /// How long a new session may take to send its Hello: the smallest
@@ -656,64 +540,66 @@ impl Engine {
     pub fn connect_timeout(&self) -> Duration {
         self.groups
             .values()
-            .map(|g| g.record.policy.connect_timeout)
+            .map(|g| g.policy().connect_timeout)
             .min()
             .unwrap_or(self.config.default_policy.connect_timeout)
     }
 
-    /// How long the coordinator waits out a lease of `policy`'s length.
-    fn lease_wait(&self, policy: &Policy) -> Duration {
-        lease_wait(self.config.clock_drift, policy)
+    /// Derived writes: one `PutGroup` for every group this step changed.
+    fn write_changed(&mut self, out: &mut Effects) {
+        for name in std::mem::take(&mut self.touched) {
+            if let Some(record) = self.groups.get_mut(&name).and_then(Group::take_write) {
+                out.writes.push(Write::PutGroup(record));
+            }
+        }
     }
 
-    /// Sets a group's `lease_until` and keeps `timers` in step with it.
-    fn set_lease_until(&mut self, name: &str, until: Option<Instant>) {
-        let Some(g) = self.groups.get_mut(name) else {
-            return;
+    /// Runs `f` on group `name` with the rest of the engine as context,
+    /// then keeps the group's timer in step with its deadlines.
+    fn with_group<T>(
+        &mut self,
+        name: &str,
+        now: Now,
+        out: &mut Effects,
+        f: impl FnOnce(&mut Group, &mut Ctx<'_>) -> T,
+    ) -> Option<T> {
+        let g = self.groups.get_mut(name)?;
+        self.touched.insert(name.to_owned());
+        let mut ctx = Ctx {
+            nodes: &mut self.nodes,
+            leases: self.leases,
+            events: &mut self.events,
+            now,
+            out,
         };
-        g.lease_until = until;
-        update_timer(&mut self.timers, name, g);
+        let result = f(g, &mut ctx);
+        update_timer(&mut self.timers, g);
+        Some(result)
+    }
+
+    /// Brings one group forward after anything that may change who should
+    /// be primary, then tells members, refreshes its phase and its timer.
+    fn reconcile(&mut self, name: &str, now: Now, out: &mut Effects) {
+        self.with_group(name, now, out, decide::reconcile);
     }
 
     /// Appends an event to the log (as a durable write).
     fn record_event(&mut self, event: NewEvent<'_>, now: Now, out: &mut Effects) {
-        let seq = self.next_event_seq;
-        self.next_event_seq = self.next_event_seq.saturating_add(1);
-        tracing::info!(
-            group = event.group,
-            epoch = event.epoch,
-            kind = event.kind.as_str(),
-            old_primary = event.old_primary.unwrap_or("-"),
-            new_primary = event.new_primary.unwrap_or("-"),
-            actor = event.actor,
-            "{}",
-            event.reason
-        );
-        out.writes.push(Write::Event(EventRecord {
-            seq,
-            unix_ms: now.wall_ms,
-            group: event.group.to_owned(),
-            kind: event.kind,
-            epoch: event.epoch,
-            old_primary: event.old_primary.map(str::to_owned),
-            new_primary: event.new_primary.map(str::to_owned),
-            reason: event.reason,
-            actor: event.actor.to_owned(),
-        }));
+        self.events.record(event, now, out);
     }
 }
 
 /// Moves the group's entry in `timers` to its earliest deadline.
-fn update_timer(timers: &mut BTreeSet<(Instant, String)>, name: &str, g: &mut Group) {
-    let due = g.lease_until.into_iter().chain(g.wake).min();
+fn update_timer(timers: &mut BTreeSet<(Instant, String)>, g: &mut Group) {
+    let due = g.deadline();
     if g.timer == due {
         return;
     }
     if let Some(old) = g.timer.take() {
-        timers.remove(&(old, name.to_owned()));
+        timers.remove(&(old, g.name().to_owned()));
     }
     if let Some(at) = due {
-        timers.insert((at, name.to_owned()));
+        timers.insert((at, g.name().to_owned()));
         g.timer = Some(at);
     }
 }
@@ -728,14 +614,8 @@ impl Wake {
     }
 }
 
-/// `ttl * (1 + rho)`: how long after a grant the coordinator must assume
-/// the grantee may still be acting as primary.
-fn lease_wait(clock_drift: f64, policy: &Policy) -> Duration {
-    policy.failover_timeout.mul_f64(1.0 + clock_drift)
-}
-
 /// One heartbeat, as the session received it.
-pub(super) struct Beat {
+struct Beat {
     seq: u64,
     received: Instant,
     checks: Vec<CheckStatus>,
@@ -769,26 +649,4 @@ const MIN_HOOK_RETRY: Duration = Duration::from_secs(1);
 
 /// A duplicate agent that has not been refused for this long is forgotten
 /// (its alarm clears).
-const DUPLICATE_MEMORY: Duration = Duration::from_secs(60);
-
-impl Group {
-    fn new(record: GroupRecord, now: Now) -> Self {
-        Group {
-            last_primary: record.primary.clone(),
-            record,
-            lease_until: None,
-            wake: None,
-            timer: None,
-            stepping_down: None,
-            switchover: None,
-            primary_fenced_since: None,
-            promote_failed: false,
-            last_move_away: None,
-            failed: HashMap::new(),
-            hook_failures: HashMap::new(),
-            alarm: None,
-            phase: Phase::NoPrimary,
-            phase_since_ms: now.wall_ms,
-        }
-    }
-}
+const DUPLICATE_MEMORY: Duration = Duration::from_secs(15);

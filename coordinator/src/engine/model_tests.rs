@@ -76,6 +76,8 @@ struct World {
     sessions: BTreeMap<SessionId, OpenSession>,
     /// Instance ids per node, by generation.
     generations: HashMap<String, u64>,
+    /// The last instance of each node that said goodbye.
+    left: HashMap<String, String>,
     /// The durable store, as the writes built it.
     store: BTreeMap<String, GroupRecord>,
     floors: HashMap<String, u64>,
@@ -128,6 +130,7 @@ impl World {
             next_reply: 1,
             sessions: BTreeMap::new(),
             generations: HashMap::new(),
+            left: HashMap::new(),
             store: BTreeMap::new(),
             floors: HashMap::new(),
             deleted_ttls: HashMap::new(),
@@ -330,7 +333,9 @@ impl World {
     /// Invariant 3: an active group's primary can be renewed.
     fn check_active_groups(&self) {
         for name in self.store.keys() {
-            let view = self.engine.group_view(name, self.now);
+            let Some(view) = self.engine.group_view(name, self.now) else {
+                panic!("{name} is in the store but not in the engine");
+            };
             if view.phase != Phase::Active {
                 continue;
             }
@@ -445,6 +450,13 @@ impl World {
         } else {
             self.random_claims()
         };
+        // A new process of the node names the one that said goodbye last
+        // (as a restarted agent does, from its state directory).
+        let previous_instance = self
+            .left
+            .get(&node)
+            .filter(|_| self.rng.random_bool(0.7))
+            .cloned();
         let session = self.next_session;
         self.next_session += 1;
         let roles = self
@@ -476,6 +488,7 @@ impl World {
                 node,
                 instance: instance.id,
                 node_uuid: "00000000-0000-4000-8000-000000000000".into(),
+                previous_instance,
                 agent_version: "model".into(),
                 address: format!("127.0.0.1:{session}"),
                 roles: claims,
@@ -708,6 +721,7 @@ impl World {
                     node,
                     instance: id,
                     node_uuid: "00000000-0000-4000-8000-000000000000".into(),
+                    previous_instance: None,
                     agent_version: "model".into(),
                     address: format!("127.0.0.1:{session}"),
                     roles: claims,
@@ -737,6 +751,7 @@ impl World {
                         for auths in self.authorizations.values_mut() {
                             auths.retain(|a| a.instance != instance);
                         }
+                        self.left.insert(instance.node.clone(), instance.id.clone());
                     }
                     self.input(Input::Goodbye {
                         session,
@@ -814,6 +829,7 @@ impl World {
                     node: node.into(),
                     instance: instance.id,
                     node_uuid: "00000000-0000-4000-8000-000000000000".into(),
+                    previous_instance: None,
                     agent_version: "model".into(),
                     address: format!("127.0.0.1:{session}"),
                     roles: vec![],
@@ -836,10 +852,11 @@ impl World {
                     self.send_hook_result(session, report);
                 }
             }
-            let all_active = self
-                .store
-                .keys()
-                .all(|name| self.engine.group_view(name, self.now).phase == Phase::Active);
+            let all_active = self.store.keys().all(|name| {
+                self.engine
+                    .group_view(name, self.now)
+                    .is_some_and(|v| v.phase == Phase::Active)
+            });
             if all_active {
                 return;
             }

@@ -1,12 +1,11 @@
-//! Agent sessions as the engine sees them: hello, heartbeats (and the lease
-//! grants they earn), hook results, goodbye and disconnection.
-//!
-//! **Architecture invariant (lease arithmetic):** a grant acknowledging
-//! heartbeat `seq` lets the agent act until `sent(seq) + ttl` on its own
-//! clock; the coordinator records `received(seq) + ttl * (1 + rho)`. Since a
-//! heartbeat is received after it is sent, and the agent's clock runs at
-//! most `1 + rho` times slower, the agent's lease always ends first.
+//! Agent sessions as the engine sees them: hello (and who may say it),
+//! heartbeats (and the lease grants they earn), hook results, goodbye,
+//! silence and disconnection. A session speaks only for its own agent
+//! instance (invariant 6); the lease arithmetic is in `lease.rs`.
 
+use super::decide;
+use super::group::Group;
+use super::node::{Duplicate, Node, Session};
 use super::*;
 
 impl Engine {
@@ -46,9 +45,19 @@ impl Engine {
         {
             node.duplicate = None;
         }
+        // A clean restart hands the role over only to the process that
+        // proves it follows the one that left: it knows that one's secret
+        // instance id, kept in the installation's state directory.
+        // Anyone else leaves the goodbye in place: the grace runs on for
+        // the process that left, and its real successor can still come.
         let same_installation = node.node_uuid.as_deref() == Some(hello.node_uuid.as_str());
-        let handed_over = match node.goodbye.take() {
-            Some((left, old)) if same_installation && old != hello.instance => Some((left, old)),
+        let handed_over = match &node.goodbye {
+            Some((_, old))
+                if same_installation
+                    && hello.previous_instance.as_deref() == Some(old.as_str()) =>
+            {
+                node.goodbye.take()
+            }
             _ => None,
         };
         if let Some(before) = node.node_uuid.as_deref()
@@ -67,8 +76,6 @@ impl Engine {
             heartbeat_interval: interval,
             startup_deadline: Some(startup_deadline),
         });
-        // Back: a goodbye no longer holds its groups.
-        node.goodbye = None;
         node.last_contact_ms = now.wall_ms;
         node.address = hello.address;
         node.agent_version = hello.agent_version;
@@ -89,15 +96,15 @@ impl Engine {
         for claim in hello.roles {
             self.check_claim(&node_id, session, &hello.instance, claim, now, out);
         }
-        let groups: Vec<String> = self.node_groups(&node_id);
-        for name in groups {
-            self.sync_group(&name, now, out);
+        for name in self.node_groups(&node_id) {
+            self.with_group(&name, now, out, decide::sync_group);
         }
     }
 
-    /// A primary's agent stopped cleanly (Goodbye) and a new agent process of
-    /// the same installation came back within the shutdown grace: it takes
-    /// over the role at the same epoch. The old process renews nothing any
+    /// A primary's agent stopped cleanly (Goodbye) and the next agent process
+    /// of the same installation — it names the old one's secret instance id
+    /// — came back within the shutdown grace: it takes over the role at the
+    /// same epoch. The old process renews nothing any
     /// more, and the service it left running is the one the new agent now
     /// watches over.
     fn hand_over(
@@ -110,16 +117,12 @@ impl Engine {
         out: &mut Effects,
     ) {
         for name in self.node_groups(node) {
-            let Some(g) = self.groups.get_mut(&name) else {
-                continue;
-            };
-            let holds = g.record.primary.as_deref() == Some(node)
-                && g.record.primary_instance.as_deref() == Some(old);
-            if holds && now.mono < left + g.record.policy.shutdown_grace {
-                tracing::info!(group = %name, %node, epoch = g.record.epoch, "the agent came back within the shutdown grace: it keeps the role");
-                g.record.primary_instance = Some(new.to_owned());
-                out.writes.push(Write::PutGroup(g.record.clone()));
-            }
+            self.with_group(&name, now, out, |g, _| {
+                if g.held_by(node, old) && now.mono < left + g.policy().shutdown_grace {
+                    tracing::info!(group = %g.name(), %node, epoch = g.epoch(), "the agent came back within the shutdown grace: it keeps the role");
+                    g.bind_instance(new);
+                }
+            });
         }
     }
 
@@ -152,16 +155,16 @@ impl Engine {
             .as_ref()
             .is_none_or(|d| now.mono.saturating_duration_since(d.last_refused) >= DUPLICATE_MEMORY);
         if episode_over {
-            node.duplicate = Some(Duplicate {
-                instance: hello.instance.clone(),
-                address: hello.address.clone(),
-                node_uuid: hello.node_uuid.clone(),
-                first_refused: now.mono,
-                last_refused: now.mono,
-                reported: false,
-            });
+            node.duplicate = None;
         }
-        let d = node.duplicate.as_mut().expect("set above");
+        let d = node.duplicate.get_or_insert_with(|| Duplicate {
+            instance: hello.instance.clone(),
+            address: hello.address.clone(),
+            node_uuid: hello.node_uuid.clone(),
+            first_refused: now.mono,
+            last_refused: now.mono,
+            reported: false,
+        });
         d.instance = hello.instance.clone();
         d.address = hello.address.clone();
         d.node_uuid = hello.node_uuid.clone();
@@ -196,7 +199,7 @@ impl Engine {
         ));
         if report {
             for name in self.node_groups(&hello.node) {
-                let epoch = self.groups.get(&name).map_or(0, |g| g.record.epoch);
+                let epoch = self.groups.get(&name).map_or(0, Group::epoch);
                 self.record_event(
                     NewEvent {
                         group: &name,
@@ -226,11 +229,11 @@ impl Engine {
         out: &mut Effects,
     ) {
         let floor = self.epoch_floors.get(&claim.group).copied().unwrap_or(0);
-        let Some(g) = self
+        let member = self
             .groups
-            .get_mut(&claim.group)
-            .filter(|g| g.record.members.iter().any(|m| m == node))
-        else {
+            .get(&claim.group)
+            .is_some_and(|g| g.is_member(node));
+        if !member {
             out.sends.push((
                 session,
                 ToAgent::Release {
@@ -240,80 +243,82 @@ impl Engine {
                 },
             ));
             return;
-        };
-        let stored = g.record.epoch;
-        // A record written before instances existed: the primary's session
-        // that still claims the role at the stored epoch holds it.
-        if g.record.primary.as_deref() == Some(node)
-            && g.record.primary_instance.is_none()
-            && claim.epoch == stored
-            && matches!(claim.role, Role::Primary | Role::Fenced)
-        {
-            g.record.primary_instance = Some(instance.to_owned());
-            out.writes.push(Write::PutGroup(g.record.clone()));
         }
-        if claim.epoch <= stored {
-            return;
-        }
-        // Only possible if the store lost acknowledged state (restored from
-        // an old backup): move the epoch past the claim so every member's
-        // next command is newer than anything it has seen. A claim further
-        // ahead than any honest agent could be is refused and recorded.
-        let ceiling = stored.max(floor).saturating_add(MAX_EPOCH_CLAIM_AHEAD);
-        let raised = claim
-            .epoch
-            .checked_add(1)
-            .filter(|_| claim.epoch <= ceiling);
-        let Some(raised) = raised else {
-            let repeated = self
-                .nodes
-                .get(node)
-                .and_then(|n| n.refused_claims.get(&claim.group))
-                == Some(&claim.epoch);
-            if let Some(n) = self.nodes.get_mut(node) {
-                n.refused_claims.insert(claim.group.clone(), claim.epoch);
+        self.with_group(&claim.group, now, out, |g, ctx| {
+            let stored = g.epoch();
+            // A record written before instances existed: the primary's
+            // session that still claims the role at the stored epoch holds it.
+            if g.primary() == Some(node)
+                && g.holder_instance().is_none()
+                && claim.epoch == stored
+                && matches!(claim.role, Role::Primary | Role::Fenced)
+            {
+                g.bind_instance(instance);
             }
-            if !repeated {
-                let primary = g.record.primary.clone();
-                self.record_event(
-                    NewEvent {
-                        group: &claim.group,
-                        kind: EventKind::EpochClaimRefused,
-                        epoch: stored,
+            if claim.epoch <= stored {
+                return;
+            }
+            // Only possible if the store lost acknowledged state (restored
+            // from an old backup): move the epoch past the claim so every
+            // member's next command is newer than anything it has seen. A
+            // claim further ahead than any honest agent could be is refused
+            // and recorded.
+            let ceiling = stored.max(floor).saturating_add(MAX_EPOCH_CLAIM_AHEAD);
+            let primary = g.primary().map(str::to_owned);
+            let name = g.name().to_owned();
+            // Each raise re-runs the primary's hook at the new epoch: at most
+            // one per lease, so no member can churn it. A claim held back
+            // here is looked at again on a later heartbeat.
+            let lease = g.policy().failover_timeout;
+            if g.last_raise.is_some_and(|at| now.mono < at + lease) {
+                return;
+            }
+            match claim
+                .epoch
+                .checked_add(1)
+                .filter(|_| claim.epoch <= ceiling)
+            {
+                Some(raised) => {
+                    g.last_raise = Some(now.mono);
+                    g.raise_epoch(raised);
+                    decide::sync_group(g, ctx);
+                    ctx.event(NewEvent {
+                        group: &name,
+                        kind: EventKind::EpochRaised,
+                        epoch: raised,
                         old_primary: primary.as_deref(),
                         new_primary: primary.as_deref(),
                         reason: format!(
-                            "{node} claimed epoch {} in group {}, more than {MAX_EPOCH_CLAIM_AHEAD} \
-                             above the stored {stored}: refused (a corrupt or hostile agent)",
-                            claim.epoch, claim.group
+                            "{node} reported epoch {} above the stored {stored}",
+                            claim.epoch
                         ),
                         actor: COORDINATOR,
-                    },
-                    now,
-                    out,
-                );
+                    });
+                }
+                None => {
+                    let refused = ctx
+                        .nodes
+                        .get_mut(node)
+                        .map(|n| n.refused_claims.insert(name.clone(), claim.epoch));
+                    if refused.flatten() != Some(claim.epoch) {
+                        ctx.event(NewEvent {
+                            group: &name,
+                            kind: EventKind::EpochClaimRefused,
+                            epoch: stored,
+                            old_primary: primary.as_deref(),
+                            new_primary: primary.as_deref(),
+                            reason: format!(
+                                "{node} claimed epoch {} in group {name}, more than \
+                                 {MAX_EPOCH_CLAIM_AHEAD} above the stored {stored}: refused \
+                                 (a corrupt or hostile agent)",
+                                claim.epoch
+                            ),
+                            actor: COORDINATOR,
+                        });
+                    }
+                }
             }
-            return;
-        };
-        g.record.epoch = raised;
-        out.writes.push(Write::PutGroup(g.record.clone()));
-        let primary = g.record.primary.clone();
-        self.record_event(
-            NewEvent {
-                group: &claim.group,
-                kind: EventKind::EpochRaised,
-                epoch: raised,
-                old_primary: primary.as_deref(),
-                new_primary: primary.as_deref(),
-                reason: format!(
-                    "{node} reported epoch {} above the stored {stored}",
-                    claim.epoch
-                ),
-                actor: COORDINATOR,
-            },
-            now,
-            out,
-        );
+        });
     }
 
     pub(super) fn on_heartbeat(
@@ -332,7 +337,6 @@ impl Engine {
             checks,
             roles,
         } = beat;
-        let drift = self.config.clock_drift;
         let limit = self.silence_limit(&node_id);
         let Some(node) = self.nodes.get_mut(&node_id) else {
             return;
@@ -380,45 +384,14 @@ impl Engine {
             let Some(g) = self.groups.get_mut(name) else {
                 continue;
             };
-            match g.record.primary.as_deref() {
+            match g.primary() {
                 // Another instance of this node holds the lease: only it may
                 // renew it; this one waits for it to run out like anyone.
-                Some(p)
-                    if p == node_id && g.record.primary_instance.as_deref() != Some(&instance) => {}
+                Some(p) if p == node_id && !g.held_by(&node_id, &instance) => {}
                 Some(p) if p == node_id => {
-                    let epoch = g.record.epoch;
-                    let ttl = g.record.policy.failover_timeout;
-                    let claimed = roles.iter().find(|r| r.group == *name && r.epoch == epoch);
-                    // It says it is no longer primary at this epoch: it
-                    // needs no lease, and until its hook result confirms
-                    // the step-down its last lease is waited out.
-                    if claimed.is_some_and(|r| r.role == Role::Secondary) {
-                        continue;
-                    }
-                    let fenced = claimed.is_some_and(|r| r.role == Role::Fenced);
-                    if !fenced {
-                        g.primary_fenced_since = None;
-                    } else if g.primary_fenced_since.is_none() {
-                        g.primary_fenced_since = Some(received);
-                    }
-                    // A primary that stays fenced for a whole lease despite
-                    // our grants is not reachable in time: stop granting, so
-                    // its lease runs out here too and it is replaced.
-                    let unreachable = g
-                        .primary_fenced_since
-                        .is_some_and(|since| received.saturating_duration_since(since) >= ttl);
-                    if unreachable {
-                        continue;
-                    }
-                    grants.push(LeaseGrant {
-                        group: name.clone(),
-                        epoch,
-                        ttl,
-                    });
-                    let until = received + lease_wait(drift, &g.record.policy);
-                    if g.lease_until.is_none_or(|current| current < until) {
-                        g.lease_until = Some(until);
-                        update_timer(&mut self.timers, name, g);
+                    if let Some(grant) = earn_grant(g, &self.leases, &roles, received) {
+                        grants.push(grant);
+                        update_timer(&mut self.timers, g);
                     }
                 }
                 Some(_) => {}
@@ -426,6 +399,20 @@ impl Engine {
             }
         }
         out.sends.push((session, ToAgent::Ack { seq, grants }));
+
+        // A claim above a group's epoch (held back by the raise limit when
+        // it came with the Hello) is looked at again.
+        let ahead: Vec<ClaimedRole> = roles
+            .into_iter()
+            .filter(|r| {
+                self.groups
+                    .get(&r.group)
+                    .is_some_and(|g| r.epoch > g.epoch() && g.is_member(&node_id))
+            })
+            .collect();
+        for claim in ahead {
+            self.check_claim(&node_id, session, &instance, claim, now, out);
+        }
 
         // A node that just became reachable, or whose health changed, may
         // change who qualifies.
@@ -494,7 +481,7 @@ impl Engine {
         } else {
             tracing::warn!(node = %node_id, group = %report.group, epoch = report.epoch, role = ?report.role, outcome = ?report.outcome, exit_code = ?report.exit_code, detail = %report.detail, "hook did not succeed");
         }
-        let Some(g) = self.groups.get(&report.group) else {
+        if !self.groups.contains_key(&report.group) {
             // A deleted group's released primary confirms its step-down: a
             // group re-created under the name need not wait for its lease.
             let confirms = self.deleted_leases.get(&report.group).is_some_and(|l| {
@@ -507,79 +494,41 @@ impl Engine {
                 self.deleted_leases.remove(&report.group);
             }
             return;
-        };
-        let current = report.epoch == g.record.epoch;
-        // Only the instance that holds the role (or held it, while it steps
-        // down) speaks for it: another process claiming the same node id
-        // cannot confirm or give up a lease it was never granted.
-        let holds = g.record.primary.as_deref() == Some(node_id.as_str())
-            && g.record.primary_instance.as_deref() == Some(instance.as_str());
-        let stepping_down = g
-            .stepping_down
-            .as_ref()
-            .is_some_and(|(n, i)| *n == node_id && i.as_deref() == Some(instance.as_str()));
-        let name = report.group.clone();
-        if holds && current && report.role == Role::Primary && level_ok {
-            if let Some(g) = self.groups.get_mut(&name) {
-                g.hook_failures.remove(&node_id);
-            }
-        } else if stepping_down && current && report.role == Role::Secondary && level_ok {
-            self.confirm_step_down(&name, &node_id, now, out);
-        } else if holds && current && report.role == Role::Secondary && level_ok {
-            // Its agent is stopping and stepped down by itself.
-            self.primary_stepped_down(&name, &node_id, now, out);
-        } else if holds
-            && current
-            && report.role == Role::Primary
-            && matches!(report.outcome, HookOutcome::Failed | HookOutcome::TimedOut)
-        {
-            self.promote_hook_failed(&name, &node_id, &report, now, out);
         }
-    }
-
-    /// The primary's promote hook failed: it is not serving.
-    fn promote_hook_failed(
-        &mut self,
-        name: &str,
-        node_id: &str,
-        report: &HookReport,
-        now: Now,
-        out: &mut Effects,
-    ) {
-        let Some(g) = self.groups.get_mut(name) else {
-            return;
-        };
-        g.promote_failed = true;
-        let failures = g
-            .hook_failures
-            .entry(node_id.to_owned())
-            .or_insert(HookFailures {
-                count: 0,
-                last: now.mono,
-            });
-        failures.count = failures.count.saturating_add(1);
-        failures.last = now.mono;
-        let epoch = g.record.epoch;
-        self.mark_failed(name, node_id, now);
-        let detail = if report.detail.is_empty() {
-            format!("{:?}", report.outcome)
-        } else {
-            report.detail.clone()
-        };
-        self.record_event(
-            NewEvent {
-                group: name,
-                kind: EventKind::PromoteFailed,
-                epoch,
-                old_primary: Some(node_id),
-                new_primary: None,
-                reason: format!("{node_id}'s promote hook did not succeed: {detail}"),
-                actor: COORDINATOR,
-            },
-            now,
-            out,
-        );
-        self.reconcile(name, now, out);
+        let group = report.group.clone();
+        self.with_group(&group, now, out, |g, ctx| {
+            let current = report.epoch == g.epoch();
+            // Only the instance that holds the role (or held it, while it
+            // steps down) speaks for it: another process claiming the same
+            // node id cannot confirm or give up a lease it was never granted.
+            let holds = g.held_by(&node_id, &instance);
+            let stepping_down = g.stepping_down_by(&node_id, &instance);
+            if !current {
+                return;
+            }
+            match report.role {
+                Role::Primary if holds && level_ok => {
+                    g.hook_failures.remove(&node_id);
+                }
+                Role::Primary
+                    if holds
+                        && matches!(
+                            report.outcome,
+                            HookOutcome::Failed | HookOutcome::TimedOut
+                        ) =>
+                {
+                    promote_hook_failed(g, ctx, &node_id, &report);
+                }
+                Role::Secondary if stepping_down && level_ok => {
+                    decide::confirm_step_down(g, ctx, &node_id);
+                }
+                // Its agent is stopping and stepped down by itself.
+                Role::Secondary if holds && level_ok => {
+                    decide::primary_stepped_down(g, ctx, &node_id);
+                }
+                _ => {}
+            }
+        });
     }
 
     pub(super) fn on_goodbye(
@@ -605,39 +554,26 @@ impl Engine {
         s.leaving = true;
         let instance = s.instance.clone();
         node.goodbye = Some((now.mono, instance.clone()));
-        let led: Vec<String> = node
-            .groups
-            .iter()
-            .filter(|g| {
-                self.groups.get(*g).is_some_and(|g| {
-                    g.record.primary.as_deref() == Some(node_id.as_str())
-                        && g.record.primary_instance.as_deref() == Some(instance.as_str())
-                })
-            })
-            .cloned()
-            .collect();
-        for name in led {
-            let Some(g) = self.groups.get(&name) else {
-                continue;
-            };
-            let grace = humantime::format_duration(g.record.policy.shutdown_grace);
-            let epoch = g.record.epoch;
-            self.record_event(
-                NewEvent {
-                    group: &name,
+        for name in self.node_groups(&node_id) {
+            self.with_group(&name, now, out, |g, ctx| {
+                if !g.held_by(&node_id, &instance) {
+                    return;
+                }
+                let grace = humantime::format_duration(g.policy().shutdown_grace);
+                let group = g.name().to_owned();
+                ctx.event(NewEvent {
+                    group: &group,
                     kind: EventKind::PrimaryLeft,
-                    epoch,
+                    epoch: g.epoch(),
                     old_primary: Some(&node_id),
                     new_primary: None,
                     reason: format!(
                         "{node_id}'s agent is stopping ({reason}): waiting up to the shutdown grace of {grace} for it"
                     ),
                     actor: COORDINATOR,
-                },
-                now,
-                out,
-            );
-            self.reconcile(&name, now, out);
+                });
+                decide::reconcile(g, ctx);
+            });
         }
     }
 
@@ -658,7 +594,7 @@ impl Engine {
             self.nodes.remove(&node_id);
         }
         for name in groups {
-            self.refresh_phase(&name, now, out);
+            self.with_group(&name, now, out, decide::refresh_phase);
         }
     }
 
@@ -670,43 +606,40 @@ impl Engine {
             .unwrap_or_default()
     }
 
-    /// How long a session of `node` may stay silent before it counts as
-    /// gone: twice the longest lease among its groups. Any lease it held
-    /// has run out by then; the second lease's worth keeps a coordinator
-    /// that was itself stalled for a moment from closing every session.
-    pub(super) fn silence_limit(&self, node: &str) -> Duration {
-        let longest = self
-            .nodes
-            .get(node)
-            .into_iter()
-            .flat_map(|n| n.groups.iter())
-            .filter_map(|g| self.groups.get(g))
-            .map(|g| g.record.policy.failover_timeout)
-            .max()
-            .unwrap_or(self.config.default_policy.failover_timeout);
-        longest.saturating_mul(2)
-    }
-
-    /// The smallest startup timeout among the node's groups.
-    fn startup_timeout_for(&self, node: &str) -> Duration {
+    /// The policies of the groups `node` is a member of.
+    fn node_policies<'a>(&'a self, node: &str) -> impl Iterator<Item = &'a Policy> + 'a {
         self.nodes
             .get(node)
             .into_iter()
             .flat_map(|n| n.groups.iter())
             .filter_map(|g| self.groups.get(g))
-            .map(|g| g.record.policy.startup_timeout)
+            .map(Group::policy)
+    }
+
+    /// How long a session of `node` may stay silent before it counts as
+    /// gone: twice the longest lease among its groups. Any lease it held
+    /// has run out by then; the second lease's worth keeps a coordinator
+    /// that was itself stalled for a moment from closing every session.
+    pub(super) fn silence_limit(&self, node: &str) -> Duration {
+        self.node_policies(node)
+            .map(|p| p.failover_timeout)
+            .max()
+            .unwrap_or(self.config.default_policy.failover_timeout)
+            .saturating_mul(2)
+    }
+
+    /// The smallest startup timeout among the node's groups.
+    fn startup_timeout_for(&self, node: &str) -> Duration {
+        self.node_policies(node)
+            .map(|p| p.startup_timeout)
             .min()
             .unwrap_or(self.config.default_policy.startup_timeout)
     }
 
     /// The smallest heartbeat interval among the node's groups.
     pub(super) fn heartbeat_interval_for(&self, node: &str) -> Duration {
-        self.nodes
-            .get(node)
-            .into_iter()
-            .flat_map(|n| n.groups.iter())
-            .filter_map(|g| self.groups.get(g))
-            .map(|g| g.record.policy.heartbeat_interval)
+        self.node_policies(node)
+            .map(|p| p.heartbeat_interval)
             .min()
             .unwrap_or(self.config.default_heartbeat_interval)
     }
@@ -726,6 +659,58 @@ impl Engine {
             ));
         }
     }
+}
+
+/// The lease a heartbeat from the holder earns in `g`, if any: none when it
+/// says it no longer holds the role at this epoch (its last lease is waited
+/// out until its hook result confirms), or when it has reported itself
+/// fenced for a whole lease despite our grants (they do not reach it in
+/// time: it is left to lapse and be replaced).
+fn earn_grant(
+    g: &mut Group,
+    leases: &Leases,
+    roles: &[ClaimedRole],
+    received: Instant,
+) -> Option<LeaseGrant> {
+    let epoch = g.epoch();
+    let ttl = g.policy().failover_timeout;
+    let claimed = roles
+        .iter()
+        .find(|r| r.group == g.name() && r.epoch == epoch);
+    if claimed.is_some_and(|r| r.role == Role::Secondary) {
+        return None;
+    }
+    g.note_fenced(claimed.is_some_and(|r| r.role == Role::Fenced), received);
+    let unreachable = g
+        .fenced_since()
+        .is_some_and(|since| received.saturating_duration_since(since) >= ttl);
+    if unreachable {
+        return None;
+    }
+    let (grant, until) = leases.grant(g.name(), epoch, ttl, received)?;
+    g.extend_lease(until);
+    Some(grant)
+}
+
+/// The primary's promote hook failed: it is not serving.
+fn promote_hook_failed(g: &mut Group, ctx: &mut Ctx<'_>, node_id: &str, report: &HookReport) {
+    g.note_promote_failed(ctx.now.mono);
+    let detail = if report.detail.is_empty() {
+        format!("{:?}", report.outcome)
+    } else {
+        report.detail.clone()
+    };
+    let name = g.name().to_owned();
+    ctx.event(NewEvent {
+        group: &name,
+        kind: EventKind::PromoteFailed,
+        epoch: g.epoch(),
+        old_primary: Some(node_id),
+        new_primary: None,
+        reason: format!("{node_id}'s promote hook did not succeed: {detail}"),
+        actor: COORDINATOR,
+    });
+    decide::reconcile(g, ctx);
 }
 
 /// The first 8 characters of an instance id, for logs and views.

@@ -115,6 +115,7 @@ impl Sim {
                 node: node.into(),
                 instance,
                 node_uuid: "00000000-0000-4000-8000-000000000001".into(),
+                previous_instance: None,
                 agent_version: "test".into(),
                 address: "127.0.0.1:1".into(),
                 roles,
@@ -233,7 +234,9 @@ impl Sim {
     }
 
     fn view(&mut self, name: &str) -> GroupView {
-        self.engine.group_view(name, self.now)
+        self.engine
+            .group_view(name, self.now)
+            .unwrap_or_else(|| panic!("group {name} exists"))
     }
 
     fn primary(&mut self, name: &str) -> (Option<String>, u64) {
@@ -1231,6 +1234,7 @@ fn a_session_that_never_heartbeats_is_closed_after_the_startup_timeout() {
             node: "rec-1".into(),
             instance: instance_id("rec-1", 0),
             node_uuid: String::new(),
+            previous_instance: None,
             agent_version: "test".into(),
             address: String::new(),
             roles: vec![],

@@ -3,6 +3,10 @@
 
 use serde::Serialize;
 
+use super::decide;
+use super::group::Group;
+use super::node::{Node, Nodes};
+use super::sessions;
 use super::*;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -65,122 +69,11 @@ pub struct CheckView {
 }
 
 impl Engine {
-    pub fn group_view(&self, name: &str, now: Now) -> GroupView {
-        let g = &self.groups[name];
-        let ttl = g.record.policy.failover_timeout;
-        let members: Vec<MemberView> = g
-            .record
-            .members
-            .iter()
-            .map(|m| {
-                let node = self.nodes.get(m);
-                let connected = node.is_some_and(|n| n.heard_within(now.mono, ttl));
-                let is_primary = g.record.primary.as_ref() == Some(m);
-                let why_not = self.why_not(name, m, now);
-                MemberView {
-                    node: m.clone(),
-                    role: if is_primary {
-                        Role::Primary
-                    } else {
-                        Role::Secondary
-                    },
-                    connected,
-                    healthy: connected && node.is_some_and(|n| n.passes_checks(name)),
-                    last_contact_unix_ms: node.map_or(0, |n| n.last_contact_ms),
-                    maintenance: g.record.in_maintenance(m),
-                    recently_failed: self.recently_failed(name, m, now),
-                    qualifies: why_not.is_none(),
-                    why_not: if is_primary { None } else { why_not },
-                    duplicate: node.and_then(|n| self.duplicate_text(m, n, now)),
-                }
-            })
-            .collect();
-        let duplicate_alarm = members
-            .iter()
-            .find_map(|m| m.duplicate.clone())
-            .map(|d| format!("duplicate agent: {d}"));
-        GroupView {
-            name: name.to_owned(),
-            epoch: g.record.epoch,
-            primary: g.record.primary.clone(),
-            phase: g.phase,
-            phase_since_unix_ms: g.phase_since_ms,
-            members,
-            policy: g.record.policy.clone(),
-            alarm: g.alarm.clone().or(duplicate_alarm),
-        }
-    }
-
-    /// Why `node` would not be promoted automatically right now, in the
-    /// words an operator needs; `None` if it would.
-    fn why_not(&self, name: &str, node: &str, now: Now) -> Option<String> {
-        let g = &self.groups[name];
-        let Some(n) = self.nodes.get(node) else {
-            return Some("never connected to this coordinator".into());
-        };
-        if g.record.in_maintenance(node) {
-            return Some("in maintenance (failoverctl group member undrain to end it)".into());
-        }
-        if !n.heard_within(now.mono, g.record.policy.failover_timeout) {
-            return Some(match n.session {
-                Some(_) => "connected but silent for longer than the failover timeout".into(),
-                None => "disconnected".into(),
-            });
-        }
-        let failing: Vec<String> = n
-            .checks
-            .iter()
-            .filter(|c| c.applies_to(name) && !c.passing)
-            .map(|c| {
-                if c.detail.is_empty() {
-                    format!("failing check {}", c.name)
-                } else {
-                    format!("failing check {} ({})", c.name, c.detail)
-                }
-            })
-            .collect();
-        if !failing.is_empty() {
-            return Some(failing.join(", "));
-        }
-        if let Some(f) = g.hook_failures.get(node) {
-            let retry = self
-                .hook_retry_at(name, node)
-                .map(|at| wall(now, at))
-                .unwrap_or_default();
-            return Some(format!(
-                "promote hook failed {} time{}; retried at {} if nobody else can serve",
-                f.count,
-                if f.count == 1 { "" } else { "s" },
-                retry
-            ));
-        }
-        match self.requalifies_at(name, node, now) {
-            Some(at) if now.mono < at => Some(format!(
-                "recently failed: ranked last, and no failback or restore to it, until {} \
-                 (promoted at once if nobody else can serve)",
-                wall(now, at)
-            )),
-            _ => None,
-        }
-    }
-
-    /// The `duplicate_node` situation of `id`, if one is current.
-    fn duplicate_text(&self, id: &str, n: &Node, now: Now) -> Option<String> {
-        let d = n.duplicate.as_ref()?;
-        if !d.reported || now.mono.saturating_duration_since(d.last_refused) >= DUPLICATE_MEMORY {
-            return None;
-        }
-        let install = if n.node_uuid.as_deref() == Some(d.node_uuid.as_str()) {
-            "same installation"
-        } else {
-            "another installation"
-        };
-        Some(format!(
-            "another agent (instance {}, {install}) from {} claims {id}, which is connected from {}",
-            sessions::short(&d.instance),
-            d.address,
-            n.address
-        ))
+    /// The view of group `name`, if it exists.
+    pub fn group_view(&self, name: &str, now: Now) -> Option<GroupView> {
+        self.groups
+            .get(name)
+            .map(|g| group_view(g, &self.nodes, now))
     }
 
     pub fn node_views(&self, now: Now) -> Vec<NodeView> {
@@ -198,10 +91,10 @@ impl Engine {
                     groups: n
                         .groups
                         .iter()
-                        .filter(|g| self.groups.contains_key(*g))
+                        .filter_map(|g| self.groups.get(g))
                         .map(|g| {
-                            let a = self.assignment_for(g, id);
-                            (g.clone(), a.role, a.epoch)
+                            let a = decide::assignment_for(g, id);
+                            (g.name().to_owned(), a.role, a.epoch)
                         })
                         .collect(),
                     checks: n
@@ -214,13 +107,133 @@ impl Engine {
                             detail: c.detail.clone(),
                         })
                         .collect(),
-                    duplicate: self.duplicate_text(id, n, now),
+                    duplicate: duplicate_text(id, n, now),
                     instance: n.instance().map(|i| sessions::short(i).to_owned()),
                     node_uuid: n.node_uuid.clone(),
                 }
             })
             .collect()
     }
+}
+
+/// What `failoverctl group show` and the status page show of one group.
+pub(super) fn group_view(g: &Group, nodes: &Nodes, now: Now) -> GroupView {
+    let ttl = g.policy().failover_timeout;
+    let members: Vec<MemberView> = g
+        .members()
+        .iter()
+        .map(|m| {
+            let node = nodes.get(m);
+            let connected = node.is_some_and(|n| n.heard_within(now.mono, ttl));
+            let is_primary = g.primary() == Some(m.as_str());
+            let why_not = why_not(g, nodes, m, now);
+            MemberView {
+                node: m.clone(),
+                role: if is_primary {
+                    Role::Primary
+                } else {
+                    Role::Secondary
+                },
+                connected,
+                healthy: connected && node.is_some_and(|n| n.passes_checks(g.name())),
+                last_contact_unix_ms: node.map_or(0, |n| n.last_contact_ms),
+                maintenance: g.in_maintenance(m),
+                recently_failed: decide::recently_failed(g, nodes, m, now),
+                qualifies: why_not.is_none(),
+                why_not: if is_primary { None } else { why_not },
+                duplicate: node.and_then(|n| duplicate_text(m, n, now)),
+            }
+        })
+        .collect();
+    let duplicate_alarm = members
+        .iter()
+        .find_map(|m| m.duplicate.clone())
+        .map(|d| format!("duplicate agent: {d}"));
+    GroupView {
+        name: g.name().to_owned(),
+        epoch: g.epoch(),
+        primary: g.primary().map(str::to_owned),
+        phase: g.phase,
+        phase_since_unix_ms: g.phase_since_ms,
+        members,
+        policy: g.policy().clone(),
+        alarm: g.alarm.clone().or(duplicate_alarm),
+    }
+}
+
+/// Why `node` would not be promoted automatically right now, in the words
+/// an operator needs; `None` if it would.
+fn why_not(g: &Group, nodes: &Nodes, node: &str, now: Now) -> Option<String> {
+    let Some(n) = nodes.get(node) else {
+        return Some("never connected to this coordinator".into());
+    };
+    if g.in_maintenance(node) {
+        return Some("in maintenance (failoverctl group member undrain to end it)".into());
+    }
+    if !n.heard_within(now.mono, g.policy().failover_timeout) {
+        return Some(match &n.session {
+            Some(s) if s.leaving => "its agent is stopping".into(),
+            Some(s) if s.last_heartbeat.is_none() => {
+                "connected, waiting for its first heartbeat".into()
+            }
+            Some(_) => "connected but silent for longer than the failover timeout".into(),
+            None => "disconnected".into(),
+        });
+    }
+    let failing: Vec<String> = n
+        .checks
+        .iter()
+        .filter(|c| c.applies_to(g.name()) && !c.passing)
+        .map(|c| {
+            if c.detail.is_empty() {
+                format!("failing check {}", c.name)
+            } else {
+                format!("failing check {} ({})", c.name, c.detail)
+            }
+        })
+        .collect();
+    if !failing.is_empty() {
+        return Some(failing.join(", "));
+    }
+    if let Some(f) = g.hook_failures.get(node) {
+        let retry = g
+            .hook_retry_at(node, MIN_HOOK_RETRY)
+            .map(|at| wall(now, at))
+            .unwrap_or_default();
+        return Some(format!(
+            "promote hook failed {} time{}; retried at {} if nobody else can serve",
+            f.count,
+            if f.count == 1 { "" } else { "s" },
+            retry
+        ));
+    }
+    match decide::requalifies_at(g, nodes, node, now) {
+        Some(at) if now.mono < at => Some(format!(
+            "recently failed: ranked last, and no failback or restore to it, until {} \
+             (promoted at once if nobody else can serve)",
+            wall(now, at)
+        )),
+        _ => None,
+    }
+}
+
+/// The `duplicate_node` situation of `id`, if one is current.
+fn duplicate_text(id: &str, n: &Node, now: Now) -> Option<String> {
+    let d = n.duplicate.as_ref()?;
+    if !d.reported || now.mono.saturating_duration_since(d.last_refused) >= DUPLICATE_MEMORY {
+        return None;
+    }
+    let install = if n.node_uuid.as_deref() == Some(d.node_uuid.as_str()) {
+        "same installation"
+    } else {
+        "another installation"
+    };
+    Some(format!(
+        "another agent (instance {}, {install}) from {} claims {id}, which is connected from {}",
+        sessions::short(&d.instance),
+        d.address,
+        n.address
+    ))
 }
 
 /// An instant on the monotonic clock as a UTC wall-clock time.
