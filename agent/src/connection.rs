@@ -14,8 +14,9 @@ use tonic::transport::Endpoint;
 /// Messages the agent may queue for the coordinator before the connection
 /// counts as stuck.
 pub const OUTBOUND_CAPACITY: usize = 256;
-const FIRST_RETRY: Duration = Duration::from_millis(100);
-const MAX_RETRY: Duration = Duration::from_secs(5);
+const FIRST_RETRY: Duration = Duration::from_millis(50);
+/// The longest wait between attempts when no lease says otherwise.
+pub const MAX_RETRY: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// One open session stream.
@@ -25,24 +26,30 @@ pub struct Connection {
     pub inbound: Streaming<pb::CoordinatorMessage>,
 }
 
-/// Connects to the first coordinator that answers, waiting `delay` first.
-/// Never gives up: an agent keeps trying for as long as it runs.
-pub async fn connect(urls: Vec<String>, delay: Duration) -> Connection {
+/// Connects to the first coordinator that answers, waiting `delay` first
+/// and at most `max_retry` between attempts. Never gives up: an agent keeps
+/// trying for as long as it runs.
+pub async fn connect(urls: Vec<String>, delay: Duration, max_retry: Duration) -> Connection {
     tokio::time::sleep(delay).await;
-    let mut retry = FIRST_RETRY;
-    for url in urls.iter().cycle() {
-        match open(url).await {
-            Ok(connection) => return connection,
-            Err(e) => {
-                // Full jitter keeps a fleet of agents from reconnecting in step.
-                let wait = rand::rng().random_range(Duration::ZERO..=retry);
-                tracing::warn!(%url, error = format!("{e:#}"), retry_in = ?wait, "cannot open a session with the coordinator");
-                tokio::time::sleep(wait).await;
-                retry = (retry * 2).min(MAX_RETRY);
+    let mut retry = FIRST_RETRY.min(max_retry);
+    loop {
+        for url in &urls {
+            match open(url).await {
+                Ok(connection) => return connection,
+                Err(e) => {
+                    // Full jitter keeps a fleet of agents from reconnecting
+                    // in step.
+                    let wait = rand::rng().random_range(Duration::ZERO..=retry);
+                    tracing::warn!(%url, error = format!("{e:#}"), retry_in = ?wait, "cannot open a session with the coordinator");
+                    tokio::time::sleep(wait).await;
+                    retry = retry.saturating_mul(2).min(max_retry);
+                }
             }
         }
+        if urls.is_empty() {
+            std::future::pending::<()>().await;
+        }
     }
-    unreachable!("the URL list is never empty")
 }
 
 async fn open(url: &str) -> anyhow::Result<Connection> {

@@ -16,6 +16,14 @@ use anyhow::{Context, bail};
 
 /// File, in the state directory, that keeps the installation UUID.
 pub const NODE_UUID_FILE: &str = "node-uuid";
+/// File, in the state directory, where an agent that stops cleanly leaves
+/// its instance id for the next one of the same node id (read once, then
+/// removed): `previous-instance.<node id>`.
+pub const PREVIOUS_INSTANCE_FILE: &str = "previous-instance";
+
+fn previous_instance_file(state_dir: &Path, node: &str) -> PathBuf {
+    state_dir.join(format!("{PREVIOUS_INSTANCE_FILE}.{node}"))
+}
 
 /// This process's identity.
 #[derive(Debug, Clone)]
@@ -26,6 +34,12 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// The instance id's first 8 hex digits, for logs: the whole id is a
+    /// secret shared only with the coordinator.
+    pub fn short(&self) -> &str {
+        self.instance.get(..8).unwrap_or(&self.instance)
+    }
+
     /// A new instance id, and the installation UUID read from `state_dir`
     /// (created there on first start).
     pub fn load(state_dir: &Path) -> anyhow::Result<Identity> {
@@ -34,6 +48,41 @@ impl Identity {
             node_uuid: node_uuid(state_dir)?,
         })
     }
+}
+
+/// The instance id the last agent that stopped cleanly from `state_dir`
+/// left there, removed as it is read: proof for the coordinator that this
+/// process follows it (only a process that can read the state directory
+/// knows it). `None` if there is none or it is unreadable.
+pub fn take_previous_instance(state_dir: &Path, node: &str) -> Option<String> {
+    let path = previous_instance_file(state_dir, node);
+    let text = fs::read_to_string(&path).ok()?;
+    let _ = fs::remove_file(&path);
+    let id = text.trim();
+    let hex = |c: u8| c.is_ascii_digit() || (b'a'..=b'f').contains(&c);
+    (id.len() == 32 && id.bytes().all(hex)).then(|| id.to_owned())
+}
+
+/// Leaves this process's instance id for the next agent (owner-only: it is
+/// the proof that lets the next one take over a role within the grace).
+pub fn leave_instance(state_dir: &Path, node: &str, instance: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = previous_instance_file(state_dir, node);
+    let tmp = state_dir.join(format!(
+        ".{PREVIOUS_INSTANCE_FILE}.{node}.tmp-{}",
+        std::process::id()
+    ));
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(format!("{instance}\n").as_bytes())?;
+    file.sync_all()?;
+    drop(file);
+    fs::rename(&tmp, &path)?;
+    File::open(state_dir)?.sync_all()
 }
 
 /// Reads the installation UUID, creating it atomically if it is missing.
@@ -138,6 +187,17 @@ mod tests {
             .map(|t| t.join().unwrap())
             .collect();
         assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+    }
+
+    #[test]
+    fn the_previous_instance_is_read_once() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(take_previous_instance(dir.path(), "n1"), None);
+        let id = Identity::load(dir.path()).unwrap().instance;
+        leave_instance(dir.path(), "n1", &id).unwrap();
+        assert_eq!(take_previous_instance(dir.path(), "n2"), None);
+        assert_eq!(take_previous_instance(dir.path(), "n1"), Some(id));
+        assert_eq!(take_previous_instance(dir.path(), "n1"), None);
     }
 
     #[test]

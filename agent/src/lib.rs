@@ -7,8 +7,10 @@ pub mod checks;
 pub mod clock;
 pub mod config;
 pub mod connection;
+pub mod driver;
 pub mod hooks;
 pub mod identity;
+pub mod link;
 pub mod role_log;
 pub mod roles;
 

@@ -49,12 +49,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.is::<agent::agent::DuplicateNode>() => {
             tracing::error!("{e:#}");
-            eprintln!("error: {e:#}");
             ExitCode::from(agent::agent::DUPLICATE_EXIT_STATUS)
         }
         Err(e) => {
+            // Logging is set up: one line on stderr, in the log's format.
             tracing::error!("{e:#}");
-            eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
