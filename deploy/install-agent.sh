@@ -9,14 +9,15 @@
 # --hook PATH: the hook the agent runs on every role change. If no file is
 #   there yet, the example hook (it only logs) is installed at PATH for you
 #   to edit.
-# --force: replace an existing configuration written for another node id
-#   (it is kept as agent.toml.bak).
+# --force: replace an existing configuration (kept as agent.toml.bak) —
+#   needed when it was written for another node id, or to change the
+#   coordinator URL or hook of an installed agent.
 # --root DIR installs under DIR instead of / and does not touch systemd
 # (for packaging, and for the project's own tests).
 #
-# Nothing is left half-written: the configuration is written to a
-# temporary file, checked with `failover-agent --check-config`, and only
-# then moved into place.
+# Nothing is changed unless everything checks: the new configuration is
+# checked with the new binary's `--check-config` first; then the binary,
+# the hook and the configuration (moved into place whole) are installed.
 set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -55,8 +56,8 @@ state_dir="/var/lib/failover-agent"
 # two machines with one node id are duplicates the coordinator refuses.
 keep=0
 if [ -f "$config" ]; then
-  existing=$(sed -n 's/^[[:space:]]*node_id[[:space:]]*=[[:space:]]*"\([^"]*\)".*/\1/p' "$config" | head -n 1)
-  if [ "$existing" = "$node_id" ]; then
+  existing=$(sed -n "s/^[[:space:]]*node_id[[:space:]]*=[[:space:]]*[\"']\([^\"']*\)[\"'].*/\1/p" "$config" | head -n 1)
+  if [ "$existing" = "$node_id" ] && [ "$force" = 0 ]; then
     keep=1
   elif [ "$force" = 1 ]; then
     echo "replacing $config written for node id '$existing' (kept as $config.bak)"
@@ -66,41 +67,52 @@ if [ -f "$config" ]; then
   fi
 fi
 
-install -d "$root/usr/local/bin" "$root/etc/failover" "$root/etc/systemd/system" "$root$state_dir"
-install -m 0755 "$binary" "$root/usr/local/bin/failover-agent"
-
-if [ -n "$hook" ]; then
-  if [ ! -e "$root$hook" ]; then
-    install -d "$(dirname "$root$hook")"
-    install -m 0755 "$here/on-role-change.example.sh" "$root$hook"
-    echo "installed the example hook at $hook: edit it to start and stop your service"
-  elif [ ! -x "$root$hook" ]; then
-    echo "error: the hook $hook is not executable (chmod +x it)" >&2
+# Check everything with the new binary before changing anything.
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+new_config="$work/agent.toml"
+{
+  echo "node_id = \"$node_id\""
+  echo "coordinator = \"$coordinator\""
+  echo "state_dir = \"$state_dir\""
+  echo
+  echo "[hooks]"
+  if [ -n "$hook" ]; then echo "on_role_change = \"$hook\""; fi
+  echo "timeout = \"30s\""
+} > "$new_config"
+if [ -n "$hook" ] && [ -e "$root$hook" ] && [ ! -x "$root$hook" ]; then
+  echo "error: the hook $hook is not executable (chmod +x it); nothing was changed" >&2
+  exit 1
+fi
+if [ "$keep" = 0 ]; then
+  # As the agent will see it once installed: the hook (the example one if
+  # none is there yet) and the state directory.
+  check_hook="$root$hook"
+  [ -z "$hook" ] || [ -e "$check_hook" ] || check_hook="$here/on-role-change.example.sh"
+  mkdir -p "$work/state"
+  sed -e "s|^state_dir = .*|state_dir = \"$work/state\"|" \
+      -e "s|^on_role_change = .*|on_role_change = \"$check_hook\"|" "$new_config" > "$work/check.toml"
+  if ! "$binary" --config "$work/check.toml" --check-config > /dev/null; then
+    echo "error: the new configuration was refused; nothing was changed" >&2
     exit 1
   fi
 fi
 
+install -d "$root/usr/local/bin" "$root/etc/failover" "$root/etc/systemd/system" "$root$state_dir"
+install -m 0755 "$binary" "$root/usr/local/bin/failover-agent"
+
+if [ -n "$hook" ] && [ ! -e "$root$hook" ]; then
+  install -d "$(dirname "$root$hook")"
+  install -m 0755 "$here/on-role-change.example.sh" "$root$hook"
+  echo "installed the example hook at $hook: edit it to start and stop your service"
+fi
+
 if [ "$keep" = 1 ]; then
-  echo "keeping existing $config"
+  echo "keeping existing $config (its node id is $node_id; --force rewrites it)"
 else
   tmp="$config.tmp.$$"
-  trap 'rm -f "$tmp" "$tmp.check"' EXIT
-  {
-    echo "node_id = \"$node_id\""
-    echo "coordinator = \"$coordinator\""
-    echo "state_dir = \"$state_dir\""
-    echo
-    echo "[hooks]"
-    if [ -n "$hook" ]; then echo "on_role_change = \"$hook\""; fi
-    echo "timeout = \"30s\""
-  } > "$tmp"
+  cp "$new_config" "$tmp"
   chmod 0644 "$tmp"
-  # Check it as the agent will see it: under --root, its paths live there.
-  sed -e "s|= \"/|= \"$root/|" "$tmp" > "$tmp.check"
-  if ! "$root/usr/local/bin/failover-agent" --config "$tmp.check" --check-config > /dev/null; then
-    echo "error: the new configuration was refused; nothing was changed" >&2
-    exit 1
-  fi
   if [ -f "$config" ]; then cp -p "$config" "$config.bak"; fi
   mv "$tmp" "$config"
 fi

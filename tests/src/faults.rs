@@ -26,6 +26,7 @@ use crate::{Cluster, bin, member, member_order};
 /// exactly one primary again after a fault heals: an agent reconnects
 /// within its longest backoff (5 s, jittered), then takes its role within a
 /// heartbeat; one more second absorbs process start-up on a loaded machine.
+/// (Agents that hold a lease reconnect faster: within a quarter of it.)
 pub const CONVERGENCE_SLACK: Duration = Duration::from_secs(6);
 
 /// The groups' failback delay: the default. A member that failed is still

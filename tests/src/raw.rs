@@ -21,6 +21,7 @@ pub fn hello_as(node: &str, instance: &str, roles: Vec<pb::GroupRole>) -> pb::He
         roles,
         instance_id: instance.to_owned(),
         node_uuid: "00000000-0000-4000-8000-0000000000aa".into(),
+        previous_instance: String::new(),
     }
 }
 

@@ -217,6 +217,68 @@ fn an_impostor_cannot_confirm_a_cut_off_primarys_step_down() {
 }
 
 #[test]
+fn an_impostor_cannot_take_over_a_role_left_running_within_the_shutdown_grace() {
+    let mut c = Cluster::start();
+    for n in ["n1", "n2"] {
+        c.start_agent(n);
+    }
+    c.wait_nodes(&["n1", "n2"]);
+    let mut settings = tests::FAST.to_vec();
+    settings.extend(["--shutdown-grace", "1m"]);
+    c.add_group_with("g", &["n1", "n2"], &settings);
+    c.wait_hook("n1 promoted", |h| h.node == "n1" && h.role == "primary");
+    let nodes = c.ctl_json(&["node", "list"]);
+    let uuid = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node"] == "n1")
+        .and_then(|n| n["node_uuid"].as_str())
+        .expect("node list shows n1's installation UUID")
+        .to_owned();
+    // n1's agent stops cleanly, leaving its service running for the grace.
+    let mut agent = c.agents.remove("n1").unwrap();
+    agent.signal(Signal::SIGTERM);
+    assert!(agent.wait_exit().success());
+
+    // An impostor with n1's (public) installation UUID but without the
+    // departed process's secret instance id.
+    let url = c.url();
+    let grants = runtime().block_on(async {
+        let claims = vec![claim("g", pb::Role::Primary, 1)];
+        let mut hello = raw::hello("n1", claims.clone());
+        hello.node_uuid = uuid;
+        let mut s = RawSession::open(&url, hello).await.expect("accepted");
+        let mut grants = 0;
+        for _ in 0..10 {
+            s.heartbeat(claims.clone()).await;
+            grants += s.drain(Duration::from_millis(100)).await;
+        }
+        s.hook_result("g", 1, pb::Role::Secondary).await;
+        grants + s.drain(Duration::from_millis(300)).await
+    });
+    assert_eq!(grants, 0, "the impostor was granted n1's lease");
+    let events = c.ctl_json(&["events", "--group", "g"]);
+    assert!(
+        !events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "primary_stepped_down"
+                || e["kind"] == "promoted" && e["epoch"] != 1),
+        "{events}"
+    );
+    // The real agent comes back within the grace and keeps the role.
+    c.start_agent("n1");
+    c.wait_until("n1 holds the role again", || {
+        let g = c.group("g");
+        (g["phase"] == "active" && member(&g, "n1")["connected"] == true).then_some(g)
+    });
+    let g = c.group("g");
+    assert_eq!((g["primary"].as_str(), epoch(&g)), (Some("n1"), 1));
+}
+
+#[test]
 fn a_dead_primary_is_not_kept_alive_by_another_session_under_its_name() {
     let mut c = Cluster::start();
     for n in ["n1", "n2"] {

@@ -268,12 +268,35 @@ fn a_failed_install_leaves_no_half_written_config() {
         &["--node-id", "rec-7", "--coordinator", "not a url"],
     );
     assert_eq!(out.status.code(), Some(1));
-    let dir = root.path().join("etc/failover");
-    let left: Vec<_> = std::fs::read_dir(&dir)
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("nothing was changed"), "{stderr}");
+    // Nothing at all: no binary, no directories, no config.
+    let left: Vec<_> = std::fs::read_dir(root.path())
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
+
+    // With a config already there, a refused re-install keeps it as it was.
+    assert!(
+        install(root.path(), &["--node-id", "rec-7"])
+            .status
+            .success()
+    );
+    let config = root.path().join("etc/failover/agent.toml");
+    let before = std::fs::read_to_string(&config).unwrap();
+    let again = install(
+        root.path(),
+        &[
+            "--node-id",
+            "rec-7",
+            "--force",
+            "--coordinator",
+            "not a url",
+        ],
+    );
+    assert_eq!(again.status.code(), Some(1));
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), before);
 }
 
 #[test]

@@ -117,6 +117,7 @@ fn simulate(seed: u64, rate_a: f64) -> (Option<u64>, Option<u64>) {
             node: a.node.into(),
             instance: format!("{:032x}", a.session),
             node_uuid: String::new(),
+            previous_instance: None,
             agent_version: "sim".into(),
             address: String::new(),
             roles: vec![],
