@@ -136,20 +136,32 @@ pub struct CheckBoard {
 impl CheckBoard {
     /// The verdicts to put in a heartbeat.
     pub fn snapshot(&self) -> Vec<pb::CheckStatus> {
-        self.states.lock().expect("check board lock").clone()
+        // A poisoned lock still holds the last verdicts written.
+        self.states
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
     fn set(&self, index: usize, passing: bool, detail: String) {
-        let mut states = self.states.lock().expect("check board lock");
-        states[index].passing = passing;
-        states[index].detail = detail;
+        let mut states = self
+            .states
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(state) = states.get_mut(index) {
+            state.passing = passing;
+            state.detail = detail;
+        }
     }
 }
 
 /// Starts one task per check; they stop with `shutdown`.
 pub fn start(checks: &[CheckConfig], shutdown: &CancellationToken) -> CheckBoard {
     let board = CheckBoard::default();
-    *board.states.lock().expect("check board lock") = checks
+    *board
+        .states
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner()) = checks
         .iter()
         .map(|c| pb::CheckStatus {
             name: c.name.clone(),
@@ -159,7 +171,10 @@ pub fn start(checks: &[CheckConfig], shutdown: &CancellationToken) -> CheckBoard
         })
         .collect();
     for (index, check) in checks.iter().enumerate() {
-        let probe = check.probe().expect("validated when the config was loaded");
+        // Validated when the configuration was loaded.
+        let Ok(probe) = check.probe() else {
+            continue;
+        };
         tokio::spawn(run(
             index,
             check.clone(),

@@ -17,7 +17,13 @@ pub const OUTBOUND_CAPACITY: usize = 256;
 const FIRST_RETRY: Duration = Duration::from_millis(50);
 /// The longest wait between attempts when no lease says otherwise.
 pub const MAX_RETRY: Duration = Duration::from_secs(5);
+/// The longest a TCP connect may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// The longest opening a session may take in all (connect, HTTP/2
+/// handshake, the coordinator's answer): a peer that accepts the
+/// connection and then says nothing (a partition behind a proxy or a load
+/// balancer) must not hold the agent forever.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// One open session stream.
 pub struct Connection {
@@ -34,7 +40,14 @@ pub async fn connect(urls: Vec<String>, delay: Duration, max_retry: Duration) ->
     let mut retry = FIRST_RETRY.min(max_retry);
     loop {
         for url in &urls {
-            match open(url).await {
+            let opened = tokio::time::timeout(OPEN_TIMEOUT, open(url))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(anyhow::anyhow!(
+                        "no answer within {OPEN_TIMEOUT:?} (the connection was accepted, nothing more)"
+                    ))
+                });
+            match opened {
                 Ok(connection) => return connection,
                 Err(e) => {
                     // Full jitter keeps a fleet of agents from reconnecting

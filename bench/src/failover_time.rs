@@ -17,13 +17,13 @@ use crate::stats::{Summary, summarize};
 const NODES: [&str; 3] = ["n-1", "n-2", "n-3"];
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Setting {
+pub(crate) struct Setting {
     pub heartbeat_ms: u64,
     pub failover_timeout_ms: u64,
 }
 
 impl Setting {
-    pub fn new(heartbeat_ms: u64, failover_timeout_ms: u64) -> Setting {
+    pub(crate) fn new(heartbeat_ms: u64, failover_timeout_ms: u64) -> Setting {
         Setting {
             heartbeat_ms,
             failover_timeout_ms,
@@ -44,7 +44,7 @@ impl Setting {
         ]
     }
 
-    pub fn label(&self) -> String {
+    pub(crate) fn label(&self) -> String {
         format!(
             "heartbeat {}ms / failover timeout {}ms",
             self.heartbeat_ms, self.failover_timeout_ms
@@ -53,7 +53,7 @@ impl Setting {
 }
 
 #[derive(Debug, Serialize)]
-pub struct Measurement {
+pub(crate) struct Measurement {
     pub setting: Setting,
     pub summary: Summary,
     pub samples_ms: Vec<f64>,
@@ -79,7 +79,7 @@ fn now_ns() -> u128 {
 }
 
 /// Kills the primary `runs` times and measures until the successor's hook.
-pub fn measure(setting: &Setting, runs: usize) -> Measurement {
+pub(crate) fn measure(setting: &Setting, runs: usize) -> Measurement {
     let mut c = cluster_with_group(setting);
     let mut samples = Vec::with_capacity(runs);
     for run in 0..runs {
@@ -125,7 +125,7 @@ pub fn measure(setting: &Setting, runs: usize) -> Measurement {
 
 /// Whether a group at `setting` keeps its primary for `soak` with nothing
 /// failing (no false failovers on this machine).
-pub fn is_stable(setting: &Setting, soak: Duration) -> bool {
+pub(crate) fn is_stable(setting: &Setting, soak: Duration) -> bool {
     let c = cluster_with_group(setting);
     let start = c.wait_until("the group has a primary", || {
         let g = c.group("bench");

@@ -13,7 +13,8 @@ use crate::procfs;
 use crate::stats::{Summary, summarize};
 
 /// Quiet logs: per-session lines would dominate at 10,000 agents.
-const QUIET: [(&str, &str); 1] = [("RUST_LOG", "warn")];
+/// Warnings only, but still the line that says where the coordinator serves.
+const QUIET: [(&str, &str); 1] = [("RUST_LOG", "warn,failover::serving=info")];
 
 fn coordinator_pid(c: &Cluster) -> i32 {
     c.coordinator.as_ref().expect("running").pid().as_raw()
@@ -72,7 +73,7 @@ fn histogram_quantile(text: &str, name: &str, q: f64) -> Option<f64> {
 }
 
 #[derive(Debug, Serialize)]
-pub struct ScaleResult {
+pub(crate) struct ScaleResult {
     pub agents: usize,
     pub groups: usize,
     pub steady_seconds: f64,
@@ -87,7 +88,7 @@ pub struct ScaleResult {
 }
 
 /// N agents at 1 heartbeat/s in N/3 groups of three, for `duration`.
-pub fn scale(agents: usize, duration: Duration) -> ScaleResult {
+pub(crate) fn scale(agents: usize, duration: Duration) -> ScaleResult {
     let c = Cluster::start_with(&QUIET);
     let pid = coordinator_pid(&c);
     let groups = agents / 3;
@@ -137,7 +138,7 @@ pub fn scale(agents: usize, duration: Duration) -> ScaleResult {
 }
 
 #[derive(Debug, Serialize)]
-pub struct MassResult {
+pub(crate) struct MassResult {
     pub groups: usize,
     pub failover_timeout_ms: u64,
     pub loadgen: Value,
@@ -147,7 +148,7 @@ pub struct MassResult {
 }
 
 /// `groups` groups of three agents each lose their primary at once.
-pub fn mass_failover(groups: usize) -> MassResult {
+pub(crate) fn mass_failover(groups: usize) -> MassResult {
     let c = Cluster::start_with(&QUIET);
     let args = [
         "--agents".into(),
@@ -180,7 +181,7 @@ pub fn mass_failover(groups: usize) -> MassResult {
 }
 
 #[derive(Debug, Serialize)]
-pub struct RestartResult {
+pub(crate) struct RestartResult {
     pub groups: usize,
     pub runs: Summary,
     pub samples_ms: Vec<f64>,
@@ -188,7 +189,7 @@ pub struct RestartResult {
 
 /// A coordinator whose store holds `groups` groups (with primaries): from
 /// process start to /readyz answering 200.
-pub fn restart(groups: usize, runs: usize) -> RestartResult {
+pub(crate) fn restart(groups: usize, runs: usize) -> RestartResult {
     let mut c = Cluster::start_with(&QUIET);
     let args = [
         "--agents".into(),
@@ -242,7 +243,7 @@ pub fn restart(groups: usize, runs: usize) -> RestartResult {
 }
 
 #[derive(Debug, Serialize)]
-pub struct DiskResult {
+pub(crate) struct DiskResult {
     pub agents: usize,
     /// Written while groups were created and elected: shows the counter
     /// sees the store's writes on this machine.
@@ -255,7 +256,7 @@ pub struct DiskResult {
 }
 
 /// Bytes written by the coordinator while only heartbeats flow.
-pub fn disk(agents: usize) -> DiskResult {
+pub(crate) fn disk(agents: usize) -> DiskResult {
     let c = Cluster::start_with(&QUIET);
     let pid = coordinator_pid(&c);
     let store = c.path("data").join("db");

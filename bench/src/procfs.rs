@@ -14,7 +14,7 @@ fn field(path: &str, key: &str) -> Option<u64> {
 }
 
 /// User + system CPU time used so far.
-pub fn cpu(pid: i32) -> Duration {
+pub(crate) fn cpu(pid: i32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the parenthesised command name; utime and stime are the
     // 12th and 13th of those.
@@ -29,13 +29,13 @@ pub fn cpu(pid: i32) -> Duration {
 }
 
 /// Resident memory now and at its peak, in MiB.
-pub fn rss_mib(pid: i32) -> (f64, f64) {
+pub(crate) fn rss_mib(pid: i32) -> (f64, f64) {
     let status = format!("/proc/{pid}/status");
     let kib = |k| field(&status, k).unwrap_or(0) as f64 / 1024.0;
     (kib("VmRSS:"), kib("VmHWM:"))
 }
 
 /// Bytes the process caused to be sent to the storage layer.
-pub fn write_bytes(pid: i32) -> u64 {
+pub(crate) fn write_bytes(pid: i32) -> u64 {
     field(&format!("/proc/{pid}/io"), "write_bytes:").unwrap_or(0)
 }

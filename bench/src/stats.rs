@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Summary {
+pub(crate) struct Summary {
     pub samples: usize,
     pub min_ms: f64,
     pub median_ms: f64,
@@ -14,7 +14,7 @@ pub struct Summary {
 }
 
 /// Nearest-rank percentiles (p99 of 30 samples is the largest one).
-pub fn summarize(samples: &[Duration]) -> Summary {
+pub(crate) fn summarize(samples: &[Duration]) -> Summary {
     assert!(!samples.is_empty(), "no samples");
     let mut sorted: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
     sorted.sort_by(f64::total_cmp);

@@ -1,65 +1,60 @@
-//! The operators' gRPC service: turns requests into engine commands and
-//! engine answers into responses. Every refusal carries a gRPC code from
-//! [`crate::error`] and a message that says what to do.
+//! The operators' gRPC service: a thin layer over [`Api`] that turns each
+//! request into a command (one `TryFrom` per request, in `convert.rs`),
+//! names the caller, and turns the answer into a response. Every refusal
+//! carries a gRPC code from [`crate::error`] and a message that says what
+//! to do.
 
 use std::pin::Pin;
 
 use futures::Stream;
 use proto::v1 as pb;
 use tokio_stream::StreamExt;
-use tokio_stream::wrappers::BroadcastStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::convert::{event_to_proto, group_to_proto, node_to_proto, policy_patch_from_proto};
-use crate::engine::{AdminCommand, AdminReply};
-use crate::error::{admin_status, store_status};
-use crate::runtime::Handle;
+use crate::api::{Actor, Api};
+use crate::convert::{Drain, Undrain, event_to_proto, group_to_proto, node_to_proto};
+use crate::engine::{AdminCommand, AdminError};
+use crate::error::{admin_status, api_status};
 
-pub struct AdminApi {
-    handle: Handle,
+pub(crate) struct AdminApi {
+    api: Api,
     /// Ends event watches at shutdown.
     shutdown: CancellationToken,
 }
 
 impl AdminApi {
-    pub fn new(handle: Handle, shutdown: CancellationToken) -> Self {
-        AdminApi { handle, shutdown }
+    pub(crate) fn new(api: Api, shutdown: CancellationToken) -> Self {
+        AdminApi { api, shutdown }
     }
 
-    async fn run(&self, actor: String, command: AdminCommand) -> Result<AdminReply, Status> {
-        self.handle
-            .admin(actor, command)
-            .await
-            .map_err(admin_status)
-    }
-
-    async fn group(
+    /// A command whose answer is a group: converts, runs, converts back.
+    async fn group<R, C>(
         &self,
-        actor: String,
-        command: AdminCommand,
-    ) -> Result<Response<pb::GroupStatus>, Status> {
-        match self.run(actor, command).await? {
-            AdminReply::Group(view) => Ok(Response::new(group_to_proto(view))),
-            other => Err(unexpected(&other)),
-        }
+        request: Request<R>,
+        command: impl FnOnce(R) -> C,
+    ) -> Result<Response<pb::GroupStatus>, Status>
+    where
+        AdminCommand: TryFrom<C, Error = AdminError>,
+    {
+        let actor = actor(&request);
+        let command =
+            AdminCommand::try_from(command(request.into_inner())).map_err(admin_status)?;
+        let view = self
+            .api
+            .group_command(&actor, command)
+            .await
+            .map_err(api_status)?;
+        Ok(Response::new(group_to_proto(view)))
     }
 }
 
-/// Who made a request, for the event log.
-fn actor<T>(request: &Request<T>) -> String {
-    match request.remote_addr() {
-        Some(addr) => format!("admin@{}", addr.ip()),
-        None => "admin".to_owned(),
+/// Who made a request: anonymous until authentication exists, known by
+/// the address it came from.
+fn actor<T>(request: &Request<T>) -> Actor {
+    Actor::Anonymous {
+        address: request.remote_addr().map(|a| a.ip()),
     }
-}
-
-fn unexpected(reply: &AdminReply) -> Status {
-    Status::internal(format!("unexpected engine reply {reply:?}"))
-}
-
-fn position(p: u32) -> usize {
-    p as usize
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>;
@@ -70,39 +65,28 @@ impl pb::admin_service_server::AdminService for AdminApi {
         &self,
         request: Request<pb::CreateGroupRequest>,
     ) -> Result<Response<pb::GroupStatus>, Status> {
-        let actor = actor(&request);
-        let r = request.into_inner();
-        let policy = policy_patch_from_proto(r.policy).map_err(admin_status)?;
-        self.group(
-            actor,
-            AdminCommand::CreateGroup {
-                name: r.name,
-                members: r.members,
-                policy,
-            },
-        )
-        .await
+        self.group(request, |r| r).await
     }
 
     async fn list_groups(
         &self,
         request: Request<pb::ListGroupsRequest>,
     ) -> Result<Response<pb::ListGroupsResponse>, Status> {
-        match self.run(actor(&request), AdminCommand::ListGroups).await? {
-            AdminReply::Groups(groups) => Ok(Response::new(pb::ListGroupsResponse {
-                groups: groups.into_iter().map(group_to_proto).collect(),
-            })),
-            other => Err(unexpected(&other)),
-        }
+        let groups = self
+            .api
+            .groups(&actor(&request))
+            .await
+            .map_err(api_status)?;
+        Ok(Response::new(pb::ListGroupsResponse {
+            groups: groups.into_iter().map(group_to_proto).collect(),
+        }))
     }
 
     async fn get_group(
         &self,
         request: Request<pb::GetGroupRequest>,
     ) -> Result<Response<pb::GroupStatus>, Status> {
-        let actor = actor(&request);
-        let name = request.into_inner().name;
-        self.group(actor, AdminCommand::GetGroup { name }).await
+        self.group(request, |r| r).await
     }
 
     async fn delete_group(
@@ -111,170 +95,98 @@ impl pb::admin_service_server::AdminService for AdminApi {
     ) -> Result<Response<pb::DeleteGroupResponse>, Status> {
         let actor = actor(&request);
         let name = request.into_inner().name;
-        match self.run(actor, AdminCommand::DeleteGroup { name }).await? {
-            AdminReply::Deleted => Ok(Response::new(pb::DeleteGroupResponse {})),
-            other => Err(unexpected(&other)),
-        }
+        self.api
+            .delete_group(&actor, name)
+            .await
+            .map_err(api_status)?;
+        Ok(Response::new(pb::DeleteGroupResponse {}))
     }
 
     async fn add_member(
         &self,
         request: Request<pb::AddMemberRequest>,
     ) -> Result<Response<pb::GroupStatus>, Status> {
-        let actor = actor(&request);
-        let r = request.into_inner();
-        self.group(
-            actor,
-            AdminCommand::AddMember {
-                group: r.group,
-                node: r.node,
-                position: r.position.map(position),
-            },
-        )
-        .await
+        self.group(request, |r| r).await
     }
 
     async fn remove_member(
         &self,
         request: Request<pb::RemoveMemberRequest>,
     ) -> Result<Response<pb::GroupStatus>, Status> {
-        let actor = actor(&request);
-        let r = request.into_inner();
-        self.group(
-            actor,
-            AdminCommand::RemoveMember {
-                group: r.group,
-                node: r.node,
-            },
-        )
-        .await
+        self.group(request, |r| r).await
     }
 
     async fn move_member(
         &self,
         request: Request<pb::MoveMemberRequest>,
     ) -> Result<Response<pb::GroupStatus>, Status> {
-        let actor = actor(&request);
-        let r = request.into_inner();
-        self.group(
-            actor,
-            AdminCommand::MoveMember {
-                group: r.group,
-                node: r.node,
-                position: position(r.position),
-            },
-        )
-        .await
+        self.group(request, |r| r).await
     }
 
     async fn promote(
         &self,
         request: Request<pb::PromoteRequest>,
     ) -> Result<Response<pb::GroupStatus>, Status> {
-        let actor = actor(&request);
-        let r = request.into_inner();
-        self.group(
-            actor,
-            AdminCommand::Promote {
-                group: r.group,
-                to: r.to,
-            },
-        )
-        .await
+        self.group(request, |r| r).await
     }
 
     async fn update_group(
         &self,
         request: Request<pb::UpdateGroupRequest>,
     ) -> Result<Response<pb::GroupStatus>, Status> {
-        let actor = actor(&request);
-        let r = request.into_inner();
-        let policy = policy_patch_from_proto(r.policy).map_err(admin_status)?;
-        self.group(
-            actor,
-            AdminCommand::UpdatePolicy {
-                group: r.name,
-                policy,
-            },
-        )
-        .await
+        self.group(request, |r| r).await
     }
 
     async fn takeover(
         &self,
         request: Request<pb::TakeoverRequest>,
     ) -> Result<Response<pb::GroupStatus>, Status> {
-        let actor = actor(&request);
-        let r = request.into_inner();
-        let to = (!r.to.is_empty()).then_some(r.to);
-        self.group(actor, AdminCommand::Takeover { group: r.group, to })
-            .await
+        self.group(request, |r| r).await
     }
 
     async fn restore(
         &self,
         request: Request<pb::RestoreRequest>,
     ) -> Result<Response<pb::GroupStatus>, Status> {
-        let actor = actor(&request);
-        let group = request.into_inner().group;
-        self.group(actor, AdminCommand::Restore { group }).await
+        self.group(request, |r| r).await
     }
 
     async fn drain_member(
         &self,
         request: Request<pb::DrainMemberRequest>,
     ) -> Result<Response<pb::GroupStatus>, Status> {
-        let actor = actor(&request);
-        let r = request.into_inner();
-        self.group(
-            actor,
-            AdminCommand::Drain {
-                group: r.group,
-                node: r.node,
-            },
-        )
-        .await
+        self.group(request, Drain).await
     }
 
     async fn undrain_member(
         &self,
         request: Request<pb::DrainMemberRequest>,
     ) -> Result<Response<pb::GroupStatus>, Status> {
-        let actor = actor(&request);
-        let r = request.into_inner();
-        self.group(
-            actor,
-            AdminCommand::Undrain {
-                group: r.group,
-                node: r.node,
-            },
-        )
-        .await
+        self.group(request, Undrain).await
     }
 
     async fn list_nodes(
         &self,
         request: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
-        match self.run(actor(&request), AdminCommand::ListNodes).await? {
-            AdminReply::Nodes(nodes) => Ok(Response::new(pb::ListNodesResponse {
-                nodes: nodes.into_iter().map(node_to_proto).collect(),
-            })),
-            other => Err(unexpected(&other)),
-        }
+        let nodes = self.api.nodes(&actor(&request)).await.map_err(api_status)?;
+        Ok(Response::new(pb::ListNodesResponse {
+            nodes: nodes.into_iter().map(node_to_proto).collect(),
+        }))
     }
 
     async fn list_events(
         &self,
         request: Request<pb::ListEventsRequest>,
     ) -> Result<Response<pb::ListEventsResponse>, Status> {
+        let actor = actor(&request);
         let r = request.into_inner();
         let group = (!r.group.is_empty()).then_some(r.group);
         let events = self
-            .handle
-            .events(group, r.limit as usize)
+            .api
+            .events(&actor, group, r.limit as usize)
             .await
-            .map_err(store_status)?;
+            .map_err(api_status)?;
         Ok(Response::new(pb::ListEventsResponse {
             events: events.into_iter().map(event_to_proto).collect(),
         }))
@@ -286,30 +198,17 @@ impl pb::admin_service_server::AdminService for AdminApi {
         &self,
         request: Request<pb::ListEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let actor = actor(&request);
         let r = request.into_inner();
         let group = (!r.group.is_empty()).then_some(r.group);
-        // Subscribe before reading the backlog so nothing falls between.
-        let live = self.handle.subscribe_events();
-        let backlog = self
-            .handle
-            .events(group.clone(), r.limit as usize)
+        let events = self
+            .api
+            .watch_events(&actor, group, r.limit as usize)
             .await
-            .map_err(store_status)?;
-        let last_seq = backlog.last().map_or(0, |e| e.seq);
-        let backlog = tokio_stream::iter(backlog.into_iter().map(|e| Ok(event_to_proto(e))));
-        let live = BroadcastStream::new(live).filter_map(move |item| match item {
-            Ok(e) if e.seq > last_seq && group.as_ref().is_none_or(|g| *g == e.group) => {
-                Some(Ok(event_to_proto(e)))
-            }
-            Ok(_) => None,
-            Err(lagged) => Some(Err(Status::data_loss(format!(
-                "this watcher fell behind and missed events ({lagged}); watch again"
-            )))),
-        });
-        let stream = futures::StreamExt::take_until(
-            backlog.chain(live),
-            self.shutdown.clone().cancelled_owned(),
-        );
+            .map_err(api_status)?
+            .map(|item| item.map(event_to_proto).map_err(api_status));
+        let stream =
+            futures::StreamExt::take_until(events, self.shutdown.clone().cancelled_owned());
         Ok(Response::new(Box::pin(stream)))
     }
 }

@@ -82,8 +82,8 @@ impl Default for LogConfig {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            listen: "127.0.0.1:7400".parse().expect("valid address"),
-            http_listen: "127.0.0.1:7401".parse().expect("valid address"),
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 7400)),
+            http_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 7401)),
             data_dir: PathBuf::from("./failover-data"),
             clock_drift: 0.01,
             event_retention: 10_000,

@@ -5,15 +5,15 @@ use std::time::Duration;
 
 use proto::v1 as pb;
 
-use crate::engine::{AdminError, GroupView, NodeView, ToAgent};
+use crate::engine::{AdminCommand, AdminError, GroupView, NodeView, ToAgent};
 use crate::model::{CheckStatus, EventRecord};
-use crate::policy::{Failback, Fencing, Policy, PolicyPatch, StandbyMode, TimeWindow};
+use crate::policy::{policy_patch_from_proto, policy_to_proto};
 
 fn millis(d: Duration) -> u64 {
     d.as_millis() as u64
 }
 
-pub fn to_proto(message: ToAgent) -> pb::CoordinatorMessage {
+pub(crate) fn to_proto(message: ToAgent) -> pb::CoordinatorMessage {
     use pb::coordinator_message::Kind;
     let kind = match message {
         ToAgent::Welcome {
@@ -54,7 +54,7 @@ pub fn to_proto(message: ToAgent) -> pb::CoordinatorMessage {
 }
 
 /// An agent's health checks, bounded in number and in every text.
-pub fn checks_from_proto(checks: Vec<pb::CheckStatus>) -> Vec<CheckStatus> {
+pub(crate) fn checks_from_proto(checks: Vec<pb::CheckStatus>) -> Vec<CheckStatus> {
     use crate::limits::{MAX_CHECKS, MAX_DETAIL, MAX_LABEL, clip};
     checks
         .into_iter()
@@ -73,72 +73,7 @@ pub fn checks_from_proto(checks: Vec<pb::CheckStatus>) -> Vec<CheckStatus> {
         .collect()
 }
 
-/// Reads a requested policy change, refusing unknown enum values.
-pub fn policy_patch_from_proto(p: Option<pb::Policy>) -> Result<PolicyPatch, AdminError> {
-    let Some(p) = p else {
-        return Ok(PolicyPatch::default());
-    };
-    let unknown = |e: proto::vocab::Unknown| AdminError::InvalidArgument(e.to_string());
-    let standby_mode = p
-        .standby_mode
-        .map(StandbyMode::try_from)
-        .transpose()
-        .map_err(unknown)?;
-    let fencing = p
-        .fencing
-        .map(Fencing::try_from)
-        .transpose()
-        .map_err(unknown)?;
-    let failback = p
-        .failback
-        .map(Failback::try_from)
-        .transpose()
-        .map_err(unknown)?;
-    let failback_window = match p.failback_window.as_deref() {
-        None => None,
-        Some("") | Some("none") => Some(None),
-        Some(w) => Some(Some(
-            w.parse::<TimeWindow>()
-                .map_err(AdminError::InvalidArgument)?,
-        )),
-    };
-    let ms = |v: Option<u64>| v.map(Duration::from_millis);
-    Ok(PolicyPatch {
-        heartbeat_interval: ms(p.heartbeat_interval_ms),
-        failover_timeout: ms(p.failover_timeout_ms),
-        connect_timeout: ms(p.connect_timeout_ms),
-        startup_timeout: ms(p.startup_timeout_ms),
-        shutdown_grace: ms(p.shutdown_grace_ms),
-        abnormal_timeout: ms(p.abnormal_timeout_ms),
-        auto_failover: p.auto_failover,
-        failback,
-        failback_delay: ms(p.failback_delay_ms),
-        failback_window,
-        min_failover_interval: ms(p.min_failover_interval_ms),
-        standby_mode,
-        fencing,
-    })
-}
-
-pub fn policy_to_proto(p: &Policy) -> pb::Policy {
-    pb::Policy {
-        heartbeat_interval_ms: Some(millis(p.heartbeat_interval)),
-        failover_timeout_ms: Some(millis(p.failover_timeout)),
-        standby_mode: Some(pb::StandbyMode::from(p.standby_mode) as i32),
-        fencing: Some(pb::Fencing::from(p.fencing) as i32),
-        connect_timeout_ms: Some(millis(p.connect_timeout)),
-        startup_timeout_ms: Some(millis(p.startup_timeout)),
-        shutdown_grace_ms: Some(millis(p.shutdown_grace)),
-        abnormal_timeout_ms: Some(millis(p.abnormal_timeout)),
-        auto_failover: Some(p.auto_failover),
-        failback: Some(pb::Failback::from(p.failback) as i32),
-        failback_delay_ms: Some(millis(p.failback_delay)),
-        failback_window: p.failback_window.map(|w| w.to_string()),
-        min_failover_interval_ms: Some(millis(p.min_failover_interval)),
-    }
-}
-
-pub fn group_to_proto(v: GroupView) -> pb::GroupStatus {
+pub(crate) fn group_to_proto(v: GroupView) -> pb::GroupStatus {
     pb::GroupStatus {
         name: v.name,
         epoch: v.epoch,
@@ -166,7 +101,7 @@ pub fn group_to_proto(v: GroupView) -> pb::GroupStatus {
     }
 }
 
-pub fn node_to_proto(v: NodeView) -> pb::NodeStatus {
+pub(crate) fn node_to_proto(v: NodeView) -> pb::NodeStatus {
     pb::NodeStatus {
         node: v.node,
         connected: v.connected,
@@ -199,7 +134,7 @@ pub fn node_to_proto(v: NodeView) -> pb::NodeStatus {
     }
 }
 
-pub fn event_to_proto(e: EventRecord) -> pb::Event {
+pub(crate) fn event_to_proto(e: EventRecord) -> pb::Event {
     pb::Event {
         seq: e.seq,
         unix_ms: e.unix_ms,
@@ -210,5 +145,131 @@ pub fn event_to_proto(e: EventRecord) -> pb::Event {
         new_primary: e.new_primary.unwrap_or_default(),
         reason: e.reason,
         actor: e.actor,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Admin requests: one conversion per request, into the engine's command.
+// ---------------------------------------------------------------------------
+
+fn position(p: u32) -> usize {
+    usize::try_from(p).unwrap_or(usize::MAX)
+}
+
+impl TryFrom<pb::CreateGroupRequest> for AdminCommand {
+    type Error = AdminError;
+    fn try_from(r: pb::CreateGroupRequest) -> Result<Self, AdminError> {
+        Ok(AdminCommand::CreateGroup {
+            name: r.name,
+            members: r.members,
+            policy: policy_patch_from_proto(r.policy)?,
+        })
+    }
+}
+
+impl TryFrom<pb::GetGroupRequest> for AdminCommand {
+    type Error = AdminError;
+    fn try_from(r: pb::GetGroupRequest) -> Result<Self, AdminError> {
+        Ok(AdminCommand::GetGroup { name: r.name })
+    }
+}
+
+impl TryFrom<pb::DeleteGroupRequest> for AdminCommand {
+    type Error = AdminError;
+    fn try_from(r: pb::DeleteGroupRequest) -> Result<Self, AdminError> {
+        Ok(AdminCommand::DeleteGroup { name: r.name })
+    }
+}
+
+impl TryFrom<pb::AddMemberRequest> for AdminCommand {
+    type Error = AdminError;
+    fn try_from(r: pb::AddMemberRequest) -> Result<Self, AdminError> {
+        Ok(AdminCommand::AddMember {
+            group: r.group,
+            node: r.node,
+            position: r.position.map(position),
+        })
+    }
+}
+
+impl TryFrom<pb::RemoveMemberRequest> for AdminCommand {
+    type Error = AdminError;
+    fn try_from(r: pb::RemoveMemberRequest) -> Result<Self, AdminError> {
+        Ok(AdminCommand::RemoveMember {
+            group: r.group,
+            node: r.node,
+        })
+    }
+}
+
+impl TryFrom<pb::MoveMemberRequest> for AdminCommand {
+    type Error = AdminError;
+    fn try_from(r: pb::MoveMemberRequest) -> Result<Self, AdminError> {
+        Ok(AdminCommand::MoveMember {
+            group: r.group,
+            node: r.node,
+            position: position(r.position),
+        })
+    }
+}
+
+impl TryFrom<pb::UpdateGroupRequest> for AdminCommand {
+    type Error = AdminError;
+    fn try_from(r: pb::UpdateGroupRequest) -> Result<Self, AdminError> {
+        Ok(AdminCommand::UpdatePolicy {
+            group: r.name,
+            policy: policy_patch_from_proto(r.policy)?,
+        })
+    }
+}
+
+impl TryFrom<pb::PromoteRequest> for AdminCommand {
+    type Error = AdminError;
+    fn try_from(r: pb::PromoteRequest) -> Result<Self, AdminError> {
+        Ok(AdminCommand::Promote {
+            group: r.group,
+            to: r.to,
+        })
+    }
+}
+
+impl TryFrom<pb::TakeoverRequest> for AdminCommand {
+    type Error = AdminError;
+    fn try_from(r: pb::TakeoverRequest) -> Result<Self, AdminError> {
+        Ok(AdminCommand::Takeover {
+            group: r.group,
+            to: (!r.to.is_empty()).then_some(r.to),
+        })
+    }
+}
+
+impl TryFrom<pb::RestoreRequest> for AdminCommand {
+    type Error = AdminError;
+    fn try_from(r: pb::RestoreRequest) -> Result<Self, AdminError> {
+        Ok(AdminCommand::Restore { group: r.group })
+    }
+}
+
+/// `DrainMember` and `UndrainMember` share a request message.
+pub struct Drain(pub pb::DrainMemberRequest);
+pub struct Undrain(pub pb::DrainMemberRequest);
+
+impl TryFrom<Drain> for AdminCommand {
+    type Error = AdminError;
+    fn try_from(Drain(r): Drain) -> Result<Self, AdminError> {
+        Ok(AdminCommand::Drain {
+            group: r.group,
+            node: r.node,
+        })
+    }
+}
+
+impl TryFrom<Undrain> for AdminCommand {
+    type Error = AdminError;
+    fn try_from(Undrain(r): Undrain) -> Result<Self, AdminError> {
+        Ok(AdminCommand::Undrain {
+            group: r.group,
+            node: r.node,
+        })
     }
 }

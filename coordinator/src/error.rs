@@ -2,10 +2,11 @@
 
 use tonic::Status;
 
+use crate::api::ApiError;
 use crate::engine::AdminError;
 use crate::store::StoreError;
 
-pub fn admin_status(e: AdminError) -> Status {
+pub(crate) fn admin_status(e: AdminError) -> Status {
     match e {
         AdminError::InvalidArgument(m) => Status::invalid_argument(m),
         AdminError::NotFound(m) => Status::not_found(m),
@@ -15,6 +16,14 @@ pub fn admin_status(e: AdminError) -> Status {
     }
 }
 
-pub fn store_status(e: StoreError) -> Status {
+pub(crate) fn store_status(e: StoreError) -> Status {
     Status::unavailable(format!("the coordinator's store failed: {e}"))
+}
+
+pub(crate) fn api_status(e: ApiError) -> Status {
+    match e {
+        ApiError::Refused(e) => admin_status(e),
+        ApiError::Store(e) => store_status(e),
+        ApiError::Lagged { .. } => Status::data_loss(e.to_string()),
+    }
 }

@@ -14,10 +14,10 @@ use crate::metrics::Metrics;
 /// Whether the coordinator serves agents and operators (store loaded,
 /// listeners bound, not shutting down).
 #[derive(Clone, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+pub(crate) struct Readiness(Arc<AtomicBool>);
 
 impl Readiness {
-    pub fn set(&self, ready: bool) {
+    pub(crate) fn set(&self, ready: bool) {
         self.0.store(ready, Ordering::SeqCst);
     }
 
@@ -26,7 +26,7 @@ impl Readiness {
     }
 }
 
-pub fn router(readiness: Readiness, metrics: Arc<Metrics>) -> Router {
+pub(crate) fn router(readiness: Readiness, metrics: Arc<Metrics>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))

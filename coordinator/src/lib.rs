@@ -5,19 +5,20 @@
 //! the gRPC listener (agent sessions, admin, health, reflection) and the
 //! HTTP listener. See ARCHITECTURE.md for the map.
 
-pub mod admin;
+mod admin;
+pub mod api;
 pub mod config;
-pub mod convert;
+mod convert;
 pub mod engine;
-pub mod error;
-pub mod http;
-pub mod limits;
-pub mod metrics;
+mod error;
+mod http;
+mod limits;
+mod metrics;
 pub mod model;
 pub mod policy;
-pub mod runtime;
-pub mod session;
-pub mod store;
+mod runtime;
+mod session;
+mod store;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -32,20 +33,46 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::engine::{Engine, EngineConfig};
 use crate::runtime::Runtime;
-use crate::store::Store;
+use crate::store::{SledStore, Store};
 
 /// How long shutdown waits for open streams to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// Runs the coordinator until `shutdown` is cancelled (or the store fails).
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// The coordinator's two listening sockets, bound before it runs (so a
+/// caller can bind port 0 and learn the ports).
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub http: TcpListener,
+}
+
+impl Listeners {
+    /// Binds the addresses of `config`.
+    pub async fn bind(config: &Config) -> anyhow::Result<Listeners> {
+        let grpc = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (gRPC)", config.listen))?;
+        let http = TcpListener::bind(config.http_listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (HTTP)", config.http_listen))?;
+        Ok(Listeners { grpc, http })
+    }
+}
+
+/// Runs the coordinator on `listeners` until `shutdown` is cancelled (or the
+/// store fails).
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let data_dir = config.data_dir.clone();
     let retention = config.event_retention;
-    let store = tokio::task::spawn_blocking(move || Store::open(&data_dir, retention))
+    let store = tokio::task::spawn_blocking(move || SledStore::open(&data_dir, retention))
         .await
         .context("store open panicked")??;
-    let store = Arc::new(store);
-    let recovered = store.recover()?;
+    let store: Arc<dyn Store> = Arc::new(store);
+    let recovered = store.load()?;
+    let fence = store.fence()?;
     let groups = recovered.groups.len();
     let engine = Engine::new(
         EngineConfig {
@@ -58,15 +85,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         runtime::now(),
     );
 
-    let grpc_listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {} (gRPC)", config.listen))?;
-    let http_listener = TcpListener::bind(config.http_listen)
-        .await
-        .with_context(|| format!("cannot listen on {} (HTTP)", config.http_listen))?;
+    let Listeners {
+        grpc: grpc_listener,
+        http: http_listener,
+    } = listeners;
+    let grpc_addr = grpc_listener.local_addr()?;
+    let http_addr = http_listener.local_addr()?;
 
     let metrics = metrics::Metrics::new();
-    let (runtime, handle) = Runtime::new(engine, store, metrics.clone());
+    let (runtime, handle) = Runtime::new(engine, store, fence, metrics.clone());
     // The runtime stops last: open sessions still need it to close.
     let runtime_stop = CancellationToken::new();
     let runtime_task = tokio::spawn(runtime.run(runtime_stop.clone()));
@@ -90,7 +117,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .add_service(reflection)
         .add_service(AgentServiceServer::new(sessions))
         .add_service(AdminServiceServer::new(admin::AdminApi::new(
-            handle,
+            api::Api::new(handle),
             shutdown.clone(),
         )))
         .serve_with_incoming_shutdown(
@@ -101,9 +128,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let http = axum::serve(http_listener, http::router(readiness.clone(), metrics))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
 
+    // Its own target, so a quiet log level can still show where it serves
+    // (RUST_LOG=warn,failover::serving=info).
     tracing::info!(
-        grpc = %config.listen,
-        http = %config.http_listen,
+        target: "failover::serving",
+        grpc = %grpc_addr,
+        http = %http_addr,
         data_dir = %config.data_dir.display(),
         groups,
         "coordinator serving"

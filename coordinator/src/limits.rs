@@ -3,19 +3,19 @@
 //! can grow the coordinator's memory, its log, its store or an answer.
 
 /// A Goodbye's reason.
-pub const MAX_REASON: usize = 256;
+pub(crate) const MAX_REASON: usize = 256;
 /// A hook result's or a health check's detail.
-pub const MAX_DETAIL: usize = 512;
+pub(crate) const MAX_DETAIL: usize = 512;
 /// A health check's name, and an agent's version string.
-pub const MAX_LABEL: usize = 64;
+pub(crate) const MAX_LABEL: usize = 64;
 /// Health checks per heartbeat, and groups per check.
-pub const MAX_CHECKS: usize = 64;
+pub(crate) const MAX_CHECKS: usize = 64;
 /// Roles claimed in one Hello or heartbeat.
-pub const MAX_CLAIMS: usize = 4096;
+pub(crate) const MAX_CLAIMS: usize = 4096;
 
 /// `text` cut to at most `max` bytes (on a character boundary), saying how
 /// much was cut.
-pub fn clip(mut text: String, max: usize) -> String {
+pub(crate) fn clip(mut text: String, max: usize) -> String {
     if text.len() <= max {
         return text;
     }

@@ -33,7 +33,8 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(cancel_on_signal(shutdown.clone()));
-        coordinator::run(config, shutdown).await
+        let listeners = coordinator::Listeners::bind(&config).await?;
+        coordinator::run(config, listeners, shutdown).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

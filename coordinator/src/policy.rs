@@ -5,8 +5,11 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+use proto::v1 as pb;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+
+use crate::engine::AdminError;
 
 pub use proto::vocab::{Failback, Fencing, StandbyMode};
 
@@ -283,6 +286,81 @@ impl Policy {
         }
         Ok(())
     }
+}
+
+// ---------------------------------------------------------------------------
+// The wire form (`failover.v1.Policy`): requests carry a partial change,
+// answers every setting.
+// ---------------------------------------------------------------------------
+
+/// Reads a requested policy change, refusing unknown enum values.
+pub(crate) fn policy_patch_from_proto(p: Option<pb::Policy>) -> Result<PolicyPatch, AdminError> {
+    let Some(p) = p else {
+        return Ok(PolicyPatch::default());
+    };
+    let unknown = |e: proto::vocab::Unknown| AdminError::InvalidArgument(e.to_string());
+    let standby_mode = p
+        .standby_mode
+        .map(StandbyMode::try_from)
+        .transpose()
+        .map_err(unknown)?;
+    let fencing = p
+        .fencing
+        .map(Fencing::try_from)
+        .transpose()
+        .map_err(unknown)?;
+    let failback = p
+        .failback
+        .map(Failback::try_from)
+        .transpose()
+        .map_err(unknown)?;
+    let failback_window = match p.failback_window.as_deref() {
+        None => None,
+        Some("") | Some("none") => Some(None),
+        Some(w) => Some(Some(
+            w.parse::<TimeWindow>()
+                .map_err(AdminError::InvalidArgument)?,
+        )),
+    };
+    let ms = |v: Option<u64>| v.map(Duration::from_millis);
+    Ok(PolicyPatch {
+        heartbeat_interval: ms(p.heartbeat_interval_ms),
+        failover_timeout: ms(p.failover_timeout_ms),
+        connect_timeout: ms(p.connect_timeout_ms),
+        startup_timeout: ms(p.startup_timeout_ms),
+        shutdown_grace: ms(p.shutdown_grace_ms),
+        abnormal_timeout: ms(p.abnormal_timeout_ms),
+        auto_failover: p.auto_failover,
+        failback,
+        failback_delay: ms(p.failback_delay_ms),
+        failback_window,
+        min_failover_interval: ms(p.min_failover_interval_ms),
+        standby_mode,
+        fencing,
+    })
+}
+
+pub(crate) fn policy_to_proto(p: &Policy) -> pb::Policy {
+    pb::Policy {
+        heartbeat_interval_ms: Some(millis(p.heartbeat_interval)),
+        failover_timeout_ms: Some(millis(p.failover_timeout)),
+        standby_mode: Some(pb::StandbyMode::from(p.standby_mode) as i32),
+        fencing: Some(pb::Fencing::from(p.fencing) as i32),
+        connect_timeout_ms: Some(millis(p.connect_timeout)),
+        startup_timeout_ms: Some(millis(p.startup_timeout)),
+        shutdown_grace_ms: Some(millis(p.shutdown_grace)),
+        abnormal_timeout_ms: Some(millis(p.abnormal_timeout)),
+        auto_failover: Some(p.auto_failover),
+        failback: Some(pb::Failback::from(p.failback) as i32),
+        failback_delay_ms: Some(millis(p.failback_delay)),
+        failback_window: p.failback_window.map(|w| w.to_string()),
+        min_failover_interval_ms: Some(millis(p.min_failover_interval)),
+    }
+}
+
+/// A duration in whole milliseconds, as the wire carries it.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

@@ -27,7 +27,7 @@ use crate::engine::{
 };
 use crate::metrics::{EventLabels, Metrics, secs};
 use crate::model::{EventKind, EventRecord};
-use crate::store::{Store, StoreError};
+use crate::store::{Fence, Store, StoreError};
 
 /// Most inputs handled in one batch: bounds how long one batch delays the
 /// acknowledgements it carries.
@@ -46,7 +46,7 @@ const EVENT_BROADCAST_CAPACITY: usize = 4096;
 const CRASH_POINT_VAR: &str = "FAILOVER_CRASH_POINT";
 
 /// The outbound half of one agent session.
-pub type Outbound = mpsc::Sender<Result<CoordinatorMessage, Status>>;
+pub(crate) type Outbound = mpsc::Sender<Result<CoordinatorMessage, Status>>;
 
 enum Request {
     Input(Input),
@@ -70,7 +70,7 @@ pub struct Handle {
     /// The engine's current pre-Hello timeout, in milliseconds.
     connect_timeout_ms: Arc<AtomicU64>,
     events: broadcast::Sender<EventRecord>,
-    store: Arc<Store>,
+    store: Arc<dyn Store>,
 }
 
 impl Handle {
@@ -125,7 +125,7 @@ impl Handle {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || store.events(group.as_deref(), limit))
             .await
-            .expect("event read does not panic")
+            .unwrap_or_else(|e| Err(StoreError::Io(format!("the event read failed: {e}"))))
     }
 }
 
@@ -134,9 +134,12 @@ struct SessionOut {
     cancel: CancellationToken,
 }
 
-pub struct Runtime {
+pub(crate) struct Runtime {
     engine: Engine,
-    store: Arc<Store>,
+    store: Arc<dyn Store>,
+    /// The fencing term every commit of this process is guarded by: once
+    /// another process takes a newer one, nothing more is written here.
+    fence: Fence,
     requests: mpsc::Receiver<Request>,
     events: broadcast::Sender<EventRecord>,
     sessions: HashMap<SessionId, SessionOut>,
@@ -149,7 +152,12 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    pub fn new(engine: Engine, store: Arc<Store>, metrics: Arc<Metrics>) -> (Runtime, Handle) {
+    pub(crate) fn new(
+        engine: Engine,
+        store: Arc<dyn Store>,
+        fence: Fence,
+        metrics: Arc<Metrics>,
+    ) -> (Runtime, Handle) {
         let (tx, rx) = mpsc::channel(INPUT_CAPACITY);
         let (events, _) = broadcast::channel(EVENT_BROADCAST_CAPACITY);
         let connect_timeout_ms =
@@ -164,6 +172,7 @@ impl Runtime {
         let runtime = Runtime {
             engine,
             store,
+            fence,
             requests: rx,
             events,
             sessions: HashMap::new(),
@@ -185,7 +194,7 @@ impl Runtime {
     /// Runs until `shutdown` is cancelled. An error means the store failed:
     /// the in-memory state may be ahead of the disk, so the coordinator
     /// must stop rather than tell anyone about it.
-    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), StoreError> {
+    pub(crate) async fn run(mut self, shutdown: CancellationToken) -> Result<(), StoreError> {
         loop {
             let deadline = self.engine.next_deadline();
             let first = tokio::select! {
@@ -287,13 +296,20 @@ impl Runtime {
             writes
         } else {
             let store = self.store.clone();
-            let (writes, result) = tokio::task::spawn_blocking(move || {
+            let fence = self.fence;
+            let committing = tokio::task::spawn_blocking(move || {
                 let started = Instant::now();
-                let result = store.commit(&writes);
+                let result = store.commit(&writes, Some(fence));
                 (writes, result.map(|()| started.elapsed()))
-            })
-            .await
-            .expect("commit does not panic");
+            });
+            let (writes, result) = match committing.await {
+                Ok(done) => done,
+                // The commit panicked: nothing of this batch may be told.
+                Err(e) => (
+                    Vec::new(),
+                    Err(StoreError::Io(format!("the commit did not finish: {e}"))),
+                ),
+            };
             let result = result.map(|took| {
                 self.metrics.store_commits.inc();
                 self.metrics.store_commit.observe(secs(took));
@@ -392,7 +408,7 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 /// The current time in both forms the engine uses.
-pub fn now() -> Now {
+pub(crate) fn now() -> Now {
     Now {
         mono: Instant::now(),
         wall_ms: SystemTime::now()

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 use crate::convert::checks_from_proto;
 use crate::engine::{ClaimedRole, Hello, HookReport, Input};
@@ -27,14 +28,14 @@ use proto::vocab::{HookOutcome, Role};
 /// Messages buffered per agent before the runtime gives up on it.
 const OUTBOUND_CAPACITY: usize = 1024;
 
-pub struct AgentSessions {
+pub(crate) struct AgentSessions {
     handle: Handle,
     /// Cancelled at shutdown; each session's token is a child of it.
     shutdown: CancellationToken,
 }
 
 impl AgentSessions {
-    pub fn new(handle: Handle, shutdown: CancellationToken) -> Self {
+    pub(crate) fn new(handle: Handle, shutdown: CancellationToken) -> Self {
         AgentSessions { handle, shutdown }
     }
 }
@@ -98,6 +99,24 @@ async fn run_session(
             roles: claims,
         },
     };
+    // Everything this session logs carries its node and session id.
+    let span = tracing::info_span!("session", %node, session);
+    relay(handle, inbound, outbound, cancel, input, session, node)
+        .instrument(span)
+        .await;
+}
+
+/// Registers the session and relays what the agent sends until the stream
+/// ends or the session is cancelled.
+async fn relay(
+    handle: Handle,
+    mut inbound: Streaming<pb::AgentMessage>,
+    outbound: crate::runtime::Outbound,
+    cancel: CancellationToken,
+    input: Input,
+    session: u64,
+    node: String,
+) {
     // From here on only the runtime holds the outbound sender, so the
     // response stream ends when the runtime drops the session.
     handle.open_session(input, outbound, cancel.clone()).await;

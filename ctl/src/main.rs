@@ -5,6 +5,7 @@
 
 mod cli;
 mod output;
+mod settings;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -29,10 +30,16 @@ fn main() -> ExitCode {
         }
         Err(e) => return usage_error(&e),
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .expect("a tokio runtime starts");
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -91,7 +98,7 @@ async fn connect(url: &str) -> anyhow::Result<AdminServiceClient<Channel>> {
 
 fn print(output: Output, json: serde_json::Value, table: String) {
     match output {
-        Output::Json => say(&serde_json::to_string_pretty(&json).expect("JSON prints")),
+        Output::Json => say(&serde_json::to_string_pretty(&json).unwrap_or_default()),
         Output::Table => say(table.trim_end()),
     }
 }

@@ -7,7 +7,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use comfy_table::presets::NOTHING;
 use comfy_table::{Cell, Table};
 use proto::v1 as pb;
-use proto::vocab::{Failback, Fencing, Phase, Role, StandbyMode};
+use proto::vocab::{Phase, Role};
+
+use crate::settings::policy_json;
 use serde_json::{Value, json};
 
 /// A wire enum value by its name, or `unknown`.
@@ -15,39 +17,8 @@ fn name<T: TryFrom<i32> + Copy + std::fmt::Display>(value: i32) -> String {
     T::try_from(value).map_or_else(|_| "unknown".into(), |v| v.to_string())
 }
 
-pub fn role_name(role: i32) -> String {
+pub(crate) fn role_name(role: i32) -> String {
     name::<Role>(role)
-}
-
-/// A setting's name; an absent one reads as its default.
-fn setting<T: TryFrom<i32> + Default + std::fmt::Display>(value: Option<i32>) -> String {
-    value
-        .and_then(|v| T::try_from(v).ok())
-        .unwrap_or_default()
-        .to_string()
-}
-
-fn duration_ms(ms: Option<u64>) -> String {
-    humantime::format_duration(Duration::from_millis(ms.unwrap_or(0))).to_string()
-}
-
-/// Every setting, by its documented name, as printed by `group show`.
-fn policy_json(p: &pb::Policy) -> Value {
-    json!({
-        "heartbeat_interval": duration_ms(p.heartbeat_interval_ms),
-        "failover_timeout": duration_ms(p.failover_timeout_ms),
-        "connect_timeout": duration_ms(p.connect_timeout_ms),
-        "startup_timeout": duration_ms(p.startup_timeout_ms),
-        "shutdown_grace": duration_ms(p.shutdown_grace_ms),
-        "abnormal_timeout": duration_ms(p.abnormal_timeout_ms),
-        "auto_failover": p.auto_failover.unwrap_or(true),
-        "failback": setting::<Failback>(p.failback),
-        "failback_delay": duration_ms(p.failback_delay_ms),
-        "failback_window": p.failback_window.clone(),
-        "min_failover_interval": duration_ms(p.min_failover_interval_ms),
-        "standby_mode": setting::<StandbyMode>(p.standby_mode),
-        "fencing": setting::<Fencing>(p.fencing),
-    })
 }
 
 fn non_empty(s: &str) -> Value {
@@ -87,7 +58,7 @@ fn table(header: &[&str]) -> Table {
     t
 }
 
-pub fn group_json(g: &pb::GroupStatus) -> Value {
+pub(crate) fn group_json(g: &pb::GroupStatus) -> Value {
     json!({
         "name": g.name,
         "epoch": g.epoch,
@@ -112,7 +83,7 @@ pub fn group_json(g: &pb::GroupStatus) -> Value {
     })
 }
 
-pub fn group_table(g: &pb::GroupStatus) -> String {
+pub(crate) fn group_table(g: &pb::GroupStatus) -> String {
     let primary = if g.primary.is_empty() {
         "-"
     } else {
@@ -176,11 +147,11 @@ pub fn group_table(g: &pb::GroupStatus) -> String {
     out
 }
 
-pub fn groups_json(groups: &[pb::GroupStatus]) -> Value {
+pub(crate) fn groups_json(groups: &[pb::GroupStatus]) -> Value {
     Value::Array(groups.iter().map(group_json).collect())
 }
 
-pub fn groups_table(groups: &[pb::GroupStatus]) -> String {
+pub(crate) fn groups_table(groups: &[pb::GroupStatus]) -> String {
     let mut t = table(&["NAME", "PHASE", "PRIMARY", "EPOCH", "MEMBERS"]);
     for g in groups {
         t.add_row(vec![
@@ -202,7 +173,7 @@ pub fn groups_table(groups: &[pb::GroupStatus]) -> String {
     t.to_string()
 }
 
-pub fn nodes_json(nodes: &[pb::NodeStatus]) -> Value {
+pub(crate) fn nodes_json(nodes: &[pb::NodeStatus]) -> Value {
     Value::Array(
         nodes
             .iter()
@@ -234,7 +205,7 @@ pub fn nodes_json(nodes: &[pb::NodeStatus]) -> Value {
     )
 }
 
-pub fn nodes_table(nodes: &[pb::NodeStatus]) -> String {
+pub(crate) fn nodes_table(nodes: &[pb::NodeStatus]) -> String {
     let mut t = table(&[
         "NODE",
         "CONNECTED",
@@ -272,7 +243,7 @@ pub fn nodes_table(nodes: &[pb::NodeStatus]) -> String {
     t.to_string()
 }
 
-pub fn event_json(e: &pb::Event) -> Value {
+pub(crate) fn event_json(e: &pb::Event) -> Value {
     json!({
         "seq": e.seq,
         "time": time(e.unix_ms),
@@ -287,7 +258,7 @@ pub fn event_json(e: &pb::Event) -> Value {
 }
 
 /// One event as one line, for tables and `--follow`.
-pub fn event_line(e: &pb::Event) -> String {
+pub(crate) fn event_line(e: &pb::Event) -> String {
     let time = humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(e.unix_ms));
     let change = match (e.old_primary.as_str(), e.new_primary.as_str()) {
         ("", "") => String::new(),

@@ -5,6 +5,8 @@
 //! Every process is killed (SIGKILL) when its handle drops, so a failing
 //! test leaves nothing running. Nothing here sleeps to synchronise: waits
 //! poll a condition until a deadline.
+// Test tooling: a harness or benchmark that cannot go on stops loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -222,9 +224,11 @@ impl Cluster {
         )
         .expect("hook script");
         set_executable(&hook);
+        // Port 0: the coordinator binds free ports itself and says which
+        // (no race with another test between choosing and binding).
         let mut cluster = Cluster {
-            grpc: SocketAddr::from(([127, 0, 0, 1], free_port())),
-            http: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            grpc: SocketAddr::from(([127, 0, 0, 1], 0)),
+            http: SocketAddr::from(([127, 0, 0, 1], 0)),
             dir,
             coordinator: None,
             agents: BTreeMap::new(),
@@ -265,6 +269,22 @@ impl Cluster {
             .envs(env.iter().copied());
         let log = self.path(&format!("coordinator-{}.log", self.coordinator_starts));
         self.coordinator = Some(Proc::spawn(command, log));
+        if self.grpc.port() == 0 {
+            // The first start: learn the ports it bound; restarts reuse them.
+            let (grpc, http) = self.wait_until("the coordinator says where it serves", || {
+                let text = self.coordinator.as_ref()?.log_text();
+                let line = text.lines().find(|l| l.contains("coordinator serving"))?;
+                let field = |name: &str| -> Option<SocketAddr> {
+                    line.split_whitespace()
+                        .find_map(|w| w.strip_prefix(name))?
+                        .parse()
+                        .ok()
+                };
+                Some((field("grpc=")?, field("http=")?))
+            });
+            self.grpc = grpc;
+            self.http = http;
+        }
         self.wait_until("the coordinator is ready", || {
             (http_get(self.http, "/readyz").map(|(code, _)| code) == Some(200)).then_some(())
         });

@@ -7,6 +7,8 @@
 //!
 //!   failover-loadgen --coordinator http://127.0.0.1:7400 --agents 1000 \
 //!       --groups 1000 --duration 60s
+// Test tooling: a harness or benchmark that cannot go on stops loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -564,6 +564,7 @@ impl Engine {
         f: impl FnOnce(&mut Group, &mut Ctx<'_>) -> T,
     ) -> Option<T> {
         let g = self.groups.get_mut(name)?;
+        let _span = tracing::debug_span!("group", group = %name).entered();
         self.touched.insert(name.to_owned());
         let mut ctx = Ctx {
             nodes: &mut self.nodes,

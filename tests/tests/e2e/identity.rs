@@ -366,3 +366,29 @@ fn sighup_stops_neither_the_coordinator_nor_the_agent() {
     assert_eq!((g["primary"].as_str(), epoch(&g)), (Some("n1"), 1));
     assert_eq!(c.hooks().len(), 1, "no role change: {:?}", c.hooks());
 }
+
+#[test]
+fn a_coordinator_address_that_accepts_and_never_answers_does_not_hold_the_agent() {
+    // A listener that accepts connections and says nothing: a partition
+    // behind a proxy, a load balancer with a dead backend.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let held = std::thread::spawn(move || {
+        // Keep up to a few accepted connections open, answering nothing.
+        let mut open = Vec::new();
+        for stream in silent.incoming().take(3) {
+            open.push(stream);
+        }
+        open
+    });
+    let mut c = Cluster::start();
+    let config = c.agent_config("n1", "");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        &format!("coordinator = \"{}\"", c.url()),
+        &format!("coordinator = [\"http://{silent_addr}\", \"{}\"]", c.url()),
+    );
+    std::fs::write(&config, text).unwrap();
+    c.start_agent_with("n1", &config);
+    c.wait_nodes(&["n1"]);
+    drop(held);
+}

@@ -1,0 +1,70 @@
+//! The coordinator's durable state behind one interface: load everything
+//! at start-up, commit a batch of writes atomically and durably (optionally
+//! only while a fencing term still holds), and read the event log. The
+//! embedded sled store (`sled.rs`) is one implementation; every
+//! implementation must pass the suite in `conformance.rs`.
+//!
+//! **Architecture invariant (durability):** [`Store::commit`] returns only
+//! once the whole batch would survive a crash or a power loss; the runtime
+//! sends nothing of a batch before that.
+
+mod sled;
+
+#[cfg(test)]
+mod conformance;
+
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+use crate::engine::{Recovered, Write};
+use crate::model::EventRecord;
+
+pub(crate) use self::sled::SledStore;
+
+/// A fencing term. Taking a new one ([`Store::fence`]) makes every commit
+/// guarded by an older one fail, so a coordinator that lost its right to
+/// write (a deposed leader) cannot change anything any more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Fence(pub u64);
+
+/// Durable state: groups, epoch floors of deleted groups, the event log.
+pub(crate) trait Store: Send + Sync {
+    /// Everything the engine needs at start-up.
+    fn load(&self) -> Result<Recovered, StoreError>;
+
+    /// Applies `writes` atomically and makes them durable. With `fence`,
+    /// only while it is still the latest term: otherwise nothing is
+    /// applied and the answer is [`StoreError::Fenced`].
+    fn commit(&self, writes: &[Write], fence: Option<Fence>) -> Result<(), StoreError>;
+
+    /// Takes a new fencing term, above every earlier one.
+    fn fence(&self) -> Result<Fence, StoreError>;
+
+    /// The retained events, oldest first, optionally of one group and
+    /// limited to the most recent `limit` (0 = all).
+    fn events(&self, group: Option<&str>, limit: usize) -> Result<Vec<EventRecord>, StoreError>;
+}
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("cannot open the store in {path}: {reason}")]
+    Open { path: PathBuf, reason: String },
+    #[error(
+        "the store in {path} is in use by another process (another coordinator?): \
+         stop it first, or give this one its own --data-dir"
+    )]
+    Locked { path: PathBuf },
+    #[error("store in {path} has schema {found:?}, this coordinator reads schema 1")]
+    Schema { path: PathBuf, found: String },
+    #[error("store IO failed: {0}")]
+    Io(String),
+    #[error("syncing the store to disk failed: {0}")]
+    Sync(#[from] std::io::Error),
+    #[error("stored record under {key} is unreadable: {reason}")]
+    Corrupt { key: String, reason: String },
+    #[error(
+        "a newer fencing term ({current:?}) was taken: this commit (term {held:?}) was refused"
+    )]
+    Fenced { held: Fence, current: Fence },
+}

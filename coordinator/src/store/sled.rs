@@ -1,0 +1,330 @@
+//! The embedded sled store: groups, epoch floors of deleted groups, the
+//! fencing term and the event log, all in one sled tree under key prefixes
+//! so a whole batch of changes is applied atomically.
+//!
+//! Durability: [`SledStore::commit`] returns only after the batch is in the
+//! file *and* the file is synced to the device.
+//! sled's own `flush` writes the log with `sync_file_range`, which neither
+//! flushes the drive's cache nor the file's metadata; so after every flush
+//! we `fdatasync` sled's log file ourselves. Values stay far below sled's
+//! blob threshold (bounded member counts), so nothing lives in the
+//! separate blob files sled never syncs.
+
+use std::fs::File;
+use std::path::Path;
+
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+
+use super::{Fence, Store, StoreError};
+use crate::engine::{Recovered, Write};
+use crate::model::EventRecord;
+
+const GROUP: &[u8] = b"g/";
+const FLOOR: &[u8] = b"f/";
+const EVENT: &[u8] = b"e/";
+const SCHEMA_KEY: &[u8] = b"m/schema";
+const TERM_KEY: &[u8] = b"m/term";
+/// Version of the key layout and record encoding.
+const SCHEMA: &[u8] = b"1";
+
+pub(crate) struct SledStore {
+    db: sled::Db,
+    /// sled's log file, kept open to `fdatasync` it after each flush.
+    log_file: File,
+    /// Most events kept; older ones are dropped as new ones arrive.
+    event_retention: u64,
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> StoreError {
+        StoreError::Io(e.to_string())
+    }
+}
+
+impl SledStore {
+    /// Opens (or creates) the store in `dir`, keeping at most
+    /// `event_retention` events (older ones are pruned now and as new ones
+    /// arrive).
+    pub(crate) fn open(dir: &Path, event_retention: u64) -> Result<SledStore, StoreError> {
+        let open_err = |reason: String| StoreError::Open {
+            path: dir.to_owned(),
+            reason,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
+        // A coordinator restarted right after a kill may find the old
+        // process still exiting: its lock goes with it, so wait a moment.
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match sled::Config::new().path(dir).open() {
+                Ok(db) => break db,
+                Err(e) if is_lock_conflict(&e) => {
+                    if std::time::Instant::now() >= deadline {
+                        return Err(StoreError::Locked {
+                            path: dir.to_owned(),
+                        });
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                Err(e) => return Err(open_err(e.to_string())),
+            }
+        };
+        // The directory entries of sled's files must be durable too.
+        File::open(dir)?.sync_all()?;
+        let log_file = File::open(dir.join("db"))?;
+        match db.get(SCHEMA_KEY)? {
+            None => {
+                db.insert(SCHEMA_KEY, SCHEMA)?;
+            }
+            Some(v) if v == SCHEMA => {}
+            Some(v) => {
+                return Err(StoreError::Schema {
+                    path: dir.to_owned(),
+                    found: String::from_utf8_lossy(&v).into_owned(),
+                });
+            }
+        }
+        let store = SledStore {
+            db,
+            log_file,
+            event_retention: event_retention.max(1),
+        };
+        store.prune_events()?;
+        store.sync()?;
+        Ok(store)
+    }
+
+    /// Drops events beyond the retention (it may have been lowered).
+    fn prune_events(&self) -> Result<(), StoreError> {
+        let Some(last) = self.last_event_seq()? else {
+            return Ok(());
+        };
+        let Some(keep_from) = last.checked_sub(self.event_retention - 1) else {
+            return Ok(());
+        };
+        let mut batch = sled::Batch::default();
+        let end = key(EVENT, &keep_from.to_be_bytes());
+        for item in self.db.range(EVENT.to_vec()..end) {
+            batch.remove(item?.0);
+        }
+        self.db.apply_batch(batch)?;
+        Ok(())
+    }
+
+    fn last_event_seq(&self) -> Result<Option<u64>, StoreError> {
+        Ok(match self.db.scan_prefix(EVENT).next_back() {
+            Some(item) => Some(be_u64(&item?.0[EVENT.len()..])),
+            None => None,
+        })
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        self.log_file.sync_data()?;
+        Ok(())
+    }
+
+    fn batch(&self, writes: &[Write]) -> Result<sled::Batch, StoreError> {
+        let mut batch = sled::Batch::default();
+        for write in writes {
+            match write {
+                Write::PutGroup(record) => {
+                    batch.insert(key(GROUP, record.name.as_bytes()), encode(record)?);
+                }
+                Write::DeleteGroup {
+                    name,
+                    epoch_floor,
+                    lease_ttl,
+                } => {
+                    batch.remove(key(GROUP, name.as_bytes()));
+                    let ttl_ms = u64::try_from(lease_ttl.as_millis()).unwrap_or(u64::MAX);
+                    let value = [epoch_floor.to_be_bytes(), ttl_ms.to_be_bytes()].concat();
+                    batch.insert(key(FLOOR, name.as_bytes()), value);
+                }
+                Write::Event(event) => {
+                    batch.insert(key(EVENT, &event.seq.to_be_bytes()), encode(event)?);
+                    if let Some(old) = event.seq.checked_sub(self.event_retention) {
+                        batch.remove(key(EVENT, &old.to_be_bytes()));
+                    }
+                }
+            }
+        }
+        Ok(batch)
+    }
+}
+
+impl Store for SledStore {
+    fn load(&self) -> Result<Recovered, StoreError> {
+        let mut recovered = Recovered::default();
+        for item in self.db.scan_prefix(GROUP) {
+            let (key, value) = item?;
+            recovered.groups.push(decode(&key, &value)?);
+        }
+        for item in self.db.scan_prefix(FLOOR) {
+            let (key, value) = item?;
+            let name = String::from_utf8_lossy(&key[FLOOR.len()..]).into_owned();
+            // 8 bytes of epoch, then (since leases were kept) 8 of lease ms.
+            let (epoch, ttl) = value.split_at(value.len().min(8));
+            recovered.epoch_floors.insert(name.clone(), be_u64(epoch));
+            if ttl.len() == 8 {
+                let ms = be_u64(ttl);
+                recovered
+                    .deleted_ttls
+                    .insert(name, std::time::Duration::from_millis(ms));
+            }
+        }
+        recovered.next_event_seq = self.last_event_seq()?.map_or(1, |s| s.saturating_add(1));
+        Ok(recovered)
+    }
+
+    /// One flush and one fdatasync for the whole batch (group commit).
+    fn commit(&self, writes: &[Write], fence: Option<Fence>) -> Result<(), StoreError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let batch = self.batch(writes)?;
+        match fence {
+            None => self.db.apply_batch(batch)?,
+            Some(held) => {
+                let applied = self.db.transaction(|tx| {
+                    let current = tx.get(TERM_KEY)?.map_or(0, |v| be_u64(&v));
+                    if current != held.0 {
+                        return Err(ConflictableTransactionError::Abort(Fence(current)));
+                    }
+                    tx.apply_batch(&batch)?;
+                    Ok(())
+                });
+                match applied {
+                    Ok(()) => {}
+                    Err(TransactionError::Abort(current)) => {
+                        return Err(StoreError::Fenced { held, current });
+                    }
+                    Err(TransactionError::Storage(e)) => return Err(e.into()),
+                }
+            }
+        }
+        self.sync()
+    }
+
+    fn fence(&self) -> Result<Fence, StoreError> {
+        let taken = self.db.transaction(|tx| {
+            let current = tx.get(TERM_KEY)?.map_or(0, |v| be_u64(&v));
+            let next = current.saturating_add(1);
+            tx.insert(TERM_KEY, &next.to_be_bytes())?;
+            Ok::<_, ConflictableTransactionError<()>>(next)
+        });
+        let term = match taken {
+            Ok(term) => term,
+            Err(TransactionError::Abort(())) => {
+                return Err(StoreError::Io("taking a fencing term was aborted".into()));
+            }
+            Err(TransactionError::Storage(e)) => return Err(e.into()),
+        };
+        self.sync()?;
+        Ok(Fence(term))
+    }
+
+    fn events(&self, group: Option<&str>, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
+        let mut events = Vec::new();
+        for item in self.db.scan_prefix(EVENT).rev() {
+            let (key, value) = item?;
+            let event: EventRecord = decode(&key, &value)?;
+            if group.is_none_or(|g| g == event.group) {
+                events.push(event);
+                if limit > 0 && events.len() == limit {
+                    break;
+                }
+            }
+        }
+        events.reverse();
+        Ok(events)
+    }
+}
+
+/// How long opening the store waits for another process's lock to go.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Whether sled failed to open because another process holds the store.
+fn is_lock_conflict(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock
+        || io.to_string().contains("could not acquire lock"))
+}
+
+fn key(prefix: &[u8], rest: &[u8]) -> Vec<u8> {
+    [prefix, rest].concat()
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|e| StoreError::Io(format!("cannot encode a record: {e}")))
+}
+
+fn decode<T: serde::de::DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(value).map_err(|e| StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason: e.to_string(),
+    })
+}
+
+fn be_u64(bytes: &[u8]) -> u64 {
+    let mut buf = [0u8; 8];
+    let n = bytes.len().min(8);
+    buf[8 - n..].copy_from_slice(&bytes[bytes.len() - n..]);
+    u64::from_be_bytes(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::store::conformance::{self, Subject};
+
+    struct Sled;
+
+    impl Subject for Sled {
+        type S = SledStore;
+
+        fn open(dir: &Path, retention: u64) -> SledStore {
+            SledStore::open(dir, retention).expect("opens")
+        }
+
+        fn corrupt_group(dir: &Path, name: &str) {
+            let db = sled::Config::new().path(dir).open().expect("opens");
+            db.insert(key(GROUP, name.as_bytes()), &b"{not json"[..])
+                .expect("writes");
+            db.flush().expect("flushes");
+        }
+    }
+
+    #[test]
+    fn conforms() {
+        conformance::all::<Sled>();
+    }
+
+    /// Run by [`conformance::survives_a_crash`] in a child process.
+    #[test]
+    fn crash_child() {
+        conformance::crash_child::<Sled>();
+    }
+
+    #[test]
+    fn a_second_coordinator_cannot_open_the_same_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = SledStore::open(dir.path(), 10).unwrap();
+        let err = SledStore::open(dir.path(), 10)
+            .err()
+            .expect("second open must fail");
+        assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+        assert!(err.to_string().contains("another coordinator"), "{err}");
+    }
+
+    #[test]
+    fn other_open_failures_do_not_blame_another_coordinator() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, "").unwrap();
+        let err = SledStore::open(&file, 10)
+            .err()
+            .expect("a file is no store");
+        assert!(!err.to_string().contains("another"), "{err}");
+    }
+}
