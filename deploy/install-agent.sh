@@ -4,14 +4,20 @@
 # then starts it.
 #
 #   sudo deploy/install-agent.sh --node-id rec-1 --coordinator http://coord:7400 \
-#        [--binary target/release/failover-agent] [--hook /path/to/hook.sh] [--force]
+#        [--binary target/release/failover-agent] [--hook /path/to/hook.sh] \
+#        [--tls-ca ca.pem --tls-cert node-rec-1.pem --tls-key node-rec-1-key.pem] [--force]
 #
 # --hook PATH: the hook the agent runs on every role change. If no file is
 #   there yet, the example hook (it only logs) is installed at PATH for you
 #   to edit.
+# --tls-ca/--tls-cert/--tls-key: the CA that signed the coordinator's
+#   certificate, and this node's certificate and key (naming
+#   urn:failover:node:ID); copied to /etc/failover/tls/ (the key readable by
+#   root only). Needed for an https:// coordinator.
 # --force: replace an existing configuration (kept as agent.toml.bak) —
 #   needed when it was written for another node id, or to change the
-#   coordinator URL or hook of an installed agent.
+#   coordinator URL, hook or certificates of an installed agent (without it,
+#   giving a different one is refused).
 # --root DIR installs under DIR instead of / and does not touch systemd
 # (for packaging, and for the project's own tests).
 #
@@ -25,17 +31,24 @@ binary="$here/../target/release/failover-agent"
 root=""
 node_id=""
 coordinator="http://127.0.0.1:7400"
+coordinator_given=0
 hook=""
+tls_ca=""
+tls_cert=""
+tls_key=""
 force=0
 
-usage() { echo "usage: $0 --node-id ID [--coordinator URL] [--binary PATH] [--hook PATH] [--force] [--root DIR]" >&2; exit 2; }
+usage() { echo "usage: $0 --node-id ID [--coordinator URL] [--binary PATH] [--hook PATH] [--tls-ca FILE --tls-cert FILE --tls-key FILE] [--force] [--root DIR]" >&2; exit 2; }
 
 while [ $# -gt 0 ]; do
   case "$1" in
     --node-id) node_id="${2:?}"; shift 2 ;;
-    --coordinator) coordinator="${2:?}"; shift 2 ;;
+    --coordinator) coordinator="${2:?}"; coordinator_given=1; shift 2 ;;
     --binary) binary="${2:?}"; shift 2 ;;
     --hook) hook="${2:?}"; shift 2 ;;
+    --tls-ca) tls_ca="${2:?}"; shift 2 ;;
+    --tls-cert) tls_cert="${2:?}"; shift 2 ;;
+    --tls-key) tls_key="${2:?}"; shift 2 ;;
     --root) root="${2:?}"; shift 2 ;;
     --force) force=1; shift ;;
     -h|--help) usage ;;
@@ -49,19 +62,45 @@ case "$hook" in
   *) echo "error: --hook must be an absolute path, got $hook" >&2; exit 2 ;;
 esac
 
+if [ -n "$tls_cert$tls_key" ] && { [ -z "$tls_cert" ] || [ -z "$tls_key" ]; }; then
+  echo "error: --tls-cert and --tls-key go together" >&2; exit 2
+fi
+for f in "$tls_ca" "$tls_cert" "$tls_key"; do
+  if [ -n "$f" ] && [ ! -r "$f" ]; then echo "error: cannot read $f" >&2; exit 1; fi
+done
+
 config="$root/etc/failover/agent.toml"
 state_dir="/var/lib/failover-agent"
+tls_dir="/etc/failover/tls"
+
+# The value of `key = "..."` in a TOML file (first match), or nothing.
+toml_value() {
+  sed -n "s/^[[:space:]]*$1[[:space:]]*=[[:space:]]*[\"']\([^\"']*\)[\"'].*/\1/p" "$2" | head -n 1
+}
 
 # An existing configuration for another node id is a mistake to stop at:
 # two machines with one node id are duplicates the coordinator refuses.
 keep=0
 if [ -f "$config" ]; then
-  existing=$(sed -n "s/^[[:space:]]*node_id[[:space:]]*=[[:space:]]*[\"']\([^\"']*\)[\"'].*/\1/p" "$config" | head -n 1)
+  existing=$(toml_value node_id "$config")
   if [ "$existing" = "$node_id" ] && [ "$force" = 0 ]; then
     keep=1
-  elif [ "$force" = 1 ]; then
-    echo "replacing $config written for node id '$existing' (kept as $config.bak)"
-  else
+    # Keeping it must not silently drop what was asked for.
+    kept_coordinator=$(toml_value coordinator "$config")
+    kept_hook=$(toml_value on_role_change "$config")
+    if [ "$coordinator_given" = 1 ] && [ "$kept_coordinator" != "$coordinator" ]; then
+      echo "error: $config already names coordinator $kept_coordinator, not $coordinator: run with --force to replace it; nothing was changed" >&2
+      exit 1
+    fi
+    if [ -n "$hook" ] && [ "$kept_hook" != "$hook" ]; then
+      echo "error: $config already names hook '$kept_hook', not $hook: run with --force to replace it; nothing was changed" >&2
+      exit 1
+    fi
+    if [ -n "$tls_ca$tls_cert" ]; then
+      echo "error: $config exists: run with --force to install new certificates; nothing was changed" >&2
+      exit 1
+    fi
+  elif [ "$force" = 0 ]; then
     echo "error: $config is for node id '$existing', not '$node_id': run with --force to replace it, or pass --node-id $existing" >&2
     exit 1
   fi
@@ -79,6 +118,15 @@ new_config="$work/agent.toml"
   echo "[hooks]"
   if [ -n "$hook" ]; then echo "on_role_change = \"$hook\""; fi
   echo "timeout = \"30s\""
+  if [ -n "$tls_ca$tls_cert" ]; then
+    echo
+    echo "[tls]"
+    if [ -n "$tls_ca" ]; then echo "ca = \"$tls_dir/ca.pem\""; fi
+    if [ -n "$tls_cert" ]; then
+      echo "cert = \"$tls_dir/node.pem\""
+      echo "key = \"$tls_dir/node-key.pem\""
+    fi
+  fi
 } > "$new_config"
 if [ -n "$hook" ] && [ -e "$root$hook" ] && [ ! -x "$root$hook" ]; then
   echo "error: the hook $hook is not executable (chmod +x it); nothing was changed" >&2
@@ -91,15 +139,30 @@ if [ "$keep" = 0 ]; then
   [ -z "$hook" ] || [ -e "$check_hook" ] || check_hook="$here/on-role-change.example.sh"
   mkdir -p "$work/state"
   sed -e "s|^state_dir = .*|state_dir = \"$work/state\"|" \
-      -e "s|^on_role_change = .*|on_role_change = \"$check_hook\"|" "$new_config" > "$work/check.toml"
+      -e "s|^on_role_change = .*|on_role_change = \"$check_hook\"|" \
+      -e "s|^ca = .*|ca = \"$tls_ca\"|" \
+      -e "s|^cert = .*|cert = \"$tls_cert\"|" \
+      -e "s|^key = .*|key = \"$tls_key\"|" "$new_config" > "$work/check.toml"
   if ! "$binary" --config "$work/check.toml" --check-config > /dev/null; then
     echo "error: the new configuration was refused; nothing was changed" >&2
     exit 1
   fi
 fi
 
+if [ "$keep" = 0 ] && [ -f "$config" ]; then
+  echo "replacing $config written for node id '$existing' (kept as $config.bak)"
+fi
+
 install -d "$root/usr/local/bin" "$root/etc/failover" "$root/etc/systemd/system" "$root$state_dir"
 install -m 0755 "$binary" "$root/usr/local/bin/failover-agent"
+if [ "$keep" = 0 ] && [ -n "$tls_ca$tls_cert" ]; then
+  install -d -m 0755 "$root$tls_dir"
+  if [ -n "$tls_ca" ]; then install -m 0644 "$tls_ca" "$root$tls_dir/ca.pem"; fi
+  if [ -n "$tls_cert" ]; then
+    install -m 0644 "$tls_cert" "$root$tls_dir/node.pem"
+    install -m 0600 "$tls_key" "$root$tls_dir/node-key.pem"
+  fi
+fi
 
 if [ -n "$hook" ] && [ ! -e "$root$hook" ]; then
   install -d "$(dirname "$root$hook")"

@@ -58,6 +58,7 @@ impl Agent {
         Ok(Agent {
             link: Link::new(
                 config.coordinators.clone(),
+                config.tls.clone(),
                 config.node_id.clone(),
                 identity.clone(),
             ),
@@ -156,15 +157,25 @@ impl Agent {
         }
         self.driver.cancel_hooks();
         self.deliver_reports();
-        let left = identity::leave_instance(
-            &self.config.state_dir,
-            &self.config.node_id,
-            &self.identity.instance,
-        );
+        // Only a process the coordinator accepted can have held a role; one
+        // that never got in (a refused duplicate) passes on the proof it
+        // found, so it never overwrites the real agent's.
+        let proof = if self.link.was_welcomed() {
+            Some(self.identity.instance.clone())
+        } else {
+            self.previous_instance.clone()
+        };
+        let left = match proof {
+            Some(instance) => {
+                identity::leave_instance(&self.config.state_dir, &self.config.node_id, &instance)
+            }
+            None => Ok(()),
+        };
         if let Err(e) = left {
             tracing::warn!(error = %e, "cannot leave this agent's instance id for the next one: a restart within a group's shutdown grace will count as a new agent");
         }
         self.link.goodbye(FLUSH_GRACE).await;
+        tracing::info!("agent stopped");
     }
 }
 

@@ -27,6 +27,16 @@ pub struct Args {
     /// [default: http://127.0.0.1:7400].
     #[arg(long = "coordinator", value_name = "URL")]
     pub coordinators: Vec<String>,
+    /// TLS: the CA that signed the coordinator's certificate (PEM), for
+    /// https:// coordinator URLs.
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// TLS: this node's certificate (PEM), naming it as urn:failover:node:NODE.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS: the node certificate's private key (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
     /// Log format [default: text].
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
@@ -63,7 +73,17 @@ struct FileConfig {
     #[serde(default)]
     checks: Vec<CheckConfig>,
     #[serde(default)]
+    tls: TlsConfig,
+    #[serde(default)]
     log: LogConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct TlsConfig {
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -114,6 +134,8 @@ pub struct AgentConfig {
     pub hooks: HooksConfig,
     /// Health checks, each validated.
     pub checks: Vec<CheckConfig>,
+    /// TLS files for https:// coordinators.
+    pub tls: proto::client::ClientTls,
     pub log: LogConfig,
 }
 
@@ -192,11 +214,28 @@ impl AgentConfig {
                     .map(Path::to_owned)
             })
             .unwrap_or_else(|| PathBuf::from("."));
+        let tls = proto::client::ClientTls {
+            ca: args.tls_ca.clone().or(file.tls.ca),
+            cert: args.tls_cert.clone().or(file.tls.cert),
+            key: args.tls_key.clone().or(file.tls.key),
+        };
+        if tls.cert.is_some() != tls.key.is_some() {
+            bail!("tls.cert and tls.key go together: give both or neither");
+        }
+        for url in &coordinators {
+            if url.starts_with("https://") && tls.ca.is_none() {
+                bail!(
+                    "coordinator {url} is https://: set tls.ca (or --tls-ca) to the CA that signed \
+                     its certificate"
+                );
+            }
+        }
         Ok(AgentConfig {
             node_id,
             coordinators,
             role_log: file.role_log,
             state_dir,
+            tls,
             hooks,
             checks: file.checks,
             log,
@@ -205,6 +244,50 @@ impl AgentConfig {
 }
 
 impl AgentConfig {
+    /// The effective configuration, in the config file's own form, for
+    /// `--check-config`.
+    pub fn describe(&self) -> String {
+        let path = |p: &Path| format!("{:?}", p.display().to_string());
+        let mut text = format!(
+            "node_id = {:?}\ncoordinator = {:?}\nstate_dir = {}\n",
+            self.node_id,
+            self.coordinators,
+            path(&self.state_dir)
+        );
+        if let Some(log) = &self.role_log {
+            text.push_str(&format!("role_log = {}\n", path(log)));
+        }
+        text.push_str("\n[hooks]\n");
+        if let Some(hook) = &self.hooks.on_role_change {
+            text.push_str(&format!("on_role_change = {hook:?}\n"));
+        }
+        text.push_str(&format!(
+            "timeout = \"{}\"\n",
+            humantime::format_duration(self.hooks.timeout)
+        ));
+        let tls = [
+            ("ca", &self.tls.ca),
+            ("cert", &self.tls.cert),
+            ("key", &self.tls.key),
+        ];
+        if tls.iter().any(|(_, p)| p.is_some()) {
+            text.push_str("\n[tls]\n");
+            for (key, file) in tls {
+                if let Some(file) = file {
+                    text.push_str(&format!("{key} = {}\n", path(file)));
+                }
+            }
+        }
+        for check in &self.checks {
+            text.push_str(&format!(
+                "\n[[checks]]\nname = {:?}\ninterval = \"{}\"\n# ...\n",
+                check.name,
+                humantime::format_duration(check.interval)
+            ));
+        }
+        text
+    }
+
     /// What `--check-config` finds wrong with the files the configuration
     /// names: a hook that is missing or not executable, a role log whose
     /// directory is missing, a state directory that does not exist.
@@ -212,23 +295,33 @@ impl AgentConfig {
         let mut problems = Vec::new();
         if let Some(command) = &self.hooks.on_role_change
             && let Some(program) = command.split_whitespace().next()
-            && program.contains('/')
         {
-            let path = Path::new(program);
-            match std::fs::metadata(path) {
-                Err(e) => problems.push(format!(
-                    "hooks.on_role_change: {} cannot be used: {e}",
-                    path.display()
+            // `/bin/sh -c` runs the hook: a bare name is looked up in PATH.
+            let found = if program.contains('/') {
+                Some(PathBuf::from(program))
+            } else {
+                in_path(program)
+            };
+            match found {
+                None => problems.push(format!(
+                    "hooks.on_role_change: {program} is not found in PATH (give the hook's \
+                     absolute path)"
                 )),
-                Ok(m) if !m.is_file() => problems.push(format!(
-                    "hooks.on_role_change: {} is not a file",
-                    path.display()
-                )),
-                Ok(m) if !is_executable(&m) => problems.push(format!(
-                    "hooks.on_role_change: {} is not executable (chmod +x it)",
-                    path.display()
-                )),
-                Ok(_) => {}
+                Some(path) => match std::fs::metadata(&path) {
+                    Err(e) => problems.push(format!(
+                        "hooks.on_role_change: {} cannot be used: {e}",
+                        path.display()
+                    )),
+                    Ok(m) if !m.is_file() => problems.push(format!(
+                        "hooks.on_role_change: {} is not a file",
+                        path.display()
+                    )),
+                    Ok(m) if !is_executable(&m) => problems.push(format!(
+                        "hooks.on_role_change: {} is not executable (chmod +x it)",
+                        path.display()
+                    )),
+                    Ok(_) => {}
+                },
             }
         }
         if let Some(log) = &self.role_log {
@@ -248,6 +341,17 @@ impl AgentConfig {
                 "state_dir: {} is not a directory",
                 self.state_dir.display()
             ));
+        }
+        for (key, path) in [
+            ("tls.ca", &self.tls.ca),
+            ("tls.cert", &self.tls.cert),
+            ("tls.key", &self.tls.key),
+        ] {
+            if let Some(path) = path
+                && let Err(e) = std::fs::metadata(path)
+            {
+                problems.push(format!("{key}: {} cannot be used: {e}", path.display()));
+            }
         }
         problems
     }
@@ -281,6 +385,17 @@ fn check_url(url: &str) -> anyhow::Result<()> {
     }
 }
 
+/// The first executable file called `name` in the directories of `PATH`,
+/// as the shell would find it.
+fn in_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| {
+            std::fs::metadata(candidate).is_ok_and(|m| m.is_file() && is_executable(&m))
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,6 +405,9 @@ mod tests {
             config,
             node_id: None,
             coordinators: vec![],
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
             log_format: None,
             check_config: false,
         }

@@ -3,13 +3,13 @@
 
 use std::time::Duration;
 
+use proto::client::{ClientTls, endpoint};
 use proto::v1 as pb;
 use proto::v1::agent_service_client::AgentServiceClient;
 use rand::Rng;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
-use tonic::transport::Endpoint;
 
 /// Messages the agent may queue for the coordinator before the connection
 /// counts as stuck.
@@ -35,12 +35,17 @@ pub struct Connection {
 /// Connects to the first coordinator that answers, waiting `delay` first
 /// and at most `max_retry` between attempts. Never gives up: an agent keeps
 /// trying for as long as it runs.
-pub async fn connect(urls: Vec<String>, delay: Duration, max_retry: Duration) -> Connection {
+pub async fn connect(
+    urls: Vec<String>,
+    tls: ClientTls,
+    delay: Duration,
+    max_retry: Duration,
+) -> Connection {
     tokio::time::sleep(delay).await;
     let mut retry = FIRST_RETRY.min(max_retry);
     loop {
         for url in &urls {
-            let opened = tokio::time::timeout(OPEN_TIMEOUT, open(url))
+            let opened = tokio::time::timeout(OPEN_TIMEOUT, open(url, &tls))
                 .await
                 .unwrap_or_else(|_| {
                     Err(anyhow::anyhow!(
@@ -65,12 +70,8 @@ pub async fn connect(urls: Vec<String>, delay: Duration, max_retry: Duration) ->
     }
 }
 
-async fn open(url: &str) -> anyhow::Result<Connection> {
-    let channel = Endpoint::from_shared(url.to_owned())?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
-        .connect()
-        .await?;
+async fn open(url: &str, tls: &ClientTls) -> anyhow::Result<Connection> {
+    let channel = endpoint(url, tls, CONNECT_TIMEOUT)?.connect().await?;
     let (outbound, rx) = mpsc::channel(OUTBOUND_CAPACITY);
     let response = AgentServiceClient::new(channel)
         .session(ReceiverStream::new(rx))

@@ -189,9 +189,16 @@ impl Driver {
                 continue;
             }
             if let Some(running) = &slot.running {
-                // Hooks of one group never overlap: stop the outdated one;
-                // the new one starts when it has exited.
-                running.cancel();
+                // Hooks of one group never overlap: the new one starts when
+                // the running one has exited. A promotion that is no longer
+                // wanted is stopped at once, and so is whatever runs when
+                // the node must become primary; a demotion (fenced) followed
+                // by another (secondary) runs to its end, so the service is
+                // surely stopped before the next hook starts.
+                let demoting = |k: &HookKey| k.role() != Role::Primary;
+                if !(slot.last_started.as_ref().is_some_and(demoting) && demoting(&desired)) {
+                    running.cancel();
+                }
                 continue;
             }
             let previous = slot

@@ -17,6 +17,7 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 use crate::clock;
 use crate::connection::{self, Connection};
 use crate::identity::Identity;
+use proto::client::ClientTls;
 
 /// Heartbeats remembered for matching acknowledgements. An acknowledgement
 /// of an older one is too stale to matter.
@@ -32,6 +33,9 @@ const MIN_DUPLICATE_PATIENCE: Duration = Duration::from_secs(10);
 /// While refused as a duplicate: how often to try again, and to say so.
 const DUPLICATE_RETRY: Duration = Duration::from_secs(1);
 const DUPLICATE_LOG_EVERY: Duration = Duration::from_secs(5);
+/// While refused as not allowed to speak for this node: how often to try
+/// again (a fixed certificate is read at the next attempt).
+const FORBIDDEN_RETRY: Duration = Duration::from_secs(5);
 /// The fastest reconnect backoff bound, whatever the leases.
 const MIN_RETRY_BOUND: Duration = Duration::from_millis(50);
 
@@ -65,6 +69,7 @@ type Connecting = Pin<Box<dyn Future<Output = Connection> + Send>>;
 
 pub struct Link {
     urls: Vec<String>,
+    tls: ClientTls,
     node_id: String,
     identity: Identity,
     conn: Option<Connection>,
@@ -85,6 +90,11 @@ pub struct Link {
     refused: Option<Refusals>,
     /// The longest wait between reconnect attempts.
     max_retry: Duration,
+    /// The last session was refused as not allowed to speak for this node.
+    forbidden: bool,
+    forbidden_logged: Option<Instant>,
+    /// A coordinator has accepted a session of this process.
+    welcomed: bool,
 }
 
 struct Refusals {
@@ -94,10 +104,11 @@ struct Refusals {
 }
 
 impl Link {
-    pub fn new(urls: Vec<String>, node_id: String, identity: Identity) -> Link {
+    pub fn new(urls: Vec<String>, tls: ClientTls, node_id: String, identity: Identity) -> Link {
         let interval = Duration::from_millis(500);
         Link {
             urls,
+            tls,
             node_id,
             identity,
             conn: None,
@@ -111,7 +122,16 @@ impl Link {
             pending_reports: VecDeque::new(),
             refused: None,
             max_retry: connection::MAX_RETRY,
+            forbidden: false,
+            forbidden_logged: None,
+            welcomed: false,
         }
+    }
+
+    /// Whether a coordinator ever accepted a session of this process (a
+    /// refused duplicate never was).
+    pub fn was_welcomed(&self) -> bool {
+        self.welcomed
     }
 
     /// A lease of `ttl` was granted: after losing the session, the agent
@@ -124,6 +144,7 @@ impl Link {
     fn reconnect(&mut self, delay: Duration) {
         self.connecting = Some(Box::pin(connection::connect(
             self.urls.clone(),
+            self.tls.clone(),
             delay,
             self.max_retry,
         )));
@@ -135,7 +156,9 @@ impl Link {
         // No session and no attempt under way (it ended, here or while
         // sending): start the next attempt.
         if self.conn.is_none() && self.connecting.is_none() {
-            let delay = if self.refused.is_some() {
+            let delay = if self.forbidden {
+                FORBIDDEN_RETRY
+            } else if self.refused.is_some() {
                 DUPLICATE_RETRY
             } else if self
                 .connected_at
@@ -262,6 +285,8 @@ impl Link {
             In::Welcome(w) => {
                 tracing::info!(coordinator = %w.coordinator_id, "welcomed");
                 self.refused = None;
+                self.forbidden = false;
+                self.welcomed = true;
                 if let Some(settings) = w.settings {
                     self.apply_settings(settings);
                 }
@@ -297,6 +322,18 @@ impl Link {
     /// refused for twice the time the connected instance may stay silent
     /// (at least 10 s), this process is the duplicate and stops.
     fn session_ended(&mut self, end: SessionEnd) -> Result<(), DuplicateNode> {
+        if end.forbidden {
+            self.conn = None;
+            self.forbidden = true;
+            if self
+                .forbidden_logged
+                .is_none_or(|at| at.elapsed() >= DUPLICATE_LOG_EVERY)
+            {
+                self.forbidden_logged = Some(Instant::now());
+                tracing::error!(node = %self.node_id, "refused by the coordinator: {} (trying again every {FORBIDDEN_RETRY:?})", end.reason);
+            }
+            return Ok(());
+        }
         let Some(limit) = end.duplicate else {
             self.disconnected(&end.reason);
             return Ok(());
@@ -358,6 +395,10 @@ struct SessionEnd {
     /// Refused because another instance of this node is connected; with
     /// the coordinator's silence limit for that instance.
     duplicate: Option<Duration>,
+    /// Refused because this agent may not speak for its node id (its
+    /// certificate names another node, or it has none): a configuration
+    /// error that only an operator can fix.
+    forbidden: bool,
 }
 
 /// The next message of the open session, or why there is none.
@@ -370,6 +411,12 @@ async fn next_message(conn: &mut Option<Connection>) -> Result<pb::CoordinatorMe
         Ok(None) => Err(SessionEnd {
             reason: "the coordinator ended the session".into(),
             duplicate: None,
+            forbidden: false,
+        }),
+        Err(status) if status.code() == tonic::Code::PermissionDenied => Err(SessionEnd {
+            reason: status.message().to_owned(),
+            duplicate: None,
+            forbidden: true,
         }),
         Err(status) if status.code() == tonic::Code::AlreadyExists => {
             let limit = status
@@ -381,11 +428,13 @@ async fn next_message(conn: &mut Option<Connection>) -> Result<pb::CoordinatorMe
             Err(SessionEnd {
                 reason: status.message().to_owned(),
                 duplicate: Some(limit),
+                forbidden: false,
             })
         }
         Err(status) => Err(SessionEnd {
             reason: format!("session failed: {}", status.message()),
             duplicate: None,
+            forbidden: false,
         }),
     }
 }

@@ -1,7 +1,7 @@
 //! `failover-agent`: parses flags and configuration, sets up logging and
 //! signal handling, and runs [`agent::run`].
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use agent::config::{AgentConfig, Args, LogFormat};
@@ -26,7 +26,12 @@ fn main() -> ExitCode {
             }
             return ExitCode::from(2);
         }
-        println!("configuration is valid:\n{config:#?}");
+        // Not println!: `| head` must not make it panic.
+        let _ = writeln!(
+            std::io::stdout(),
+            "# the configuration is valid; in effect:\n{}",
+            config.describe()
+        );
         return ExitCode::SUCCESS;
     }
     for problem in config.check_files() {

@@ -10,6 +10,7 @@
 mod failover_time;
 mod load;
 mod procfs;
+mod second_fault;
 mod stats;
 
 use std::path::PathBuf;
@@ -44,6 +45,12 @@ enum Command {
         /// without a false failover.
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         soak: Duration,
+    },
+    /// Two faults in a row at the defaults: the member that failed first is
+    /// promoted when the second primary dies (kill → its promote hook).
+    SecondFault {
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
     },
     /// N agents at 1 heartbeat/s: coordinator CPU and memory, heartbeat
     /// round trip, false failovers.
@@ -82,6 +89,9 @@ fn main() -> anyhow::Result<()> {
         Command::FailoverTime { runs, soak } => {
             failover_time_report(out, runs, soak)?;
         }
+        Command::SecondFault { runs } => {
+            second_fault_report(out, runs)?;
+        }
         Command::Scale { agents, duration } => {
             scale_report(out, &agents, duration)?;
         }
@@ -97,6 +107,7 @@ fn main() -> anyhow::Result<()> {
         Command::All => {
             let sections = [
                 failover_time_report(out, 30, Duration::from_secs(30))?,
+                second_fault_report(out, 20)?,
                 scale_report(out, &[1000, 5000, 10_000], Duration::from_secs(60))?,
                 mass_report(out, 1000)?,
                 restart_report(out, 10_000, 5)?,
@@ -123,6 +134,21 @@ fn write_report(
     std::fs::write(out.join(format!("{name}.md")), &md)?;
     println!("{md}");
     Ok(md)
+}
+
+fn second_fault_report(out: &std::path::Path, runs: usize) -> anyhow::Result<String> {
+    eprintln!("second fault at the defaults:");
+    let r = second_fault::measure(runs);
+    let s = &r.summary;
+    let md = format!(
+        "## Second fault (defaults: a member cut off and back, then the new primary killed \
+         → the recently failed member's promote hook)\n\n\
+         | runs | min | median | p99 | max | bound (lease × 1.01 + 100 ms) |\n\
+         |---|---|---|---|---|---|\n\
+         | {} | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms | 3130 ms |\n",
+        s.samples, s.min_ms, s.median_ms, s.p99_ms, s.max_ms
+    );
+    write_report(out, "second-fault", &r, md)
 }
 
 fn scale_report(

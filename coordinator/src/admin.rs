@@ -12,7 +12,10 @@ use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::api::{Actor, Api};
+use std::sync::Arc;
+
+use crate::api::{Actor, Api, Credential};
+use crate::auth::{Access, Auth, CertIdentity, cert_identity};
 use crate::convert::{Drain, Undrain, event_to_proto, group_to_proto, node_to_proto};
 use crate::engine::{AdminCommand, AdminError};
 use crate::error::{admin_status, api_status};
@@ -21,11 +24,49 @@ pub(crate) struct AdminApi {
     api: Api,
     /// Ends event watches at shutdown.
     shutdown: CancellationToken,
+    auth: Arc<Auth>,
 }
 
 impl AdminApi {
-    pub(crate) fn new(api: Api, shutdown: CancellationToken) -> Self {
-        AdminApi { api, shutdown }
+    pub(crate) fn new(api: Api, shutdown: CancellationToken, auth: Arc<Auth>) -> Self {
+        AdminApi {
+            api,
+            shutdown,
+            auth,
+        }
+    }
+
+    /// Who made a request: the operator its client certificate or bearer
+    /// token names, or else an anonymous caller known by its address (an
+    /// admin while authentication is off, nobody otherwise).
+    fn actor<T>(&self, request: &Request<T>) -> Actor {
+        let address = request.remote_addr().map(|a| a.ip());
+        let certified = request
+            .peer_certs()
+            .and_then(|certs| certs.first().and_then(|c| cert_identity(c)));
+        if let Some(CertIdentity::Operator { name, access }) = certified {
+            return Actor::Operator {
+                name,
+                access,
+                via: Credential::Certificate,
+            };
+        }
+        let bearer = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if let Some((name, access)) = bearer.and_then(|t| self.auth.token_holder(t.trim())) {
+            return Actor::Operator {
+                name,
+                access,
+                via: Credential::Token,
+            };
+        }
+        Actor::Anonymous {
+            address,
+            access: self.auth.is_off().then_some(Access::Admin),
+        }
     }
 
     /// A command whose answer is a group: converts, runs, converts back.
@@ -37,7 +78,7 @@ impl AdminApi {
     where
         AdminCommand: TryFrom<C, Error = AdminError>,
     {
-        let actor = actor(&request);
+        let actor = self.actor(&request);
         let command =
             AdminCommand::try_from(command(request.into_inner())).map_err(admin_status)?;
         let view = self
@@ -46,14 +87,6 @@ impl AdminApi {
             .await
             .map_err(api_status)?;
         Ok(Response::new(group_to_proto(view)))
-    }
-}
-
-/// Who made a request: anonymous until authentication exists, known by
-/// the address it came from.
-fn actor<T>(request: &Request<T>) -> Actor {
-    Actor::Anonymous {
-        address: request.remote_addr().map(|a| a.ip()),
     }
 }
 
@@ -74,7 +107,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
     ) -> Result<Response<pb::ListGroupsResponse>, Status> {
         let groups = self
             .api
-            .groups(&actor(&request))
+            .groups(&self.actor(&request))
             .await
             .map_err(api_status)?;
         Ok(Response::new(pb::ListGroupsResponse {
@@ -93,7 +126,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
         &self,
         request: Request<pb::DeleteGroupRequest>,
     ) -> Result<Response<pb::DeleteGroupResponse>, Status> {
-        let actor = actor(&request);
+        let actor = self.actor(&request);
         let name = request.into_inner().name;
         self.api
             .delete_group(&actor, name)
@@ -169,7 +202,11 @@ impl pb::admin_service_server::AdminService for AdminApi {
         &self,
         request: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
-        let nodes = self.api.nodes(&actor(&request)).await.map_err(api_status)?;
+        let nodes = self
+            .api
+            .nodes(&self.actor(&request))
+            .await
+            .map_err(api_status)?;
         Ok(Response::new(pb::ListNodesResponse {
             nodes: nodes.into_iter().map(node_to_proto).collect(),
         }))
@@ -179,7 +216,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
         &self,
         request: Request<pb::ListEventsRequest>,
     ) -> Result<Response<pb::ListEventsResponse>, Status> {
-        let actor = actor(&request);
+        let actor = self.actor(&request);
         let r = request.into_inner();
         let group = (!r.group.is_empty()).then_some(r.group);
         let events = self
@@ -198,7 +235,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
         &self,
         request: Request<pb::ListEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
-        let actor = actor(&request);
+        let actor = self.actor(&request);
         let r = request.into_inner();
         let group = (!r.group.is_empty()).then_some(r.group);
         let events = self

@@ -1,5 +1,7 @@
 //! The one API in front of the runtime, whatever the transport: typed calls
 //! that say who is asking (an [`Actor`]) and answer views or typed errors.
+//! Every call is checked against the caller's role here (see `auth.rs`),
+//! so every front end enforces the same rules.
 //! The gRPC admin service (`admin.rs`) is a thin conversion layer over it;
 //! any other front end (REST, a status page) uses the same calls, so it
 //! gets the same checks, errors and event records.
@@ -13,6 +15,7 @@ use thiserror::Error;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
 
+use crate::auth::Access;
 use crate::engine::{AdminCommand, AdminError, AdminReply, GroupView, NodeView};
 use crate::model::EventRecord;
 use crate::policy::PolicyPatch;
@@ -22,8 +25,49 @@ use crate::store::StoreError;
 /// Who is asking: recorded as the actor of every event the call causes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Actor {
-    /// Not authenticated: known only by the address it came from.
-    Anonymous { address: Option<IpAddr> },
+    /// Not authenticated: known only by the address it came from. It may do
+    /// what `access` allows: everything while authentication is off,
+    /// nothing otherwise.
+    Anonymous {
+        address: Option<IpAddr>,
+        access: Option<Access>,
+    },
+    /// An operator named by a client certificate or a bearer token.
+    Operator {
+        name: String,
+        access: Access,
+        via: Credential,
+    },
+}
+
+/// How an operator proved who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential {
+    Certificate,
+    Token,
+}
+
+impl Actor {
+    fn access(&self) -> Option<Access> {
+        match self {
+            Actor::Anonymous { access, .. } => *access,
+            Actor::Operator { access, .. } => Some(*access),
+        }
+    }
+
+    /// Refuses the call unless the actor's role includes `needed`.
+    fn may(&self, needed: Access, what: &str) -> Result<(), ApiError> {
+        match self.access() {
+            Some(has) if has >= needed => Ok(()),
+            Some(has) => Err(ApiError::Denied(format!(
+                "{what} needs the {needed} role; {self} has {has}"
+            ))),
+            None => Err(ApiError::Unauthenticated(format!(
+                "{what} needs the {needed} role: present an operator certificate or a \
+                 bearer token (failoverctl --tls-cert/--tls-key or --token-file)"
+            ))),
+        }
+    }
 }
 
 impl fmt::Display for Actor {
@@ -31,9 +75,31 @@ impl fmt::Display for Actor {
         match self {
             Actor::Anonymous {
                 address: Some(address),
+                ..
             } => write!(f, "anonymous@{address}"),
-            Actor::Anonymous { address: None } => f.write_str("anonymous"),
+            Actor::Anonymous { address: None, .. } => f.write_str("anonymous"),
+            Actor::Operator { name, .. } => f.write_str(name),
         }
+    }
+}
+
+/// The role a command needs, and its name for a refusal.
+fn needed(command: &AdminCommand) -> (Access, &'static str) {
+    match command {
+        AdminCommand::ListGroups => (Access::Viewer, "group list"),
+        AdminCommand::GetGroup { .. } => (Access::Viewer, "group show"),
+        AdminCommand::ListNodes => (Access::Viewer, "node list"),
+        AdminCommand::Promote { .. } => (Access::Operator, "group promote"),
+        AdminCommand::Takeover { .. } => (Access::Operator, "group takeover"),
+        AdminCommand::Restore { .. } => (Access::Operator, "group restore"),
+        AdminCommand::Drain { .. } => (Access::Operator, "group member drain"),
+        AdminCommand::Undrain { .. } => (Access::Operator, "group member undrain"),
+        AdminCommand::CreateGroup { .. } => (Access::Admin, "group add"),
+        AdminCommand::DeleteGroup { .. } => (Access::Admin, "group delete"),
+        AdminCommand::AddMember { .. } => (Access::Admin, "group member add"),
+        AdminCommand::RemoveMember { .. } => (Access::Admin, "group member remove"),
+        AdminCommand::MoveMember { .. } => (Access::Admin, "group member move"),
+        AdminCommand::UpdatePolicy { .. } => (Access::Admin, "group set"),
     }
 }
 
@@ -45,6 +111,12 @@ pub enum ApiError {
     /// The store could not be read.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The caller did not say who it is, and the call needs a role.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller's role does not allow the call.
+    #[error("{0}")]
+    Denied(String),
     /// An event watcher fell too far behind and missed events.
     #[error("this watcher fell behind and missed {missed} events; watch again")]
     Lagged { missed: u64 },
@@ -70,6 +142,8 @@ impl Api {
         actor: &Actor,
         command: AdminCommand,
     ) -> Result<AdminReply, ApiError> {
+        let (needs, what) = needed(&command);
+        actor.may(needs, what)?;
         Ok(self.handle.admin(actor.to_string(), command).await?)
     }
 
@@ -133,10 +207,11 @@ impl Api {
     /// recent `limit` (0 = all).
     pub async fn events(
         &self,
-        _actor: &Actor,
+        actor: &Actor,
         group: Option<String>,
         limit: usize,
     ) -> Result<Vec<EventRecord>, ApiError> {
+        actor.may(Access::Viewer, "events")?;
         Ok(self.handle.events(group, limit).await?)
     }
 
@@ -180,8 +255,37 @@ mod tests {
     fn actors_name_themselves_in_events() {
         let actor = Actor::Anonymous {
             address: Some("10.0.0.7".parse().unwrap()),
+            access: None,
         };
         assert_eq!(actor.to_string(), "anonymous@10.0.0.7");
-        assert_eq!(Actor::Anonymous { address: None }.to_string(), "anonymous");
+        let alice = Actor::Operator {
+            name: "alice".into(),
+            access: Access::Viewer,
+            via: Credential::Token,
+        };
+        assert_eq!(alice.to_string(), "alice");
+    }
+
+    #[test]
+    fn refusals_say_which_role_is_needed() {
+        let viewer = Actor::Operator {
+            name: "vic".into(),
+            access: Access::Viewer,
+            via: Credential::Certificate,
+        };
+        let err = viewer.may(Access::Operator, "group promote").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "group promote needs the operator role; vic has viewer"
+        );
+        assert!(viewer.may(Access::Viewer, "group show").is_ok());
+        let nobody = Actor::Anonymous {
+            address: None,
+            access: None,
+        };
+        assert!(matches!(
+            nobody.may(Access::Viewer, "events"),
+            Err(ApiError::Unauthenticated(_))
+        ));
     }
 }

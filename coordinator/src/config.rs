@@ -29,6 +29,18 @@ pub struct Args {
     /// Directory of the embedded store [default: ./failover-data].
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// TLS: this coordinator's certificate chain (PEM); with --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS: the certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// TLS: the CA that signs agents' and operators' certificates (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Operators' bearer tokens, hashed (TOML; see README "Security").
+    #[arg(long, value_name = "FILE")]
+    pub auth_tokens: Option<PathBuf>,
     /// Log format [default: text].
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
@@ -58,7 +70,43 @@ pub struct Config {
     pub event_retention: u64,
     /// Settings of new groups where `group add` gives none.
     pub defaults: Policy,
+    /// `[tls]` files, or `tls = "off"` to serve plaintext on purpose.
+    pub tls: Option<Tls>,
+    pub auth: AuthConfig,
     pub log: LogConfig,
+}
+
+/// TLS for both listeners: a table of files, or the explicit choice of
+/// plaintext.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum Tls {
+    /// `tls = "off"`.
+    Off(Off),
+    /// `[tls] cert = "...", key = "...", client_ca = "..."`.
+    Files(TlsFileConfig),
+}
+
+/// The one word that turns TLS off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Off {
+    Off,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFileConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// The file of operators' hashed bearer tokens.
+    pub tokens: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -88,6 +136,8 @@ impl Default for Config {
             clock_drift: 0.01,
             event_retention: 10_000,
             defaults: Policy::default(),
+            tls: None,
+            auth: AuthConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -113,8 +163,72 @@ impl Config {
         if let Some(v) = args.log_format {
             config.log.format = v;
         }
+        if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+            config.tls = Some(Tls::Files(TlsFileConfig {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: args.tls_client_ca.clone(),
+            }));
+        }
+        if let Some(v) = &args.auth_tokens {
+            config.auth.tokens = Some(v.clone());
+        }
         config.validate()?;
         Ok(config)
+    }
+
+    /// The TLS files, when TLS is on.
+    pub(crate) fn tls_files(&self) -> Option<crate::tls::TlsFiles> {
+        match &self.tls {
+            Some(Tls::Files(f)) => Some(crate::tls::TlsFiles {
+                cert: f.cert.clone(),
+                key: f.key.clone(),
+                client_ca: f.client_ca.clone(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// The effective configuration, in the config file's own form, for
+    /// `--check-config`.
+    pub fn describe(&self) -> String {
+        let path = |p: &Path| format!("{:?}", p.display().to_string());
+        let mut text = format!(
+            "listen = \"{}\"\nhttp_listen = \"{}\"\ndata_dir = {}\nclock_drift = {}\n\
+             event_retention = {}\n",
+            self.listen,
+            self.http_listen,
+            path(&self.data_dir),
+            self.clock_drift,
+            self.event_retention
+        );
+        match &self.tls {
+            None => text.push_str("# no [tls]: plaintext (loopback only)\n"),
+            Some(Tls::Off(_)) => text.push_str("tls = \"off\"\n"),
+            Some(Tls::Files(f)) => {
+                text.push_str(&format!(
+                    "\n[tls]\ncert = {}\nkey = {}\n",
+                    path(&f.cert),
+                    path(&f.key)
+                ));
+                if let Some(ca) = &f.client_ca {
+                    text.push_str(&format!("client_ca = {}\n", path(ca)));
+                }
+            }
+        }
+        if let Some(tokens) = &self.auth.tokens {
+            text.push_str(&format!("\n[auth]\ntokens = {}\n", path(tokens)));
+        }
+        let format = match self.log.format {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        };
+        text.push_str(&format!(
+            "\n[log]\nformat = \"{format}\"\nlevel = {:?}\n\n[defaults]\n",
+            self.log.level
+        ));
+        text.push_str(&toml::to_string(&self.defaults).unwrap_or_default());
+        text
     }
 
     pub fn from_file(path: &Path) -> anyhow::Result<Config> {
@@ -136,6 +250,18 @@ impl Config {
         self.defaults
             .validate()
             .context("invalid [defaults] in the configuration")?;
+        // Plaintext beyond this machine only on purpose.
+        if self.tls.is_none() {
+            for addr in [self.listen, self.http_listen] {
+                if !addr.ip().is_loopback() {
+                    bail!(
+                        "refusing to serve plaintext on {addr}: configure TLS ([tls] cert, key, \
+                         client_ca, or --tls-cert/--tls-key/--tls-client-ca), or set tls = \"off\" \
+                         in the config to serve plaintext on purpose"
+                    );
+                }
+            }
+        }
         Ok(())
     }
 }

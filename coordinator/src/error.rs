@@ -24,6 +24,8 @@ pub(crate) fn api_status(e: ApiError) -> Status {
     match e {
         ApiError::Refused(e) => admin_status(e),
         ApiError::Store(e) => store_status(e),
+        ApiError::Unauthenticated(m) => Status::unauthenticated(m),
+        ApiError::Denied(m) => Status::permission_denied(m),
         ApiError::Lagged { .. } => Status::data_loss(e.to_string()),
     }
 }

@@ -7,18 +7,24 @@
 
 mod admin;
 pub mod api;
+mod auth;
 pub mod config;
 mod convert;
 pub mod engine;
 mod error;
 mod http;
 mod limits;
+mod listener;
 mod metrics;
 pub mod model;
 pub mod policy;
+mod reload;
 mod runtime;
 mod session;
 mod store;
+mod tls;
+
+pub use auth::Access;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -65,6 +71,44 @@ pub async fn run(
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    // One TLS crypto provider for everything: ring.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let tls = match config.tls_files() {
+        Some(files) => Some(tls::TlsState::load(files).context("TLS")?),
+        None => None,
+    };
+    let auth = Arc::new(auth::Auth {
+        client_certs: config.tls_files().is_some_and(|f| f.client_ca.is_some()),
+        tokens: match &config.auth.tokens {
+            Some(path) => Some(auth::TokenFile::load(path)?),
+            None => None,
+        },
+    });
+    if tls.is_none() {
+        tracing::warn!(
+            "serving PLAINTEXT: anyone on the network path can read and forge every message (configure [tls] for production)"
+        );
+    }
+    // Certificates, keys and tokens are re-read when they change and on
+    // SIGHUP.
+    let mut reloadable: Vec<Arc<dyn reload::Reload>> = Vec::new();
+    if let Some(tls) = &tls {
+        reloadable.push(tls.clone());
+    }
+    if let Some(tokens) = &auth.tokens {
+        reloadable.push(tokens.clone());
+    }
+    tokio::spawn(reload::watch(reloadable, shutdown.clone()));
+    if tls.is_some() && !auth.client_certs {
+        tracing::warn!(
+            "no client CA ([tls] client_ca): agent sessions are not authenticated, anyone who reaches this coordinator may act as any node"
+        );
+    }
+    if auth.is_off() {
+        tracing::warn!(
+            "authentication is OFF: anyone who reaches this coordinator may act as any node and as an admin (configure [tls] client_ca and/or [auth] tokens)"
+        );
+    }
     let data_dir = config.data_dir.clone();
     let retention = config.event_retention;
     let store = tokio::task::spawn_blocking(move || SledStore::open(&data_dir, retention))
@@ -111,22 +155,49 @@ pub async fn run(
         .build_v1()
         .context("building the reflection service")?;
 
-    let sessions = session::AgentSessions::new(handle.clone(), shutdown.clone());
-    let grpc = tonic::transport::Server::builder()
+    let sessions = session::AgentSessions::new(handle.clone(), shutdown.clone(), auth.clone());
+    let router = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
         .add_service(AgentServiceServer::new(sessions))
         .add_service(AdminServiceServer::new(admin::AdminApi::new(
             api::Api::new(handle),
             shutdown.clone(),
-        )))
-        .serve_with_incoming_shutdown(
-            TcpListenerStream::new(grpc_listener),
-            shutdown.clone().cancelled_owned(),
-        );
+            auth,
+        )));
     let readiness = http::Readiness::default();
-    let http = axum::serve(http_listener, http::router(readiness.clone(), metrics))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let routes = http::router(readiness.clone(), metrics);
+    let stopped = shutdown.clone();
+    let (grpc_task, http_task) = match &tls {
+        Some(tls) => {
+            let incoming = listener::tls_incoming(
+                grpc_listener,
+                tls.clone(),
+                listener::Kind::Grpc,
+                shutdown.clone(),
+            );
+            let grpc =
+                router.serve_with_incoming_shutdown(incoming, stopped.clone().cancelled_owned());
+            let https = listener::HttpsListener::new(http_listener, tls.clone(), shutdown.clone())?;
+            let http = axum::serve(https, routes).with_graceful_shutdown(stopped.cancelled_owned());
+            (
+                tokio::spawn(async move { grpc.await.map_err(anyhow::Error::from) }),
+                tokio::spawn(async move { http.await.map_err(anyhow::Error::from) }),
+            )
+        }
+        None => {
+            let grpc = router.serve_with_incoming_shutdown(
+                TcpListenerStream::new(grpc_listener),
+                stopped.clone().cancelled_owned(),
+            );
+            let http = axum::serve(http_listener, routes)
+                .with_graceful_shutdown(stopped.cancelled_owned());
+            (
+                tokio::spawn(async move { grpc.await.map_err(anyhow::Error::from) }),
+                tokio::spawn(async move { http.await.map_err(anyhow::Error::from) }),
+            )
+        }
+    };
 
     // Its own target, so a quiet log level can still show where it serves
     // (RUST_LOG=warn,failover::serving=info).
@@ -134,14 +205,13 @@ pub async fn run(
         target: "failover::serving",
         grpc = %grpc_addr,
         http = %http_addr,
+        tls = tls.is_some(),
         data_dir = %config.data_dir.display(),
         groups,
         "coordinator serving"
     );
     readiness.set(true);
 
-    let grpc_task = tokio::spawn(grpc);
-    let http_task = tokio::spawn(async move { http.await });
     let mut runtime_task = runtime_task;
     let failure = tokio::select! {
         _ = shutdown.cancelled() => None,

@@ -1,6 +1,9 @@
 //! Bounds on what agents send: every free-text field and every list is cut
 //! at the edge, before it is kept, logged, stored or shown, so no client
-//! can grow the coordinator's memory, its log, its store or an answer.
+//! can grow the coordinator's memory, its log, its store or an answer; and
+//! the pace at which one session is read.
+
+use std::time::Duration;
 
 /// A Goodbye's reason.
 pub(crate) const MAX_REASON: usize = 256;
@@ -12,6 +15,13 @@ pub(crate) const MAX_LABEL: usize = 64;
 pub(crate) const MAX_CHECKS: usize = 64;
 /// Roles claimed in one Hello or heartbeat.
 pub(crate) const MAX_CLAIMS: usize = 4096;
+
+/// Messages one agent session may send per second, sustained, and in a
+/// burst. An honest agent sends one heartbeat per interval (at least 10 ms)
+/// and a few hook results; a session sending faster is read more slowly
+/// (HTTP/2 flow control pushes back on it), so one agent cannot starve the
+/// others.
+pub(crate) const SESSION_MESSAGES_PER_SECOND: u32 = 500;
 
 /// `text` cut to at most `max` bytes (on a character boundary), saying how
 /// much was cut.
@@ -29,6 +39,42 @@ pub(crate) fn clip(mut text: String, max: usize) -> String {
     text
 }
 
+/// A token bucket: [`Pace::wait`] returns at once while the sender keeps
+/// to the rate (with bursts up to one second's worth), and otherwise
+/// waits until it may go on.
+pub(crate) struct Pace {
+    per_second: f64,
+    tokens: f64,
+    at: tokio::time::Instant,
+}
+
+impl Pace {
+    pub(crate) fn new(per_second: u32) -> Pace {
+        Pace {
+            per_second: f64::from(per_second.max(1)),
+            tokens: f64::from(per_second.max(1)),
+            at: tokio::time::Instant::now(),
+        }
+    }
+
+    pub(crate) async fn wait(&mut self) {
+        self.refill();
+        if self.tokens < 1.0 {
+            let short = Duration::from_secs_f64((1.0 - self.tokens) / self.per_second);
+            tokio::time::sleep(short).await;
+            self.refill();
+        }
+        self.tokens -= 1.0;
+    }
+
+    fn refill(&mut self) {
+        let now = tokio::time::Instant::now();
+        let earned = now.saturating_duration_since(self.at).as_secs_f64() * self.per_second;
+        self.tokens = (self.tokens + earned).min(self.per_second);
+        self.at = now;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -38,5 +84,24 @@ mod tests {
         assert_eq!(clip("short".into(), 10), "short");
         let cut = clip("ééééé".into(), 3);
         assert_eq!(cut, "é… (8 bytes cut)");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pace_lets_a_burst_through_then_holds_the_rate() {
+        let mut pace = Pace::new(100);
+        let start = tokio::time::Instant::now();
+        for _ in 0..100 {
+            pace.wait().await;
+        }
+        assert_eq!(start.elapsed(), Duration::ZERO, "the burst waited");
+        for _ in 0..50 {
+            pace.wait().await;
+        }
+        // 50 more at 100 a second: half a second of (paused, virtual) time.
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_millis(490) && took <= Duration::from_millis(510),
+            "{took:?}"
+        );
     }
 }

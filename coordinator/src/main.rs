@@ -1,7 +1,7 @@
 //! `failover-coordinator`: parses flags and configuration, sets up logging
 //! and signal handling, and runs [`coordinator::run`].
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -19,7 +19,12 @@ fn main() -> ExitCode {
         }
     };
     if args.check_config {
-        println!("configuration is valid:\n{config:#?}");
+        // Not println!: `| head` must not make it panic.
+        let _ = writeln!(
+            std::io::stdout(),
+            "# the configuration is valid; in effect:\n{}",
+            config.describe()
+        );
         return ExitCode::SUCCESS;
     }
     init_tracing(config.log.format, &config.log.level);
@@ -75,7 +80,7 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
             _ = hup.recv() => {
-                tracing::info!("SIGHUP ignored: the coordinator does not reload its configuration; restart it to apply changes");
+                tracing::info!("SIGHUP: TLS certificates and the token file are re-read; the rest of the configuration needs a restart");
             }
         }
     }

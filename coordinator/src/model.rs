@@ -104,6 +104,8 @@ pub enum EventKind {
     DuplicateNode,
     /// An agent claimed an epoch too far above the stored one; refused.
     EpochClaimRefused,
+    /// A session's certificate did not name the node its Hello claimed.
+    IdentityRefused,
     /// A planned switchover told the primary to step down (new epoch).
     SteppingDown,
     /// The stepping-down primary confirmed that it stopped acting.
@@ -122,6 +124,9 @@ pub enum EventKind {
     PrimaryUnhealthy,
     /// The primary's agent said goodbye (stopped cleanly).
     PrimaryLeft,
+    /// The primary's agent came back within the shutdown grace and kept
+    /// the role.
+    PrimaryReturned,
     /// Something needs an operator: auto-failover is off, or nobody can
     /// take over from a failing primary.
     Alarm,
@@ -141,6 +146,7 @@ impl EventKind {
             EventKind::ShutdownGraceExpired => "shutdown_grace_expired",
             EventKind::DuplicateNode => "duplicate_node",
             EventKind::EpochClaimRefused => "epoch_claim_refused",
+            EventKind::IdentityRefused => "identity_refused",
             EventKind::SteppingDown => "stepping_down",
             EventKind::StepDownConfirmed => "step_down_confirmed",
             EventKind::NoPrimary => "no_primary",
@@ -151,6 +157,7 @@ impl EventKind {
             EventKind::PromoteFailed => "promote_failed",
             EventKind::PrimaryUnhealthy => "primary_unhealthy",
             EventKind::PrimaryLeft => "primary_left",
+            EventKind::PrimaryReturned => "primary_returned",
             EventKind::Alarm => "alarm",
         }
     }

@@ -19,9 +19,14 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
+use std::sync::Arc;
+
+use crate::auth::{Auth, CertIdentity, NODE_URI, cert_identity};
 use crate::convert::checks_from_proto;
 use crate::engine::{ClaimedRole, Hello, HookReport, Input};
-use crate::limits::{MAX_CLAIMS, MAX_DETAIL, MAX_LABEL, MAX_REASON, clip};
+use crate::limits::{
+    MAX_CLAIMS, MAX_DETAIL, MAX_LABEL, MAX_REASON, Pace, SESSION_MESSAGES_PER_SECOND, clip,
+};
 use crate::runtime::Handle;
 use proto::vocab::{HookOutcome, Role};
 
@@ -32,11 +37,16 @@ pub(crate) struct AgentSessions {
     handle: Handle,
     /// Cancelled at shutdown; each session's token is a child of it.
     shutdown: CancellationToken,
+    auth: Arc<Auth>,
 }
 
 impl AgentSessions {
-    pub(crate) fn new(handle: Handle, shutdown: CancellationToken) -> Self {
-        AgentSessions { handle, shutdown }
+    pub(crate) fn new(handle: Handle, shutdown: CancellationToken, auth: Arc<Auth>) -> Self {
+        AgentSessions {
+            handle,
+            shutdown,
+            auth,
+        }
     }
 }
 
@@ -51,6 +61,19 @@ impl pb::agent_service_server::AgentService for AgentSessions {
         let address = request
             .remote_addr()
             .map_or_else(String::new, |a: SocketAddr| a.to_string());
+        // With client certificates, a session speaks for the node its
+        // certificate names, and for no other.
+        let certified = if self.auth.client_certs {
+            let named = request
+                .peer_certs()
+                .and_then(|certs| certs.first().and_then(|c| cert_identity(c)));
+            Some(match named {
+                Some(CertIdentity::Node(node)) => Some(node),
+                _ => None,
+            })
+        } else {
+            None
+        };
         let inbound = request.into_inner();
         let (outbound, rx) = mpsc::channel(OUTBOUND_CAPACITY);
         // Answer with the response stream at once: the agent's call returns
@@ -60,6 +83,7 @@ impl pb::agent_service_server::AgentService for AgentSessions {
             inbound,
             outbound,
             address,
+            certified,
             self.handle.connect_timeout(),
             self.shutdown.child_token(),
         ));
@@ -72,6 +96,7 @@ async fn run_session(
     mut inbound: Streaming<pb::AgentMessage>,
     outbound: crate::runtime::Outbound,
     address: String,
+    certified: Option<Option<String>>,
     connect_timeout: Duration,
     cancel: CancellationToken,
 ) {
@@ -83,6 +108,32 @@ async fn run_session(
             return;
         }
     };
+    if let Some(named) = certified
+        && named.as_deref() != Some(hello.node_id.as_str())
+    {
+        let reason = match named {
+            Some(named) => format!(
+                "this agent's certificate names node {named}, not {}: an agent speaks only \
+                 for the node its certificate names",
+                hello.node_id
+            ),
+            None => format!(
+                "no node certificate: an agent must present a client certificate naming its \
+                 node ({NODE_URI}{})",
+                hello.node_id
+            ),
+        };
+        tracing::warn!(%address, node = %hello.node_id, "agent session refused: {reason}");
+        handle
+            .input(Input::IdentityRefused {
+                node: hello.node_id,
+                address,
+                reason: reason.clone(),
+            })
+            .await;
+        let _ = outbound.send(Err(Status::permission_denied(reason))).await;
+        return;
+    }
     let session = handle.new_session_id();
     let node = hello.node_id.clone();
     let claims = claims_from_proto(hello.roles);
@@ -91,7 +142,8 @@ async fn run_session(
         hello: Hello {
             node: node.clone(),
             instance: hello.instance_id,
-            node_uuid: hello.node_uuid,
+            // One spelling, so the same installation always compares equal.
+            node_uuid: hello.node_uuid.to_ascii_lowercase(),
             previous_instance: (!hello.previous_instance.is_empty())
                 .then_some(hello.previous_instance),
             agent_version: clip(hello.agent_version, MAX_LABEL),
@@ -121,10 +173,14 @@ async fn relay(
     // response stream ends when the runtime drops the session.
     handle.open_session(input, outbound, cancel.clone()).await;
 
+    let mut pace = Pace::new(SESSION_MESSAGES_PER_SECOND);
     loop {
         let message = tokio::select! {
             _ = cancel.cancelled() => break,
-            message = inbound.message() => message,
+            message = async {
+                pace.wait().await;
+                inbound.message().await
+            } => message,
         };
         let kind = match message {
             Ok(Some(pb::AgentMessage { kind: Some(kind) })) => kind,
@@ -208,10 +264,10 @@ async fn read_hello(
         }) => {
             names::validate_node_id(&hello.node_id)
                 .map_err(|e| Status::invalid_argument(e.to_string()))?;
-            validate_instance(&hello.instance_id)?;
+            validate_instance("instance_id", &hello.instance_id)?;
             validate_node_uuid(&hello.node_uuid)?;
             if !hello.previous_instance.is_empty() {
-                validate_instance(&hello.previous_instance)?;
+                validate_instance("previous_instance", &hello.previous_instance)?;
             }
             Ok(hello)
         }
@@ -226,15 +282,15 @@ async fn read_hello(
 
 /// An instance id is 32 lowercase hex digits (128 random bits): hard to
 /// guess, and short enough to keep and compare.
-fn validate_instance(id: &str) -> Result<(), Status> {
+fn validate_instance(field: &str, id: &str) -> Result<(), Status> {
     let hex = |c: u8| c.is_ascii_digit() || (b'a'..=b'f').contains(&c);
     if id.len() == 32 && id.bytes().all(hex) {
         Ok(())
     } else {
-        Err(Status::invalid_argument(
-            "the Hello's instance_id must be 32 lowercase hex digits (agents from before \
-             instance ids existed must be upgraded)",
-        ))
+        Err(Status::invalid_argument(format!(
+            "the Hello's {field} must be 32 lowercase hex digits (agents from before \
+             instance ids existed must be upgraded)"
+        )))
     }
 }
 

@@ -1,6 +1,7 @@
 //! The command line of `failoverctl`: every command and flag, as the
 //! operator types them.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -18,6 +19,19 @@ pub(crate) struct Cli {
         default_value = "http://127.0.0.1:7400"
     )]
     pub coordinator: String,
+    /// TLS: the CA that signed the coordinator's certificate (for https://).
+    #[arg(long, global = true, env = "FAILOVER_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// TLS: your operator certificate (with --tls-key).
+    #[arg(long, global = true, env = "FAILOVER_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS: your operator certificate's private key.
+    #[arg(long, global = true, env = "FAILOVER_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// A file holding your bearer token (never give the token itself on the
+    /// command line).
+    #[arg(long, global = true, env = "FAILOVER_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
     /// Output format.
     #[arg(short, long, global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,
@@ -41,6 +55,72 @@ pub(crate) enum Command {
     Node(NodeCommand),
     /// Show the event log.
     Events(EventsArgs),
+    /// A small certificate authority for labs and tests: a CA, the
+    /// coordinator's, nodes' and operators' certificates, and tokens.
+    #[command(subcommand)]
+    Pki(PkiCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum PkiCommand {
+    /// Create a CA and the coordinator's certificate in DIR: ca.pem,
+    /// ca-key.pem, coordinator.pem, coordinator-key.pem (names localhost,
+    /// 127.0.0.1 and every --san).
+    Init {
+        /// Where to write them (created if missing).
+        dir: PathBuf,
+        /// Another name or IP address the coordinator is reached by.
+        #[arg(long = "san", value_name = "NAME")]
+        sans: Vec<String>,
+    },
+    /// Issue a certificate with the CA in DIR: for a node (node-NAME.pem,
+    /// node-NAME-key.pem), an operator with a role (operator-NAME.pem,
+    /// operator-NAME-key.pem), or a new one for the coordinator
+    /// (--coordinator-cert: coordinator.pem, coordinator-key.pem, replacing
+    /// the old ones).
+    Issue {
+        /// The directory `pki init` made (ca.pem, ca-key.pem).
+        dir: PathBuf,
+        /// The node id the certificate names (urn:failover:node:NAME).
+        #[arg(
+            long,
+            value_name = "NAME",
+            conflicts_with_all = ["operator", "coordinator_cert"],
+            required_unless_present_any = ["operator", "coordinator_cert"]
+        )]
+        node: Option<String>,
+        /// The operator the certificate names (with --role).
+        #[arg(
+            long,
+            value_name = "NAME",
+            requires = "role",
+            conflicts_with = "coordinator_cert"
+        )]
+        operator: Option<String>,
+        /// A new certificate for the coordinator (rotation): names
+        /// localhost, 127.0.0.1 and every --san.
+        #[arg(long)]
+        coordinator_cert: bool,
+        /// With --coordinator-cert: another name or IP address it is
+        /// reached by.
+        #[arg(long = "san", value_name = "NAME", requires = "coordinator_cert")]
+        sans: Vec<String>,
+        /// The operator's role.
+        #[arg(long, value_parser = ["viewer", "operator", "admin"])]
+        role: Option<String>,
+        /// How long the certificate is valid.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
+    /// Make a bearer token for an operator: prints the token (give it to
+    /// the operator, in a file) and the line for the coordinator's token
+    /// file (it holds only the token's hash).
+    Token {
+        #[arg(long, value_name = "NAME")]
+        name: String,
+        #[arg(long, value_parser = ["viewer", "operator", "admin"])]
+        role: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

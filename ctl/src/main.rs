@@ -5,6 +5,7 @@
 
 mod cli;
 mod output;
+mod pki;
 mod settings;
 
 use std::process::ExitCode;
@@ -12,11 +13,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use cli::{Cli, Command, GroupCommand, MemberCommand, NodeCommand, Output};
+use cli::{Cli, Command, GroupCommand, MemberCommand, NodeCommand, Output, PkiCommand};
 use futures::StreamExt;
+use proto::client::{ClientTls, endpoint};
 use proto::v1 as pb;
 use proto::v1::admin_service_client::AdminServiceClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -85,15 +88,55 @@ fn status_line(status: &tonic::Status) -> String {
     }
 }
 
-async fn connect(url: &str) -> anyhow::Result<AdminServiceClient<Channel>> {
-    let endpoint = Endpoint::from_shared(url.to_owned())
-        .with_context(|| format!("{url:?} is not a valid coordinator URL"))?
-        .connect_timeout(CONNECT_TIMEOUT);
-    let channel = endpoint
+/// The admin client: TLS for https:// URLs, and the bearer token (read
+/// from its file) on every call.
+type Client = AdminServiceClient<InterceptedService<Channel, Bearer>>;
+
+async fn connect(cli: &Cli) -> anyhow::Result<Client> {
+    let url = cli.coordinator.as_str();
+    let tls = ClientTls {
+        ca: cli.tls_ca.clone(),
+        cert: cli.tls_cert.clone(),
+        key: cli.tls_key.clone(),
+    };
+    let token = match &cli.token_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the token file {}", path.display()))?;
+            let token = text.trim();
+            if token.is_empty() {
+                anyhow::bail!("the token file {} is empty", path.display());
+            }
+            let value = format!("Bearer {token}")
+                .parse()
+                .with_context(|| format!("the token in {} is not plain text", path.display()))?;
+            Some(value)
+        }
+        None => None,
+    };
+    let channel = endpoint(url, &tls, CONNECT_TIMEOUT)?
         .connect()
         .await
         .with_context(|| format!("cannot reach the coordinator at {url}"))?;
-    Ok(AdminServiceClient::new(channel))
+    Ok(AdminServiceClient::with_interceptor(channel, Bearer(token)))
+}
+
+/// Adds `authorization: Bearer TOKEN` to every request, when there is one.
+#[derive(Clone)]
+struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(token) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
+        }
+        Ok(request)
+    }
 }
 
 fn print(output: Output, json: serde_json::Value, table: String) {
@@ -121,7 +164,33 @@ fn print_group(output: Output, g: &pb::GroupStatus) {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let mut client = connect(&cli.coordinator).await?;
+    if let Command::Pki(pki) = &cli.command {
+        return match pki {
+            PkiCommand::Init { dir, sans } => pki::init(dir, sans),
+            PkiCommand::Issue {
+                dir,
+                node,
+                operator,
+                role,
+                coordinator_cert,
+                sans,
+                days,
+            } => {
+                let subject = match (node, operator, role) {
+                    _ if *coordinator_cert => pki::Subject::Coordinator { sans: sans.clone() },
+                    (Some(node), _, _) => pki::Subject::Node(node.clone()),
+                    (None, Some(name), Some(role)) => pki::Subject::Operator {
+                        name: name.clone(),
+                        role: role.clone(),
+                    },
+                    _ => anyhow::bail!("give --node NAME, or --operator NAME with --role ROLE"),
+                };
+                pki::issue(dir, &subject, *days)
+            }
+            PkiCommand::Token { name, role } => pki::token(name, role),
+        };
+    }
+    let mut client = connect(&cli).await?;
     let out = cli.output;
     match cli.command {
         Command::Group(GroupCommand::Add(args)) => {
@@ -242,6 +311,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .nodes;
             print(out, output::nodes_json(&nodes), output::nodes_table(&nodes));
         }
+        // Handled above, without a coordinator.
+        Command::Pki(_) => {}
         Command::Events(args) => {
             let request = pb::ListEventsRequest {
                 group: args.group.unwrap_or_default(),

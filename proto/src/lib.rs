@@ -1,6 +1,7 @@
 //! The `failover.v1` wire contract (generated from proto/) and the naming
 //! rules every part of the product agrees on.
 
+pub mod client;
 pub mod names;
 pub mod vocab;
 

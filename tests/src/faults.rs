@@ -11,7 +11,6 @@
 
 use std::collections::BTreeMap;
 use std::ops::Range;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
@@ -20,7 +19,7 @@ use serde::Serialize;
 
 use crate::checker::{self, Inflicted};
 use crate::proxy::Mode;
-use crate::{Cluster, bin, member, member_order};
+use crate::{Cluster, member, member_order};
 
 /// Beyond `failover_timeout × (1 + rho)`, how long a group may take to have
 /// exactly one primary again after a fault heals: an agent reconnects
@@ -49,6 +48,8 @@ pub struct FaultConfig {
     pub duration: Duration,
     pub heartbeat: Duration,
     pub failover_timeout: Duration,
+    /// TLS with node certificates (adds the impostor fault).
+    pub tls: bool,
 }
 
 impl FaultConfig {
@@ -58,6 +59,15 @@ impl FaultConfig {
             duration,
             heartbeat: Duration::from_millis(100),
             failover_timeout: Duration::from_secs(1),
+            tls: false,
+        }
+    }
+
+    /// The same, with TLS and node certificates.
+    pub fn secure(seed: u64, duration: Duration) -> FaultConfig {
+        FaultConfig {
+            tls: true,
+            ..FaultConfig::new(seed, duration)
         }
     }
 }
@@ -140,7 +150,11 @@ struct Run {
 
 impl Run {
     fn start(config: FaultConfig) -> Run {
-        let mut c = Cluster::start();
+        let mut c = if config.tls {
+            Cluster::start_secure(&[])
+        } else {
+            Cluster::start()
+        };
         for (i, node) in NODES.iter().enumerate() {
             c.start_agent_proxied(node, config.seed * 10 + i as u64);
         }
@@ -238,8 +252,10 @@ impl Run {
             54..63 => self.kill_coordinator(),
             63..68 => self.restart_while_partitioned(),
             68..73 => self.crash_after_promotion(),
-            73..81 => self.duplicate_agent(),
-            81..89 => self.hostile_session(),
+            73..80 => self.duplicate_agent(),
+            80..85 => self.hostile_session(),
+            85..90 if self.config.tls => self.impostor_session(),
+            85..90 => self.hostile_session(),
             _ => self.admin(),
         }
         self.restart_exited_agents();
@@ -295,19 +311,104 @@ impl Run {
             self.c.proxy(&node).set(Mode::Blackhole);
         }
         let length = self.timeouts(1.5..4.0);
-        let url = self.c.url();
+        let to = self.c.target(&node);
         let groups: Vec<(String, u64)> = GROUPS
             .iter()
             .map(|(g, _)| (g.to_string(), crate::epoch(&self.c.group(g))))
             .collect();
         let seed = self.rng.random();
         let hostile = std::thread::spawn(move || {
-            crate::raw::hostile(&url, &node, &groups, length, seed);
+            crate::raw::hostile(&to, &node, &groups, length, seed);
             node
         });
         let node = hostile.join().expect("hostile client thread");
         if cut {
             self.c.proxy(&node).set(Mode::Pass);
+        }
+    }
+
+    /// Someone without the node's certificate claims to be it: with
+    /// another member's certificate, with none, with one from a foreign CA.
+    /// Every attempt must be refused, even while the real node is cut off;
+    /// and a primary that is not cut off must never fence because of it.
+    fn impostor_session(&mut self) {
+        self.count("impostor_session");
+        let node = self.primary_of_random_group();
+        let cut = self.rng.random_bool(0.4);
+        if cut {
+            self.c.proxy(&node).set(Mode::Blackhole);
+        }
+        let pki = self.c.pki.clone().expect("a secure cluster");
+        let foreign = crate::tls::Pki {
+            dir: self.c.path("foreign-pki"),
+        };
+        if !foreign.ca().exists() {
+            crate::tls::Pki::init(&foreign.dir);
+        }
+        let other = NODES.iter().find(|n| **n != node).expect("another node");
+        let url = self.c.url();
+        let foreign_node = proto::client::ClientTls {
+            ca: Some(pki.ca()),
+            ..foreign.node_tls(&node)
+        };
+        let credentials = vec![
+            (
+                format!("{other}'s certificate"),
+                crate::raw::Target {
+                    url: url.clone(),
+                    tls: pki.node_tls(other),
+                },
+            ),
+            (
+                "no certificate".to_owned(),
+                crate::raw::Target {
+                    url: url.clone(),
+                    tls: pki.anonymous_tls(),
+                },
+            ),
+            (
+                "a foreign CA's certificate for the node".to_owned(),
+                crate::raw::Target {
+                    url: url.clone(),
+                    tls: foreign_node,
+                },
+            ),
+        ];
+        let groups: Vec<(String, u64)> = GROUPS
+            .iter()
+            .map(|(g, _)| (g.to_string(), crate::epoch(&self.c.group(g))))
+            .collect();
+        let length = self.timeouts(1.5..3.0);
+        let from_ns = crate::now_ns();
+        let target = node.clone();
+        let accepted = std::thread::spawn(move || {
+            crate::raw::impostor(&credentials, &target, &groups, length)
+        })
+        .join()
+        .expect("impostor thread");
+        let to_ns = crate::now_ns();
+        if cut {
+            self.c.proxy(&node).set(Mode::Pass);
+        }
+        for label in accepted {
+            self.report
+                .violations
+                .push(format!("an impostor with {label} was accepted as {node}"));
+        }
+        if !cut {
+            let fenced = checker::read_role_logs(self.c.dir.path())
+                .into_iter()
+                .any(|e| {
+                    e.node == node
+                        && (e.event == "lease_expired"
+                            || (e.event == "effective" && e.role == "fenced"))
+                        && (from_ns..=to_ns).contains(&e.at_ns)
+                });
+            if fenced {
+                self.report.violations.push(format!(
+                    "{node} fenced while an impostor claimed it (it was not cut off)"
+                ));
+            }
         }
     }
 
@@ -367,7 +468,7 @@ impl Run {
         self.count("kill_coordinator");
         let down_from = crate::now_ns();
         let (group, node, position) = self.random_move();
-        let url = self.c.url();
+        let mut ctl = self.c.ctl_command();
         let args = [
             "group",
             "member",
@@ -378,13 +479,8 @@ impl Run {
             &position.to_string(),
         ]
         .map(str::to_owned);
-        let racing = std::thread::spawn(move || {
-            Command::new(bin("failoverctl"))
-                .args(["--coordinator", &url])
-                .args(&args)
-                .output()
-                .map(|o| o.status.success())
-        });
+        let racing =
+            std::thread::spawn(move || ctl.args(&args).output().map(|o| o.status.success()));
         std::thread::sleep(Duration::from_millis(self.rng.random_range(0..30)));
         self.c.kill_coordinator();
         let acknowledged = racing

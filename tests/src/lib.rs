@@ -19,12 +19,15 @@ pub mod checker;
 pub mod faults;
 pub mod proxy;
 pub mod raw;
+pub mod tls;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
 
 use crate::proxy::Proxy;
+use crate::raw::Target;
+use crate::tls::Pki;
 
 /// How long any wait in a test may take before it fails. Generous: CI
 /// machines are shared and slow; a correct system is usually far faster.
@@ -198,6 +201,11 @@ pub struct Cluster {
     pub agents: BTreeMap<String, Proc>,
     /// Proxies between agents and the coordinator, for network faults.
     pub proxies: BTreeMap<String, Proxy>,
+    /// The cluster's CA, for a cluster that runs with TLS and certificates
+    /// ([`Cluster::start_secure`]).
+    pub pki: Option<Pki>,
+    /// Flags every start of the coordinator gets.
+    pub coordinator_args: Vec<String>,
     coordinator_starts: u32,
 }
 
@@ -210,6 +218,38 @@ impl Cluster {
     /// Like [`Cluster::start`], with extra environment for the coordinator
     /// (e.g. `RUST_LOG=warn` for benchmarks).
     pub fn start_with(env: &[(&str, &str)]) -> Cluster {
+        let mut cluster = Cluster::prepare();
+        cluster.start_coordinator_with(env);
+        cluster
+    }
+
+    /// A coordinator with TLS on both listeners and client certificates
+    /// from a CA made for this cluster (`failoverctl pki init`): agents
+    /// present node certificates, and `ctl` acts as operator `root`
+    /// (admin). `args` are extra coordinator flags (`--auth-tokens FILE`).
+    pub fn start_secure(args: &[&str]) -> Cluster {
+        let mut cluster = Cluster::prepare();
+        let pki = Pki::init(&cluster.path("pki"));
+        let (cert, key) = pki.coordinator();
+        pki.operator("root", "admin");
+        cluster.coordinator_args = [
+            "--tls-cert".to_owned(),
+            cert.display().to_string(),
+            "--tls-key".to_owned(),
+            key.display().to_string(),
+            "--tls-client-ca".to_owned(),
+            pki.ca().display().to_string(),
+        ]
+        .into_iter()
+        .chain(args.iter().map(|a| (*a).to_owned()))
+        .collect();
+        cluster.pki = Some(pki);
+        cluster.start_coordinator();
+        cluster
+    }
+
+    /// The temporary directory and the recording hook; no processes yet.
+    fn prepare() -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let hook = dir.path().join("hook.sh");
         std::fs::write(
@@ -226,21 +266,51 @@ impl Cluster {
         set_executable(&hook);
         // Port 0: the coordinator binds free ports itself and says which
         // (no race with another test between choosing and binding).
-        let mut cluster = Cluster {
+        Cluster {
             grpc: SocketAddr::from(([127, 0, 0, 1], 0)),
             http: SocketAddr::from(([127, 0, 0, 1], 0)),
             dir,
             coordinator: None,
             agents: BTreeMap::new(),
             proxies: BTreeMap::new(),
+            pki: None,
+            coordinator_args: Vec::new(),
             coordinator_starts: 0,
-        };
-        cluster.start_coordinator_with(env);
-        cluster
+        }
     }
 
+    /// The coordinator's gRPC URL (`https://` in a secure cluster).
     pub fn url(&self) -> String {
-        format!("http://{}", self.grpc)
+        self.url_of(self.grpc)
+    }
+
+    fn url_of(&self, addr: SocketAddr) -> String {
+        match self.pki {
+            Some(_) => format!("https://{addr}"),
+            None => format!("http://{addr}"),
+        }
+    }
+
+    /// Where raw sessions reach the coordinator, speaking for `node` (with
+    /// its certificate in a secure cluster).
+    pub fn target(&self, node: &str) -> Target {
+        Target {
+            url: self.url(),
+            tls: self
+                .pki
+                .as_ref()
+                .map(|p| p.node_tls(node))
+                .unwrap_or_default(),
+        }
+    }
+
+    /// `GET path` on the coordinator's HTTP listener (HTTPS in a secure
+    /// cluster).
+    pub fn http_get(&self, path: &str) -> Option<(u16, String)> {
+        match &self.pki {
+            Some(pki) => tls::https_get(self.http, path, &pki.ca()),
+            None => http_get(self.http, path),
+        }
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -265,6 +335,7 @@ impl Cluster {
             .arg(self.http.to_string())
             .arg("--data-dir")
             .arg(self.path("data"))
+            .args(&self.coordinator_args)
             .env("RUST_LOG", "info")
             .envs(env.iter().copied());
         let log = self.path(&format!("coordinator-{}.log", self.coordinator_starts));
@@ -286,7 +357,7 @@ impl Cluster {
             self.http = http;
         }
         self.wait_until("the coordinator is ready", || {
-            (http_get(self.http, "/readyz").map(|(code, _)| code) == Some(200)).then_some(())
+            (self.http_get("/readyz").map(|(code, _)| code) == Some(200)).then_some(())
         });
     }
 
@@ -317,16 +388,41 @@ impl Cluster {
     /// Like [`Cluster::agent_config`], for the agent process slot `actor`
     /// (its config `<actor>.toml`, its role log `roles-<actor>.jsonl`).
     pub fn agent_config_as(&self, node: &str, actor: &str, extra: &str) -> PathBuf {
+        self.agent_config_full(node, actor, node, extra)
+    }
+
+    /// Like [`Cluster::agent_config_as`], presenting the certificate of
+    /// node `cert_of` in a secure cluster (an impostor presents another
+    /// node's).
+    pub fn agent_config_full(
+        &self,
+        node: &str,
+        actor: &str,
+        cert_of: &str,
+        extra: &str,
+    ) -> PathBuf {
         let path = self.path(&format!("{actor}.toml"));
         let coordinator = match self.proxies.get(actor) {
-            Some(proxy) => format!("http://{}", proxy.addr),
+            Some(proxy) => self.url_of(proxy.addr),
             None => self.url(),
+        };
+        let tls = match &self.pki {
+            Some(pki) => {
+                let (cert, key) = pki.node(cert_of);
+                format!(
+                    "[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n\n",
+                    pki.ca().display(),
+                    cert.display(),
+                    key.display()
+                )
+            }
+            None => String::new(),
         };
         std::fs::write(
             &path,
             format!(
                 "node_id = \"{node}\"\ncoordinator = \"{coordinator}\"\nrole_log = \"{}\"\n\n\
-                 [hooks]\non_role_change = \"{}\"\ntimeout = \"10s\"\n{extra}",
+                 {tls}[hooks]\non_role_change = \"{}\"\ntimeout = \"10s\"\n{extra}",
                 self.role_log(actor).display(),
                 self.path("hook.sh").display()
             ),
@@ -407,15 +503,62 @@ impl Cluster {
         &self.agents[node]
     }
 
-    /// Runs failoverctl against this cluster's coordinator.
+    /// Runs failoverctl against this cluster's coordinator (in a secure
+    /// cluster as operator `root`, an admin).
     pub fn ctl(&self, args: &[&str]) -> CtlOutput {
-        let output = Command::new(bin("failoverctl"))
-            .arg("--coordinator")
-            .arg(self.url())
+        CtlOutput::from(
+            self.ctl_command()
+                .args(args)
+                .output()
+                .expect("failoverctl runs"),
+        )
+    }
+
+    /// A failoverctl command line aimed at this cluster's coordinator with
+    /// the cluster's admin credentials, to add arguments to.
+    pub fn ctl_command(&self) -> Command {
+        let credentials = match &self.pki {
+            Some(pki) => {
+                let (cert, key) = pki.operator("root", "admin");
+                vec![
+                    "--tls-cert".to_owned(),
+                    cert.display().to_string(),
+                    "--tls-key".to_owned(),
+                    key.display().to_string(),
+                ]
+            }
+            None => Vec::new(),
+        };
+        let credentials: Vec<&str> = credentials.iter().map(String::as_str).collect();
+        self.ctl_command_as(&credentials)
+    }
+
+    /// Runs failoverctl with the given credential flags (`--tls-cert`,
+    /// `--tls-key`, `--token-file`) instead of the cluster's admin; the
+    /// cluster's CA is always given in a secure cluster.
+    pub fn ctl_as(&self, credentials: &[&str], args: &[&str]) -> CtlOutput {
+        let output = self
+            .ctl_command_as(credentials)
             .args(args)
             .output()
             .expect("failoverctl runs");
         CtlOutput::from(output)
+    }
+
+    fn ctl_command_as(&self, credentials: &[&str]) -> Command {
+        let mut command = Command::new(bin("failoverctl"));
+        command
+            .arg("--coordinator")
+            .arg(self.url())
+            .env_remove("FAILOVER_TLS_CA")
+            .env_remove("FAILOVER_TLS_CERT")
+            .env_remove("FAILOVER_TLS_KEY")
+            .env_remove("FAILOVER_TOKEN_FILE");
+        if let Some(pki) = &self.pki {
+            command.arg("--tls-ca").arg(pki.ca());
+        }
+        command.args(credentials);
+        command
     }
 
     /// Runs failoverctl and insists that it succeeds.

@@ -1,7 +1,16 @@
 //! Raw gRPC agent sessions for tests that speak the protocol themselves:
 //! hostile clients, impostors, duplicates and load generators.
 
+use proto::client::ClientTls;
 use proto::v1 as pb;
+
+/// Where a raw session connects, and with which TLS files (none for a
+/// plaintext coordinator).
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub url: String,
+    pub tls: ClientTls,
+}
 
 /// A fresh random instance id, as an agent makes one at every start.
 pub fn new_instance() -> String {
@@ -42,11 +51,15 @@ pub struct RawSession {
 impl RawSession {
     /// Opens a session with `hello` and waits for the coordinator's first
     /// answer: the Welcome, or the status that refused it.
-    pub async fn open(url: &str, hello: pb::Hello) -> Result<RawSession, tonic::Status> {
+    pub async fn open(to: &Target, hello: pb::Hello) -> Result<RawSession, tonic::Status> {
         use proto::v1::agent_service_client::AgentServiceClient;
-        let mut client = AgentServiceClient::connect(url.to_owned())
+        let endpoint = proto::client::endpoint(&to.url, &to.tls, std::time::Duration::from_secs(5))
+            .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+        let channel = endpoint
+            .connect()
             .await
-            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+            .map_err(|e| tonic::Status::unavailable(format!("{e:?}")))?;
+        let mut client = AgentServiceClient::new(channel);
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let _ = tx.send(hello_message(hello)).await;
         let mut inbound = client
@@ -122,7 +135,7 @@ pub fn claim(group: &str, role: pb::Role, epoch: u64) -> pb::GroupRole {
 /// Opens sessions as `node` from new instances until one is accepted (the
 /// node's own session went silent or closed), or `within` passes.
 pub async fn open_when_accepted(
-    url: &str,
+    to: &Target,
     node: &str,
     roles: Vec<pb::GroupRole>,
     within: std::time::Duration,
@@ -130,7 +143,7 @@ pub async fn open_when_accepted(
     let deadline = tokio::time::Instant::now() + within;
     let instance = new_instance();
     while tokio::time::Instant::now() < deadline {
-        if let Ok(s) = RawSession::open(url, hello_as(node, &instance, roles.clone())).await {
+        if let Ok(s) = RawSession::open(to, hello_as(node, &instance, roles.clone())).await {
             return Some(s);
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -144,7 +157,7 @@ pub async fn open_when_accepted(
 /// heartbeats and say goodbye. `groups` are the groups and epochs it
 /// aims at. Blocking: runs its own small runtime.
 pub fn hostile(
-    url: &str,
+    to: &Target,
     node: &str,
     groups: &[(String, u64)],
     length: std::time::Duration,
@@ -181,7 +194,7 @@ pub fn hostile(
             };
             let opened = tokio::time::timeout(
                 Duration::from_secs(1),
-                RawSession::open(url, hello_as(node, &instance, claims.clone())),
+                RawSession::open(to, hello_as(node, &instance, claims.clone())),
             )
             .await;
             let Ok(Ok(mut s)) = opened else {
@@ -231,4 +244,49 @@ pub fn hostile(
             }
         }
     });
+}
+
+/// An impostor, for `length`: sessions claiming `node` with credentials
+/// that do not prove it (`credentials`: a label and where and how to
+/// connect — another node's certificate, none, a foreign CA's). Returns
+/// the labels of the attempts that were accepted (none may be). Blocking:
+/// runs its own small runtime.
+pub fn impostor(
+    credentials: &[(String, Target)],
+    node: &str,
+    groups: &[(String, u64)],
+    length: std::time::Duration,
+) -> Vec<String> {
+    use std::time::Duration;
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return Vec::new();
+    };
+    rt.block_on(async {
+        let mut accepted = Vec::new();
+        let end = tokio::time::Instant::now() + length;
+        let mut turn = 0usize;
+        while tokio::time::Instant::now() < end && !credentials.is_empty() {
+            let (label, to) = &credentials[turn % credentials.len()];
+            let (group, epoch) = &groups[turn % groups.len()];
+            turn += 1;
+            let claims = vec![claim(group, pb::Role::Primary, *epoch)];
+            let opened = tokio::time::timeout(
+                Duration::from_secs(2),
+                RawSession::open(to, hello(node, claims.clone())),
+            )
+            .await;
+            if let Ok(Ok(mut s)) = opened {
+                accepted.push(label.clone());
+                // Try to do harm with it, as a real attacker would.
+                s.heartbeat(claims).await;
+                s.hook_result(group, *epoch, pb::Role::Secondary).await;
+                s.drain(Duration::from_millis(100)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        accepted
+    })
 }

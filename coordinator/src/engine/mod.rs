@@ -127,6 +127,13 @@ pub enum Input {
     SessionClosed {
         session: SessionId,
     },
+    /// A session was refused because its certificate does not name the
+    /// node its Hello claims (it never reached the engine as a session).
+    IdentityRefused {
+        node: String,
+        address: String,
+        reason: String,
+    },
     Admin {
         reply: ReplyId,
         /// Who asked, for the event log.
@@ -497,6 +504,11 @@ impl Engine {
             Input::HookResult { session, report } => self.on_hook_result(session, report, now, out),
             Input::Goodbye { session, reason } => self.on_goodbye(session, &reason, now, out),
             Input::SessionClosed { session } => self.on_session_closed(session, now, out),
+            Input::IdentityRefused {
+                node,
+                address,
+                reason,
+            } => self.on_identity_refused(&node, &address, reason, now, out),
             Input::Admin {
                 reply,
                 actor,
@@ -651,3 +663,7 @@ const MIN_HOOK_RETRY: Duration = Duration::from_secs(1);
 /// A duplicate agent that has not been refused for this long is forgotten
 /// (its alarm clears).
 const DUPLICATE_MEMORY: Duration = Duration::from_secs(15);
+
+/// Refusals (identities, epoch claims) are recorded at most this often per
+/// node (and group), so a hostile peer cannot flood the event log.
+const REFUSAL_MEMORY: Duration = Duration::from_secs(60);

@@ -904,6 +904,7 @@ fn input_summary(input: &Input) -> String {
         ),
         Input::Goodbye { session, .. } => format!("goodbye s{session}"),
         Input::SessionClosed { session } => format!("closed s{session}"),
+        Input::IdentityRefused { node, .. } => format!("identity refused {node}"),
         Input::Admin { command, .. } => format!("admin {command:?}"),
     }
 }

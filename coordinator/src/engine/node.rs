@@ -32,8 +32,11 @@ pub(super) struct Node {
     pub(super) node_uuid: Option<String>,
     /// Another agent process claiming this node id while it is connected.
     pub(super) duplicate: Option<Duplicate>,
-    /// Epoch claims refused per group, so each is recorded once.
-    pub(super) refused_claims: HashMap<String, u64>,
+    /// Per group: when a refused epoch claim was last recorded, so a
+    /// flood of claims makes one event a minute, not one per heartbeat.
+    pub(super) refused_claims: HashMap<String, Instant>,
+    /// When an `identity_refused` event was last recorded for this node.
+    pub(super) identity_refused_at: Option<Instant>,
 }
 
 /// Refused sessions of another agent instance claiming a connected node.
@@ -84,6 +87,7 @@ impl Node {
             node_uuid: None,
             duplicate: None,
             refused_claims: HashMap::new(),
+            identity_refused_at: None,
         }
     }
 

@@ -117,10 +117,26 @@ impl Engine {
         out: &mut Effects,
     ) {
         for name in self.node_groups(node) {
-            self.with_group(&name, now, out, |g, _| {
+            self.with_group(&name, now, out, |g, ctx| {
                 if g.held_by(node, old) && now.mono < left + g.policy().shutdown_grace {
                     tracing::info!(group = %g.name(), %node, epoch = g.epoch(), "the agent came back within the shutdown grace: it keeps the role");
                     g.bind_instance(new);
+                    let away = humantime::format_duration(Duration::from_millis(
+                        u64::try_from(now.mono.saturating_duration_since(left).as_millis())
+                            .unwrap_or(u64::MAX),
+                    ));
+                    let group = g.name().to_owned();
+                    ctx.event(NewEvent {
+                        group: &group,
+                        kind: EventKind::PrimaryReturned,
+                        epoch: g.epoch(),
+                        old_primary: Some(node),
+                        new_primary: Some(node),
+                        reason: format!(
+                            "{node}'s agent came back after {away}, within the shutdown grace: it keeps the role"
+                        ),
+                        actor: COORDINATOR,
+                    });
                 }
             });
         }
@@ -296,11 +312,16 @@ impl Engine {
                     });
                 }
                 None => {
-                    let refused = ctx
-                        .nodes
-                        .get_mut(node)
-                        .map(|n| n.refused_claims.insert(name.clone(), claim.epoch));
-                    if refused.flatten() != Some(claim.epoch) {
+                    let due = ctx.nodes.get_mut(node).is_some_and(|n| {
+                        let due = n.refused_claims.get(&name).is_none_or(|at| {
+                            now.mono.saturating_duration_since(*at) >= REFUSAL_MEMORY
+                        });
+                        if due {
+                            n.refused_claims.insert(name.clone(), now.mono);
+                        }
+                        due
+                    });
+                    if due {
                         ctx.event(NewEvent {
                             group: &name,
                             kind: EventKind::EpochClaimRefused,
@@ -479,7 +500,7 @@ impl Engine {
         if level_ok {
             tracing::info!(node = %node_id, group = %report.group, epoch = report.epoch, role = ?report.role, outcome = ?report.outcome, "hook finished");
         } else {
-            tracing::warn!(node = %node_id, group = %report.group, epoch = report.epoch, role = ?report.role, outcome = ?report.outcome, exit_code = ?report.exit_code, detail = %report.detail, "hook did not succeed");
+            tracing::warn!(node = %node_id, group = %report.group, epoch = report.epoch, role = ?report.role, outcome = ?report.outcome, exit_code = ?report.exit_code, detail = ?report.detail, "hook did not succeed");
         }
         if !self.groups.contains_key(&report.group) {
             // A deleted group's released primary confirms its step-down: a
@@ -595,6 +616,45 @@ impl Engine {
         }
         for name in groups {
             self.with_group(&name, now, out, decide::refresh_phase);
+        }
+    }
+
+    /// A session claimed `node` with a certificate that does not name it:
+    /// recorded (at most once a minute per node) in the node's groups.
+    pub(super) fn on_identity_refused(
+        &mut self,
+        node: &str,
+        address: &str,
+        reason: String,
+        now: Now,
+        out: &mut Effects,
+    ) {
+        let Some(n) = self.nodes.get_mut(node) else {
+            return;
+        };
+        if n.identity_refused_at
+            .is_some_and(|at| now.mono.saturating_duration_since(at) < REFUSAL_MEMORY)
+        {
+            return;
+        }
+        n.identity_refused_at = Some(now.mono);
+        for name in self.node_groups(node) {
+            let epoch = self.groups.get(&name).map_or(0, Group::epoch);
+            self.record_event(
+                NewEvent {
+                    group: &name,
+                    kind: EventKind::IdentityRefused,
+                    epoch,
+                    old_primary: None,
+                    new_primary: None,
+                    reason: format!(
+                        "a session from {address} claiming {node} was refused: {reason}"
+                    ),
+                    actor: COORDINATOR,
+                },
+                now,
+                out,
+            );
         }
     }
 

@@ -1198,6 +1198,43 @@ fn shutdown_grace_holds_the_role_for_a_primary_that_said_goodbye() {
 }
 
 #[test]
+fn a_new_agent_naming_the_one_that_left_takes_the_role_and_it_is_recorded() {
+    let mut sim = three_members();
+    sim.set(
+        "recorders",
+        PolicyPatch {
+            shutdown_grace: Some(secs(20)),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let old = sim.instance("rec-1");
+    sim.goodbye("rec-1");
+    sim.run_for(secs(5), &["rec-2", "rec-3"]);
+    sim.restart_agent("rec-1", 1);
+    let instance = sim.instance("rec-1");
+    let session = sim.next_session;
+    sim.next_session += 1;
+    sim.step(Input::SessionOpened {
+        session,
+        hello: Hello {
+            node: "rec-1".into(),
+            instance,
+            node_uuid: "00000000-0000-4000-8000-000000000001".into(),
+            previous_instance: Some(old),
+            agent_version: "test".into(),
+            address: "127.0.0.1:1".into(),
+            roles: vec![],
+        },
+    });
+    sim.sessions.insert("rec-1".into(), session);
+    sim.heartbeat("rec-1");
+    sim.run_for(secs(30), &ALL);
+    assert_eq!(sim.primary("recorders"), (Some("rec-1".into()), 1));
+    assert!(sim.event_kinds().contains(&EventKind::PrimaryReturned));
+}
+
+#[test]
 fn a_primary_that_comes_back_within_the_grace_keeps_its_role() {
     let mut sim = three_members();
     sim.set(
@@ -1501,6 +1538,37 @@ fn an_epoch_claim_far_above_the_stored_one_is_refused_and_never_wraps() {
     assert_eq!((told.role, told.epoch), (Role::Primary, 41));
     let out = sim.heartbeat("rec-1");
     assert!(matches!(&out.sends[0].1, ToAgent::Ack { grants, .. } if grants[0].epoch == 41));
+}
+
+#[test]
+fn a_flood_of_refused_epoch_claims_records_one_event_a_minute() {
+    let mut sim = three_members();
+    let refused = |sim: &Sim| {
+        sim.event_kinds()
+            .iter()
+            .filter(|k| **k == EventKind::EpochClaimRefused)
+            .count()
+    };
+    // Each heartbeat claims a different epoch, all far above the stored one.
+    for k in 0..200u64 {
+        let claims = vec![ClaimedRole {
+            group: "recorders".into(),
+            role: Role::Primary,
+            epoch: (1u64 << 40) + k,
+        }];
+        sim.heartbeat_claiming("rec-2", claims);
+    }
+    assert_eq!(refused(&sim), 1);
+    assert_eq!(sim.primary("recorders"), (Some("rec-1".into()), 1));
+    // A minute later the next one is recorded again.
+    sim.run_for(secs(61), &["rec-1", "rec-2", "rec-3"]);
+    let claims = vec![ClaimedRole {
+        group: "recorders".into(),
+        role: Role::Primary,
+        epoch: 1u64 << 41,
+    }];
+    sim.heartbeat_claiming("rec-2", claims);
+    assert_eq!(refused(&sim), 2);
 }
 
 #[test]

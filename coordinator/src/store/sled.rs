@@ -50,7 +50,7 @@ impl SledStore {
             path: dir.to_owned(),
             reason,
         };
-        std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
+        private_dir(dir).map_err(|e| open_err(e.to_string()))?;
         // A coordinator restarted right after a kill may find the old
         // process still exiting: its lock goes with it, so wait a moment.
         let deadline = std::time::Instant::now() + LOCK_WAIT;
@@ -271,6 +271,27 @@ fn be_u64(bytes: &[u8]) -> u64 {
     u64::from_be_bytes(buf)
 }
 
+/// Creates `dir` (and its parents) readable by this user only, and takes
+/// group and world access away from an existing one: the store holds the
+/// instance ids that prove an agent is the one that held a role, so no
+/// other local user may read it.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let mode = std::fs::metadata(dir)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & 0o700))?;
+        tracing::warn!(
+            dir = %dir.display(),
+            "the data directory was readable by other users: made it private (mode 700)"
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -315,6 +336,21 @@ mod tests {
             .expect("second open must fail");
         assert!(matches!(err, StoreError::Locked { .. }), "{err}");
         assert!(err.to_string().contains("another coordinator"), "{err}");
+    }
+
+    #[test]
+    fn the_data_directory_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let fresh = dir.path().join("fresh");
+        drop(SledStore::open(&fresh, 10).unwrap());
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&fresh), 0o700);
+        let open = dir.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+        drop(SledStore::open(&open, 10).unwrap());
+        assert_eq!(mode(&open), 0o700);
     }
 
     #[test]

@@ -33,6 +33,9 @@ struct Args {
     /// Failover timeout (lease) of the groups under test.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     failover_timeout: Duration,
+    /// Run with TLS and node certificates (adds impostor sessions).
+    #[arg(long)]
+    tls: bool,
 }
 
 fn parse_range(s: &str) -> Result<std::ops::Range<u64>, String> {
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
         let mut config = FaultConfig::new(seed, args.per_seed);
         config.heartbeat = args.heartbeat;
         config.failover_timeout = args.failover_timeout;
+        config.tls = args.tls;
         let report = run(config);
         println!("{report}");
         faults += report.faults.values().sum::<u32>();

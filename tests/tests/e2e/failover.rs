@@ -119,3 +119,56 @@ fn the_event_log_records_the_failover() {
     assert_eq!(last["epoch"], 2);
     assert_eq!(last["actor"], "coordinator");
 }
+
+#[test]
+fn a_woken_primary_runs_its_fenced_hook_to_the_end_before_the_secondary_one() {
+    let mut c = Cluster::start();
+    // n-1's hook takes a while to stop the service when fenced.
+    let slow = c.path("slow-fence.sh");
+    std::fs::write(
+        &slow,
+        format!(
+            "#!/bin/sh\n[ \"$FAILOVER_ROLE\" = fenced ] && sleep 2\nexec {} \"$@\"\n",
+            c.path("hook.sh").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&slow, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let config = c.agent_config("n-1", "");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        &c.path("hook.sh").display().to_string(),
+        &slow.display().to_string(),
+    );
+    std::fs::write(&config, text).unwrap();
+    c.start_agent_with("n-1", &config);
+    c.start_agent("n-2");
+    c.wait_nodes(&["n-1", "n-2"]);
+    c.add_group_with("g", &["n-1", "n-2"], &["--failover-timeout", "1s"]);
+    c.wait_hook("n-1 promoted", |h| h.node == "n-1" && h.role == "primary");
+
+    c.freeze_agent("n-1");
+    c.wait_primary("g", "n-2");
+    c.thaw_agent("n-1");
+    // Woken, n-1 fences at once and soon hears it is a secondary: the
+    // fenced hook is not cut short by the secondary one.
+    c.wait_hook("n-1's secondary hook", |h| {
+        h.node == "n-1" && h.role == "secondary" && h.epoch >= 2
+    });
+    let done = c.wait_until("n-1's hooks are reported done", || {
+        let events = tests::checker::read_role_logs(c.dir.path());
+        let done: Vec<(String, String)> = events
+            .iter()
+            .filter(|e| e.node == "n-1" && e.event == "hook_done")
+            .map(|e| (e.role.clone(), e.detail.clone()))
+            .collect();
+        done.iter()
+            .any(|(role, _)| role == "secondary")
+            .then_some(done)
+    });
+    let fenced: Vec<_> = done.iter().filter(|(role, _)| role == "fenced").collect();
+    assert!(!fenced.is_empty(), "no fenced hook ran: {done:?}");
+    assert!(
+        fenced.iter().all(|(_, outcome)| outcome == "succeeded"),
+        "a fenced hook was cut short: {done:?}"
+    );
+}

@@ -172,10 +172,10 @@ fn an_impostor_cannot_confirm_a_cut_off_primarys_step_down() {
 
     // n1 is cut off. While its session is alive, nobody else may open one.
     c.proxy("n1").set(Mode::Blackhole);
-    let url = c.url();
+    let to = c.target("n1");
     let refused = runtime().block_on(async {
         let claims = vec![claim("g", pb::Role::Primary, 1)];
-        RawSession::open(&url, raw::hello("n1", claims)).await.err()
+        RawSession::open(&to, raw::hello("n1", claims)).await.err()
     });
     assert_eq!(
         refused.map(|s| s.code()),
@@ -189,7 +189,7 @@ fn an_impostor_cannot_confirm_a_cut_off_primarys_step_down() {
     c.start_coordinator();
     runtime().block_on(async {
         let claims = vec![claim("g", pb::Role::Primary, 1)];
-        let mut s = RawSession::open(&url, raw::hello("n1", claims.clone()))
+        let mut s = RawSession::open(&to, raw::hello("n1", claims.clone()))
             .await
             .expect("no session of n1 yet: accepted");
         s.heartbeat(claims).await;
@@ -243,12 +243,12 @@ fn an_impostor_cannot_take_over_a_role_left_running_within_the_shutdown_grace() 
 
     // An impostor with n1's (public) installation UUID but without the
     // departed process's secret instance id.
-    let url = c.url();
+    let to = c.target("n1");
     let grants = runtime().block_on(async {
         let claims = vec![claim("g", pb::Role::Primary, 1)];
         let mut hello = raw::hello("n1", claims.clone());
         hello.node_uuid = uuid;
-        let mut s = RawSession::open(&url, hello).await.expect("accepted");
+        let mut s = RawSession::open(&to, hello).await.expect("accepted");
         let mut grants = 0;
         for _ in 0..10 {
             s.heartbeat(claims.clone()).await;
@@ -288,10 +288,10 @@ fn a_dead_primary_is_not_kept_alive_by_another_session_under_its_name() {
     c.add_group("g", &["n1", "n2"]);
     c.wait_hook("n1 promoted", |h| h.node == "n1" && h.role == "primary");
     let at_ns = c.kill_agent("n1");
-    let url = c.url();
+    let to = c.target("n1");
     let grants = runtime().block_on(async {
         let claims = vec![claim("g", pb::Role::Primary, 1)];
-        let mut s = raw::open_when_accepted(&url, "n1", claims.clone(), Duration::from_secs(20))
+        let mut s = raw::open_when_accepted(&to, "n1", claims.clone(), Duration::from_secs(20))
             .await
             .expect("accepted: n1's own session is closed");
         let mut grants = 0;
@@ -321,10 +321,10 @@ fn an_epoch_claim_of_u64_max_is_refused_and_changes_nothing() {
     c.wait_nodes(&["n1", "n2"]);
     c.add_group("g", &["n1", "n2", "n3"]);
     c.wait_hook("n1 promoted", |h| h.node == "n1" && h.role == "primary");
-    let url = c.url();
+    let to = c.target("n3");
     runtime().block_on(async {
         let claims = vec![claim("g", pb::Role::Primary, u64::MAX)];
-        let mut s = RawSession::open(&url, raw::hello("n3", claims.clone()))
+        let mut s = RawSession::open(&to, raw::hello("n3", claims.clone()))
             .await
             .expect("n3 has no session: accepted");
         s.heartbeat(claims).await;

@@ -10,5 +10,6 @@ mod identity;
 mod operations;
 mod policies;
 mod restart;
+mod security;
 mod source;
 mod switchover;

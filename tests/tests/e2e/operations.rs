@@ -297,6 +297,29 @@ fn a_failed_install_leaves_no_half_written_config() {
     );
     assert_eq!(again.status.code(), Some(1));
     assert_eq!(std::fs::read_to_string(&config).unwrap(), before);
+    assert!(
+        !String::from_utf8_lossy(&again.stdout).contains("replacing"),
+        "said it replaced a config it kept"
+    );
+
+    // A different coordinator for the installed node, without --force, is
+    // refused rather than silently ignored.
+    let ignored = install(
+        root.path(),
+        &[
+            "--node-id",
+            "rec-7",
+            "--coordinator",
+            "http://10.0.0.9:7400",
+        ],
+    );
+    assert_eq!(ignored.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&ignored.stderr);
+    assert!(
+        stderr.contains("--force") && stderr.contains("http://10.0.0.9:7400"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), before);
 }
 
 #[test]
@@ -318,6 +341,11 @@ fn check_config_reports_a_missing_hook_or_role_log_directory() {
                 not_exec.display()
             ),
             "not executable",
+        ),
+        (
+            // A bare name is looked up in PATH, as /bin/sh would.
+            "node_id = \"a\"\n[hooks]\non_role_change = \"no-such-hook-anywhere.sh\"\n".to_owned(),
+            "not found in PATH",
         ),
         (
             format!(

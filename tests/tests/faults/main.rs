@@ -16,7 +16,11 @@ use tests::faults::{FaultConfig, run};
 const PER_SEED: Duration = Duration::from_secs(60);
 
 fn seed(seed: u64) {
-    let report = run(FaultConfig::new(seed, PER_SEED));
+    check(FaultConfig::new(seed, PER_SEED));
+}
+
+fn check(config: FaultConfig) {
+    let report = run(config);
     println!("{report}");
     assert!(
         report.faults.values().sum::<u32>() >= 5,
@@ -38,4 +42,10 @@ fn seed_2() {
 #[test]
 fn seed_3() {
     seed(3);
+}
+
+/// With TLS and node certificates: impostor sessions join the faults.
+#[test]
+fn seed_4_with_tls() {
+    check(FaultConfig::secure(4, PER_SEED));
 }

@@ -1,0 +1,141 @@
+//! Accepting connections for the gRPC and HTTP servers. With TLS, each
+//! handshake runs in its own task with a time limit, so a client that
+//! sends garbage or nothing cannot hold up anyone else; only connections
+//! that completed a handshake reach the servers. Errors from `accept`
+//! (out of file descriptors, say) are logged and backed off, never spun on.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::tls::TlsState;
+
+/// How long a client has to complete its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshaken connections waiting for the server to take them.
+const BACKLOG: usize = 128;
+/// The pause after `accept` fails before trying again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Which server a listener feeds (they offer different ALPN protocols).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Kind {
+    Grpc,
+    Http,
+}
+
+/// TLS connections accepted on `listener`, as a stream for tonic.
+pub(crate) fn tls_incoming(
+    listener: TcpListener,
+    tls: Arc<TlsState>,
+    kind: Kind,
+    shutdown: CancellationToken,
+) -> ReceiverStream<Result<TlsStream<TcpStream>, io::Error>> {
+    let (tx, rx) = mpsc::channel(BACKLOG);
+    tokio::spawn(accept_loop(listener, tls, kind, shutdown, tx));
+    ReceiverStream::new(rx)
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Arc<TlsState>,
+    kind: Kind,
+    shutdown: CancellationToken,
+    tx: mpsc::Sender<Result<TlsStream<TcpStream>, io::Error>>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, ?kind, "cannot accept a connection; pausing");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let config = match kind {
+            Kind::Grpc => tls.grpc(),
+            Kind::Http => tls.http(),
+        };
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            if let Some(stream) = handshake(tcp, peer, config).await {
+                let _ = tx.send(Ok(stream)).await;
+            }
+        });
+    }
+}
+
+async fn handshake(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    config: Arc<rustls::ServerConfig>,
+) -> Option<TlsStream<TcpStream>> {
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsAcceptor::from(config).accept(tcp)).await {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "no TLS handshake within {HANDSHAKE_TIMEOUT:?}");
+            None
+        }
+    }
+}
+
+/// TLS connections for axum's server.
+pub(crate) struct HttpsListener {
+    incoming: ReceiverStream<Result<TlsStream<TcpStream>, io::Error>>,
+    local: SocketAddr,
+}
+
+impl HttpsListener {
+    pub(crate) fn new(
+        listener: TcpListener,
+        tls: Arc<TlsState>,
+        shutdown: CancellationToken,
+    ) -> io::Result<Self> {
+        let local = listener.local_addr()?;
+        Ok(HttpsListener {
+            incoming: tls_incoming(listener, tls, Kind::Http, shutdown),
+            local,
+        })
+    }
+}
+
+impl axum::serve::Listener for HttpsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        use tokio_stream::StreamExt;
+        loop {
+            match self.incoming.next().await {
+                Some(Ok(stream)) => {
+                    let peer = stream.get_ref().0.peer_addr().unwrap_or(self.local);
+                    return (stream, peer);
+                }
+                Some(Err(_)) => continue,
+                // The accept loop stopped (shutdown): accept nothing more.
+                None => std::future::pending().await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}

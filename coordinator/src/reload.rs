@@ -1,0 +1,69 @@
+//! Files the coordinator re-reads while it runs — TLS certificates and
+//! keys, the operators' token file — when they change on disk (their
+//! modification times are looked at every two seconds) and on SIGHUP. A
+//! file that does not load leaves the running version in place; whoever
+//! reloads logs why.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio_util::sync::CancellationToken;
+
+/// How often the files are looked at for changes.
+const POLL: Duration = Duration::from_secs(2);
+
+/// Something made from files, that can be made again.
+pub(crate) trait Reload: Send + Sync {
+    /// The files it is made from.
+    fn files(&self) -> Vec<PathBuf>;
+    /// Makes it again from the files; on failure keeps the old one.
+    fn reload(&self, why: &str);
+}
+
+/// Reloads each of `items` whenever one of its files changes, and all of
+/// them on SIGHUP, until `shutdown`.
+pub(crate) async fn watch(items: Vec<Arc<dyn Reload>>, shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    if items.is_empty() {
+        return;
+    }
+    let mut hup = signal(SignalKind::hangup()).ok();
+    let mut seen: Vec<Vec<Option<SystemTime>>> = items.iter().map(|i| stamps(i.as_ref())).collect();
+    let mut tick = tokio::time::interval(POLL);
+    loop {
+        let sighup = async {
+            match hup.as_mut() {
+                Some(h) => h.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = sighup => {
+                for (item, seen) in items.iter().zip(seen.iter_mut()) {
+                    item.reload("SIGHUP");
+                    *seen = stamps(item.as_ref());
+                }
+            }
+            _ = tick.tick() => {
+                for (item, seen) in items.iter().zip(seen.iter_mut()) {
+                    let now = stamps(item.as_ref());
+                    if now != *seen {
+                        item.reload("a file changed");
+                        // Not again for the same change, even if it did
+                        // not load.
+                        *seen = now;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn stamps(item: &dyn Reload) -> Vec<Option<SystemTime>> {
+    item.files()
+        .iter()
+        .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .collect()
+}
