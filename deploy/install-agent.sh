@@ -96,8 +96,13 @@ if [ -f "$config" ]; then
       echo "error: $config already names hook '$kept_hook', not $hook: run with --force to replace it; nothing was changed" >&2
       exit 1
     fi
-    if [ -n "$tls_ca$tls_cert" ]; then
-      echo "error: $config exists: run with --force to install new certificates; nothing was changed" >&2
+    # The same certificates again are fine; different ones need --force.
+    same=1
+    if [ -n "$tls_ca" ] && ! cmp -s "$tls_ca" "$root$tls_dir/ca.pem"; then same=0; fi
+    if [ -n "$tls_cert" ] && ! cmp -s "$tls_cert" "$root$tls_dir/node.pem"; then same=0; fi
+    if [ -n "$tls_key" ] && ! cmp -s "$tls_key" "$root$tls_dir/node-key.pem"; then same=0; fi
+    if [ "$same" = 0 ]; then
+      echo "error: $config exists with other certificates: run with --force to install these; nothing was changed" >&2
       exit 1
     fi
   elif [ "$force" = 0 ]; then

@@ -222,6 +222,13 @@ impl AgentConfig {
         if tls.cert.is_some() != tls.key.is_some() {
             bail!("tls.cert and tls.key go together: give both or neither");
         }
+        let any_tls = tls.ca.is_some() || tls.cert.is_some();
+        if any_tls && !coordinators.iter().any(|u| u.starts_with("https://")) {
+            bail!(
+                "[tls] is set but no coordinator URL is https://: the certificates would never be \
+                 used (write the coordinator as https://HOST:PORT)"
+            );
+        }
         for url in &coordinators {
             if url.starts_with("https://") && tls.ca.is_none() {
                 bail!(
@@ -278,6 +285,14 @@ impl AgentConfig {
                 }
             }
         }
+        let format = match self.log.format {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        };
+        text.push_str(&format!(
+            "\n[log]\nformat = \"{format}\"\nlevel = {:?}\n",
+            self.log.level
+        ));
         for check in &self.checks {
             text.push_str(&format!(
                 "\n[[checks]]\nname = {:?}\ninterval = \"{}\"\n# ...\n",
@@ -342,17 +357,10 @@ impl AgentConfig {
                 self.state_dir.display()
             ));
         }
-        for (key, path) in [
-            ("tls.ca", &self.tls.ca),
-            ("tls.cert", &self.tls.cert),
-            ("tls.key", &self.tls.key),
-        ] {
-            if let Some(path) = path
-                && let Err(e) = std::fs::metadata(path)
-            {
-                problems.push(format!("{key}: {} cannot be used: {e}", path.display()));
-            }
-        }
+        problems.extend(proto::client::check_files(
+            &self.tls,
+            Some(&proto::identity::Named::Node(self.node_id.clone())),
+        ));
         problems
     }
 }

@@ -25,6 +25,19 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// balancer) must not hold the agent forever.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// How long to wait after the coordinator refused this agent's identity.
+const REFUSED_RETRY: Duration = Duration::from_secs(5);
+
+fn is_refusal(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<tonic::Status>()
+        .is_some_and(|s| s.code() == tonic::Code::PermissionDenied)
+}
+
+fn refusal_message(e: &anyhow::Error) -> String {
+    e.downcast_ref::<tonic::Status>()
+        .map_or_else(|| format!("{e:#}"), |s| s.message().to_owned())
+}
+
 /// One open session stream.
 pub struct Connection {
     pub url: String,
@@ -54,11 +67,18 @@ pub async fn connect(
                 });
             match opened {
                 Ok(connection) => return connection,
+                Err(e) if is_refusal(&e) => {
+                    // The coordinator answered and will not take this
+                    // agent (its certificate): no point hurrying back.
+                    tracing::error!(%url, "refused by the coordinator: {} (trying again in {REFUSED_RETRY:?})", refusal_message(&e));
+                    tokio::time::sleep(REFUSED_RETRY).await;
+                }
                 Err(e) => {
                     // Full jitter keeps a fleet of agents from reconnecting
                     // in step.
                     let wait = rand::rng().random_range(Duration::ZERO..=retry);
-                    tracing::warn!(%url, error = format!("{e:#}"), retry_in = ?wait, "cannot open a session with the coordinator");
+                    let error = proto::client::explain(url, &format!("{e:#}"));
+                    tracing::warn!(%url, error, retry_in = ?wait, "cannot open a session with the coordinator");
                     tokio::time::sleep(wait).await;
                     retry = retry.saturating_mul(2).min(max_retry);
                 }

@@ -260,6 +260,9 @@ impl Driver {
         } = done.run;
         if outcome == Outcome::Succeeded {
             tracing::info!(group = %done.group, epoch = done.env.epoch, role = done.env.role, "hook succeeded");
+        } else if outcome == Outcome::Superseded {
+            // Expected: a newer role change needs its own hook at once.
+            tracing::info!(group = %done.group, epoch = done.env.epoch, role = done.env.role, "hook stopped: a newer role change superseded it");
         } else {
             tracing::warn!(group = %done.group, epoch = done.env.epoch, role = done.env.role, ?outcome, %detail, "hook did not succeed");
         }

@@ -15,10 +15,11 @@ use tonic::{Request, Response, Status};
 use std::sync::Arc;
 
 use crate::api::{Actor, Api, Credential};
-use crate::auth::{Access, Auth, CertIdentity, cert_identity};
+use crate::auth::{Access, Auth};
 use crate::convert::{Drain, Undrain, event_to_proto, group_to_proto, node_to_proto};
 use crate::engine::{AdminCommand, AdminError};
 use crate::error::{admin_status, api_status};
+use proto::identity::{Named, named_by};
 
 pub(crate) struct AdminApi {
     api: Api,
@@ -41,31 +42,54 @@ impl AdminApi {
     /// admin while authentication is off, nobody otherwise).
     fn actor<T>(&self, request: &Request<T>) -> Actor {
         let address = request.remote_addr().map(|a| a.ip());
-        let certified = request
+        let mut rejected = Vec::new();
+        // A certificate wins over a token when both are presented.
+        if let Some(cert) = request
             .peer_certs()
-            .and_then(|certs| certs.first().and_then(|c| cert_identity(c)));
-        if let Some(CertIdentity::Operator { name, access }) = certified {
-            return Actor::Operator {
-                name,
-                access,
-                via: Credential::Certificate,
-            };
+            .and_then(|certs| certs.first().cloned())
+        {
+            match named_by(&cert) {
+                Ok(Some(Named::Operator { name, .. })) if name == crate::engine::COORDINATOR => {
+                    rejected.push(
+                        "your certificate names operator coordinator, a name reserved for the \
+                         coordinator's own actions"
+                            .to_owned(),
+                    );
+                }
+                Ok(Some(Named::Operator { role, name })) => {
+                    if let Some(access) = Access::parse(&role) {
+                        return Actor::Operator {
+                            name,
+                            access,
+                            via: Credential::Certificate,
+                        };
+                    }
+                }
+                Ok(Some(Named::Node(node))) => rejected.push(format!(
+                    "your certificate names node {node}, not an operator"
+                )),
+                Ok(None) => rejected.push("your certificate names no operator".to_owned()),
+                Err(why) => rejected.push(format!("your certificate names no operator: {why}")),
+            }
         }
-        let bearer = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if let Some((name, access)) = bearer.and_then(|t| self.auth.token_holder(t.trim())) {
-            return Actor::Operator {
-                name,
-                access,
-                via: Credential::Token,
-            };
+        if let Some(token) = bearer(request) {
+            match self.auth.token_holder(&token) {
+                Some((name, access)) => {
+                    return Actor::Operator {
+                        name,
+                        access,
+                        via: Credential::Token,
+                    };
+                }
+                None if self.auth.tokens.is_none() => rejected
+                    .push("this coordinator takes no bearer tokens (no [auth] tokens)".to_owned()),
+                None => rejected.push("your bearer token is not in the token file".to_owned()),
+            }
         }
         Actor::Anonymous {
             address,
             access: self.auth.is_off().then_some(Access::Admin),
+            rejected: (!rejected.is_empty()).then(|| rejected.join("; ")),
         }
     }
 
@@ -88,6 +112,16 @@ impl AdminApi {
             .map_err(api_status)?;
         Ok(Response::new(group_to_proto(view)))
     }
+}
+
+/// The bearer token a request carries (`authorization: Bearer TOKEN`, the
+/// scheme in any case), trimmed.
+fn bearer<T>(request: &Request<T>) -> Option<String> {
+    let value = request.metadata().get("authorization")?.to_str().ok()?;
+    let scheme = value.get(..7)?;
+    scheme
+        .eq_ignore_ascii_case("bearer ")
+        .then(|| value.get(7..).unwrap_or_default().trim().to_owned())
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>;
@@ -236,6 +270,15 @@ impl pb::admin_service_server::AdminService for AdminApi {
         request: Request<pb::ListEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
         let actor = self.actor(&request);
+        // A watch by token ends when the token is revoked.
+        let token = match &actor {
+            Actor::Operator {
+                via: Credential::Token,
+                ..
+            } => bearer(&request),
+            _ => None,
+        };
+        let auth = self.auth.clone();
         let r = request.into_inner();
         let group = (!r.group.is_empty()).then_some(r.group);
         let events = self
@@ -244,6 +287,21 @@ impl pb::admin_service_server::AdminService for AdminApi {
             .await
             .map_err(api_status)?
             .map(|item| item.map(event_to_proto).map_err(api_status));
+        let events = futures::StreamExt::scan(events, false, move |ended, item| {
+            if *ended {
+                return futures::future::ready(None);
+            }
+            let revoked = token
+                .as_deref()
+                .is_some_and(|t| auth.token_holder(t).is_none());
+            if revoked {
+                *ended = true;
+                return futures::future::ready(Some(Err(Status::unauthenticated(
+                    "your bearer token was revoked: this watch ends",
+                ))));
+            }
+            futures::future::ready(Some(item))
+        });
         let stream =
             futures::StreamExt::take_until(events, self.shutdown.clone().cancelled_owned());
         Ok(Response::new(Box::pin(stream)))

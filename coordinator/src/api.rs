@@ -31,6 +31,9 @@ pub enum Actor {
     Anonymous {
         address: Option<IpAddr>,
         access: Option<Access>,
+        /// Why a credential it presented named no operator, if it presented
+        /// one (said in a refusal).
+        rejected: Option<String>,
     },
     /// An operator named by a client certificate or a bearer token.
     Operator {
@@ -62,10 +65,16 @@ impl Actor {
             Some(has) => Err(ApiError::Denied(format!(
                 "{what} needs the {needed} role; {self} has {has}"
             ))),
-            None => Err(ApiError::Unauthenticated(format!(
-                "{what} needs the {needed} role: present an operator certificate or a \
-                 bearer token (failoverctl --tls-cert/--tls-key or --token-file)"
-            ))),
+            None => Err(ApiError::Unauthenticated(match self {
+                Actor::Anonymous {
+                    rejected: Some(why),
+                    ..
+                } => format!("{what} needs the {needed} role: {why}"),
+                _ => format!(
+                    "{what} needs the {needed} role: present an operator certificate or a \
+                     bearer token (failoverctl --tls-cert/--tls-key or --token-file)"
+                ),
+            })),
         }
     }
 }
@@ -255,6 +264,7 @@ mod tests {
     fn actors_name_themselves_in_events() {
         let actor = Actor::Anonymous {
             address: Some("10.0.0.7".parse().unwrap()),
+            rejected: None,
             access: None,
         };
         assert_eq!(actor.to_string(), "anonymous@10.0.0.7");
@@ -280,6 +290,7 @@ mod tests {
         );
         assert!(viewer.may(Access::Viewer, "group show").is_ok());
         let nobody = Actor::Anonymous {
+            rejected: None,
             address: None,
             access: None,
         };

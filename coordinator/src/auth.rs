@@ -3,7 +3,7 @@
 //! Identities come from client certificates (checked against the client CA
 //! during the TLS handshake) or from bearer tokens (a file of hashed
 //! tokens). A certificate names its holder in a URI subject alternative
-//! name:
+//! name (the rule is `proto::identity`):
 //!
 //! - `urn:failover:node:NODE` — the agent of node `NODE`;
 //! - `urn:failover:operator:ROLE:NAME` — operator `NAME` with role `ROLE`.
@@ -42,7 +42,7 @@ impl Access {
         }
     }
 
-    fn parse(s: &str) -> Option<Access> {
+    pub(crate) fn parse(s: &str) -> Option<Access> {
         match s {
             "viewer" => Some(Access::Viewer),
             "operator" => Some(Access::Operator),
@@ -56,42 +56,6 @@ impl fmt::Display for Access {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
-}
-
-/// Who a client certificate names.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum CertIdentity {
-    Node(String),
-    Operator { name: String, access: Access },
-}
-
-/// The prefixes of the URI names certificates carry.
-pub(crate) const NODE_URI: &str = "urn:failover:node:";
-pub(crate) const OPERATOR_URI: &str = "urn:failover:operator:";
-
-/// The identity a certificate (DER) names, if it names one.
-pub(crate) fn cert_identity(der: &[u8]) -> Option<CertIdentity> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let san = cert.subject_alternative_name().ok()??;
-    san.value.general_names.iter().find_map(|name| match name {
-        x509_parser::extensions::GeneralName::URI(uri) => identity_from_uri(uri),
-        _ => None,
-    })
-}
-
-fn identity_from_uri(uri: &str) -> Option<CertIdentity> {
-    if let Some(node) = uri.strip_prefix(NODE_URI) {
-        proto::names::validate_node_id(node).ok()?;
-        return Some(CertIdentity::Node(node.to_owned()));
-    }
-    let rest = uri.strip_prefix(OPERATOR_URI)?;
-    let (role, name) = rest.split_once(':')?;
-    let access = Access::parse(role)?;
-    proto::names::validate_node_id(name).ok()?;
-    Some(CertIdentity::Operator {
-        name: name.to_owned(),
-        access,
-    })
 }
 
 /// The bearer tokens operators may use, by the SHA-256 of the token.
@@ -132,9 +96,24 @@ impl Tokens {
         let file: TokenFileText = toml::from_str(&text)
             .with_context(|| format!("the token file {} is invalid", path.display()))?;
         let mut tokens = Tokens::default();
+        let mut names = std::collections::HashSet::new();
         for entry in file.token {
+            if !names.insert(entry.name.clone()) {
+                bail!(
+                    "token name {} appears twice in {}: give every token its own name",
+                    entry.name,
+                    path.display()
+                );
+            }
             proto::names::validate_node_id(&entry.name)
                 .with_context(|| format!("token name {:?} in {}", entry.name, path.display()))?;
+            if entry.name == crate::engine::COORDINATOR {
+                bail!(
+                    "token name {} in {}: reserved for the coordinator's own actions in events",
+                    entry.name,
+                    path.display()
+                );
+            }
             let digest = entry.sha256.to_ascii_lowercase();
             if digest.len() != 64 || !digest.bytes().all(|c| c.is_ascii_hexdigit()) {
                 bail!(
@@ -238,29 +217,6 @@ impl Auth {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn uri_names_become_identities() {
-        assert_eq!(
-            identity_from_uri("urn:failover:node:rec-1"),
-            Some(CertIdentity::Node("rec-1".into()))
-        );
-        assert_eq!(
-            identity_from_uri("urn:failover:operator:admin:alice"),
-            Some(CertIdentity::Operator {
-                name: "alice".into(),
-                access: Access::Admin
-            })
-        );
-        for bad in [
-            "urn:failover:node:Not Valid",
-            "urn:failover:operator:root:alice",
-            "urn:failover:operator:admin",
-            "https://example.com",
-        ] {
-            assert_eq!(identity_from_uri(bad), None, "{bad}");
-        }
-    }
 
     #[test]
     fn roles_include_the_ones_before() {

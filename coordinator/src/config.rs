@@ -77,21 +77,34 @@ pub struct Config {
 }
 
 /// TLS for both listeners: a table of files, or the explicit choice of
-/// plaintext.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(untagged)]
+/// plaintext (`tls = "off"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Tls {
     /// `tls = "off"`.
-    Off(Off),
+    Off,
     /// `[tls] cert = "...", key = "...", client_ca = "..."`.
     Files(TlsFileConfig),
 }
 
-/// The one word that turns TLS off.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Off {
-    Off,
+impl<'de> Deserialize<'de> for Tls {
+    /// Read by hand so a mistake names the key (`ca` for `client_ca`)
+    /// instead of "no variant matched".
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Tls, D::Error> {
+        use serde::de::Error;
+        match toml::Value::deserialize(d)? {
+            toml::Value::String(s) if s == "off" => Ok(Tls::Off),
+            toml::Value::String(s) => Err(D::Error::custom(format!(
+                "tls = {s:?}: write tls = \"off\" for plaintext, or a [tls] table with cert, key \
+                 and client_ca"
+            ))),
+            table @ toml::Value::Table(_) => TlsFileConfig::deserialize(table)
+                .map(Tls::Files)
+                .map_err(|e| D::Error::custom(format!("[tls]: {}", e.message()))),
+            other => Err(D::Error::custom(format!(
+                "tls = {other}: write tls = \"off\", or a [tls] table with cert, key and client_ca"
+            ))),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -204,7 +217,7 @@ impl Config {
         );
         match &self.tls {
             None => text.push_str("# no [tls]: plaintext (loopback only)\n"),
-            Some(Tls::Off(_)) => text.push_str("tls = \"off\"\n"),
+            Some(Tls::Off) => text.push_str("tls = \"off\"\n"),
             Some(Tls::Files(f)) => {
                 text.push_str(&format!(
                     "\n[tls]\ncert = {}\nkey = {}\n",

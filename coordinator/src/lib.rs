@@ -157,6 +157,7 @@ pub async fn run(
 
     let sessions = session::AgentSessions::new(handle.clone(), shutdown.clone(), auth.clone());
     let router = tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(limits::MAX_STREAMS_PER_CONNECTION))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(AgentServiceServer::new(sessions))
@@ -239,6 +240,25 @@ pub async fn run(
     result.context("coordinator runtime panicked")??;
     tracing::info!("coordinator stopped");
     Ok(())
+}
+
+/// What `--check-config` finds wrong with the files the configuration
+/// names: TLS material that does not load (or a key that is not the
+/// certificate's), a token file that does not parse. Empty when all is
+/// well.
+pub fn check_files(config: &config::Config) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Some(files) = config.tls_files()
+        && let Err(e) = tls::TlsState::load(files)
+    {
+        problems.push(format!("[tls]: {e:#}"));
+    }
+    if let Some(path) = &config.auth.tokens
+        && let Err(e) = auth::Tokens::load(path)
+    {
+        problems.push(format!("[auth] tokens: {e:#}"));
+    }
+    problems
 }
 
 /// Names this coordinator process in Welcome messages and logs.

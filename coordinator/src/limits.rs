@@ -23,6 +23,11 @@ pub(crate) const MAX_CLAIMS: usize = 4096;
 /// others.
 pub(crate) const SESSION_MESSAGES_PER_SECOND: u32 = 500;
 
+/// Concurrent gRPC streams on one connection: an agent uses one, an
+/// operator's failoverctl a few; a client opening thousands to hold memory
+/// is told to wait (HTTP/2 flow control).
+pub(crate) const MAX_STREAMS_PER_CONNECTION: u32 = 64;
+
 /// `text` cut to at most `max` bytes (on a character boundary), saying how
 /// much was cut.
 pub(crate) fn clip(mut text: String, max: usize) -> String {
@@ -37,6 +42,40 @@ pub(crate) fn clip(mut text: String, max: usize) -> String {
     text.truncate(end);
     text.push_str(&format!("… ({} bytes cut)", total - end));
     text
+}
+
+/// Says when a log line that a client can trigger at will may be written
+/// again: at most once per period, so nobody can flood the log.
+pub(crate) struct LogEvery {
+    period: Duration,
+    start: std::time::Instant,
+    /// Milliseconds since `start` of the last line, plus one (0: never).
+    last: std::sync::atomic::AtomicU64,
+}
+
+impl LogEvery {
+    pub(crate) fn new(period: Duration) -> LogEvery {
+        LogEvery {
+            period,
+            start: std::time::Instant::now(),
+            last: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Whether to log now; if so, the next line waits a period.
+    pub(crate) fn due(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        let now = u64::try_from(self.start.elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .saturating_add(1);
+        let last = self.last.load(Ordering::Relaxed);
+        let period = u64::try_from(self.period.as_millis()).unwrap_or(u64::MAX);
+        (last == 0 || now.saturating_sub(last) >= period)
+            && self
+                .last
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
 }
 
 /// A token bucket: [`Pace::wait`] returns at once while the sender keeps
@@ -84,6 +123,15 @@ mod tests {
         assert_eq!(clip("short".into(), 10), "short");
         let cut = clip("ééééé".into(), 3);
         assert_eq!(cut, "é… (8 bytes cut)");
+    }
+
+    #[test]
+    fn a_log_line_is_due_once_per_period() {
+        let every = LogEvery::new(Duration::from_secs(3600));
+        assert!(every.due());
+        assert!(!every.due());
+        let always = LogEvery::new(Duration::ZERO);
+        assert!(always.due() && always.due());
     }
 
     #[tokio::test(start_paused = true)]

@@ -16,6 +16,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::limits::LogEvery;
 use crate::tls::TlsState;
 
 /// How long a client has to complete its TLS handshake.
@@ -24,6 +25,31 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const BACKLOG: usize = 128;
 /// The pause after `accept` fails before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Failed handshakes are summed up in the log at most this often (anyone
+/// can cause them).
+const FAILURE_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Handshakes that failed since the last log line, and when to write one.
+struct Failures {
+    count: std::sync::atomic::AtomicU64,
+    log: LogEvery,
+}
+
+impl Failures {
+    fn record(&self, peer: SocketAddr, why: &str) {
+        use std::sync::atomic::Ordering;
+        let count = self.count.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+        if self.log.due() {
+            self.count.store(0, Ordering::Relaxed);
+            tracing::warn!(
+                %peer,
+                failed = count,
+                "TLS handshake failed: {why} ({count} failed since the last such line; a client \
+                 with another CA's or an expired certificate, a plaintext client, or a scan)"
+            );
+        }
+    }
+}
 
 /// Which server a listener feeds (they offer different ALPN protocols).
 #[derive(Debug, Clone, Copy)]
@@ -51,6 +77,10 @@ async fn accept_loop(
     shutdown: CancellationToken,
     tx: mpsc::Sender<Result<TlsStream<TcpStream>, io::Error>>,
 ) {
+    let failures = Arc::new(Failures {
+        count: std::sync::atomic::AtomicU64::new(0),
+        log: LogEvery::new(FAILURE_LOG_EVERY),
+    });
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -70,9 +100,13 @@ async fn accept_loop(
             Kind::Http => tls.http(),
         };
         let tx = tx.clone();
+        let failures = failures.clone();
         tokio::spawn(async move {
-            if let Some(stream) = handshake(tcp, peer, config).await {
-                let _ = tx.send(Ok(stream)).await;
+            match handshake(tcp, config).await {
+                Ok(stream) => {
+                    let _ = tx.send(Ok(stream)).await;
+                }
+                Err(why) => failures.record(peer, &why),
             }
         });
     }
@@ -80,19 +114,12 @@ async fn accept_loop(
 
 async fn handshake(
     tcp: TcpStream,
-    peer: SocketAddr,
     config: Arc<rustls::ServerConfig>,
-) -> Option<TlsStream<TcpStream>> {
+) -> Result<TlsStream<TcpStream>, String> {
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsAcceptor::from(config).accept(tcp)).await {
-        Ok(Ok(stream)) => Some(stream),
-        Ok(Err(e)) => {
-            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-            None
-        }
-        Err(_) => {
-            tracing::debug!(%peer, "no TLS handshake within {HANDSHAKE_TIMEOUT:?}");
-            None
-        }
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no handshake within {HANDSHAKE_TIMEOUT:?}")),
     }
 }
 

@@ -19,6 +19,13 @@ fn main() -> ExitCode {
         }
     };
     if args.check_config {
+        let problems = coordinator::check_files(&config);
+        if !problems.is_empty() {
+            for p in &problems {
+                eprintln!("error: {}", p.replace('\n', " "));
+            }
+            return ExitCode::from(2);
+        }
         // Not println!: `| head` must not make it panic.
         let _ = writeln!(
             std::io::stdout(),

@@ -21,13 +21,15 @@ use tracing::Instrument;
 
 use std::sync::Arc;
 
-use crate::auth::{Auth, CertIdentity, NODE_URI, cert_identity};
+use crate::auth::Auth;
 use crate::convert::checks_from_proto;
 use crate::engine::{ClaimedRole, Hello, HookReport, Input};
 use crate::limits::{
-    MAX_CLAIMS, MAX_DETAIL, MAX_LABEL, MAX_REASON, Pace, SESSION_MESSAGES_PER_SECOND, clip,
+    LogEvery, MAX_CLAIMS, MAX_DETAIL, MAX_LABEL, MAX_REASON, Pace, SESSION_MESSAGES_PER_SECOND,
+    clip,
 };
 use crate::runtime::Handle;
+use proto::identity::{NODE_URI, Named, named_by};
 use proto::vocab::{HookOutcome, Role};
 
 /// Messages buffered per agent before the runtime gives up on it.
@@ -38,6 +40,8 @@ pub(crate) struct AgentSessions {
     /// Cancelled at shutdown; each session's token is a child of it.
     shutdown: CancellationToken,
     auth: Arc<Auth>,
+    /// Refusals a client can cause at will are logged at most this often.
+    refusals: Arc<LogEvery>,
 }
 
 impl AgentSessions {
@@ -46,6 +50,7 @@ impl AgentSessions {
             handle,
             shutdown,
             auth,
+            refusals: Arc::new(LogEvery::new(Duration::from_secs(1))),
         }
     }
 }
@@ -62,15 +67,37 @@ impl pb::agent_service_server::AgentService for AgentSessions {
             .remote_addr()
             .map_or_else(String::new, |a: SocketAddr| a.to_string());
         // With client certificates, a session speaks for the node its
-        // certificate names, and for no other.
+        // certificate names, and for no other. A certificate that names no
+        // node is refused at once, before any Hello is waited for.
         let certified = if self.auth.client_certs {
-            let named = request
+            let cert = request
                 .peer_certs()
-                .and_then(|certs| certs.first().and_then(|c| cert_identity(c)));
-            Some(match named {
-                Some(CertIdentity::Node(node)) => Some(node),
-                _ => None,
-            })
+                .and_then(|certs| certs.first().cloned());
+            let node = match cert.as_deref().map(named_by) {
+                Some(Ok(Some(Named::Node(node)))) => Ok(node),
+                Some(Ok(Some(other))) => Err(format!(
+                    "this certificate names {other}, not a node: an agent presents a certificate \
+                     naming its node ({NODE_URI}NODE)"
+                )),
+                Some(Ok(None)) => Err(format!(
+                    "this certificate names no node: an agent presents a certificate naming its \
+                     node ({NODE_URI}NODE)"
+                )),
+                Some(Err(why)) => Err(format!("this certificate names no node: {why}")),
+                None => Err(format!(
+                    "no client certificate: an agent presents a certificate naming its node \
+                     ({NODE_URI}NODE)"
+                )),
+            };
+            match node {
+                Ok(node) => Some(node),
+                Err(reason) => {
+                    if self.refusals.due() {
+                        tracing::warn!(%address, "agent session refused: {reason}");
+                    }
+                    return Err(Status::permission_denied(reason));
+                }
+            }
         } else {
             None
         };
@@ -78,52 +105,66 @@ impl pb::agent_service_server::AgentService for AgentSessions {
         let (outbound, rx) = mpsc::channel(OUTBOUND_CAPACITY);
         // Answer with the response stream at once: the agent's call returns
         // on our response headers, and only then does it send its Hello.
+        let opening = Opening {
+            address,
+            certified,
+            connect_timeout: self.handle.connect_timeout(),
+            refusals: self.refusals.clone(),
+        };
         tokio::spawn(run_session(
             self.handle.clone(),
             inbound,
             outbound,
-            address,
-            certified,
-            self.handle.connect_timeout(),
+            opening,
             self.shutdown.child_token(),
         ));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
 
+/// What is known of a session before its Hello.
+struct Opening {
+    address: String,
+    /// The node its certificate names (with client certificates on).
+    certified: Option<String>,
+    connect_timeout: Duration,
+    refusals: Arc<LogEvery>,
+}
+
 async fn run_session(
     handle: Handle,
     mut inbound: Streaming<pb::AgentMessage>,
     outbound: crate::runtime::Outbound,
-    address: String,
-    certified: Option<Option<String>>,
-    connect_timeout: Duration,
+    opening: Opening,
     cancel: CancellationToken,
 ) {
+    let Opening {
+        address,
+        certified,
+        connect_timeout,
+        refusals,
+    } = opening;
     let hello = match read_hello(&mut inbound, connect_timeout).await {
         Ok(hello) => hello,
         Err(status) => {
-            tracing::warn!(%address, error = %status.message(), "agent session refused");
+            if refusals.due() {
+                tracing::warn!(%address, error = %status.message(), "agent session refused");
+            }
             let _ = outbound.send(Err(status)).await;
             return;
         }
     };
     if let Some(named) = certified
-        && named.as_deref() != Some(hello.node_id.as_str())
+        && named != hello.node_id
     {
-        let reason = match named {
-            Some(named) => format!(
-                "this agent's certificate names node {named}, not {}: an agent speaks only \
-                 for the node its certificate names",
-                hello.node_id
-            ),
-            None => format!(
-                "no node certificate: an agent must present a client certificate naming its \
-                 node ({NODE_URI}{})",
-                hello.node_id
-            ),
-        };
-        tracing::warn!(%address, node = %hello.node_id, "agent session refused: {reason}");
+        let reason = format!(
+            "this agent's certificate names node {named}, not {}: an agent speaks only for the \
+             node its certificate names",
+            hello.node_id
+        );
+        if refusals.due() {
+            tracing::warn!(%address, node = %hello.node_id, "agent session refused: {reason}");
+        }
         handle
             .input(Input::IdentityRefused {
                 node: hello.node_id,

@@ -98,7 +98,8 @@ pub(crate) enum PkiCommand {
         )]
         operator: Option<String>,
         /// A new certificate for the coordinator (rotation): names
-        /// localhost, 127.0.0.1 and every --san.
+        /// localhost, 127.0.0.1, every name of the one it replaces and
+        /// every --san.
         #[arg(long)]
         coordinator_cert: bool,
         /// With --coordinator-cert: another name or IP address it is
@@ -106,11 +107,12 @@ pub(crate) enum PkiCommand {
         #[arg(long = "san", value_name = "NAME", requires = "coordinator_cert")]
         sans: Vec<String>,
         /// The operator's role.
-        #[arg(long, value_parser = ["viewer", "operator", "admin"])]
+        #[arg(long, value_parser = ["viewer", "operator", "admin"], requires = "operator")]
         role: Option<String>,
-        /// How long the certificate is valid.
-        #[arg(long, default_value_t = 365)]
-        days: u32,
+        /// How long the certificate is valid [default: 825 for the
+        /// coordinator, 365 for nodes and operators].
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=36500))]
+        days: Option<u32>,
     },
     /// Make a bearer token for an operator: prints the token (give it to
     /// the operator, in a file) and the line for the coordinator's token
@@ -120,6 +122,11 @@ pub(crate) enum PkiCommand {
         name: String,
         #[arg(long, value_parser = ["viewer", "operator", "admin"])]
         role: String,
+        /// Write the token to FILE (readable by you only, ready for
+        /// --token-file) instead of printing it; only the entry for the
+        /// coordinator's token file is printed.
+        #[arg(long, value_name = "FILE")]
+        secret_file: Option<PathBuf>,
     },
 }
 

@@ -43,10 +43,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let url = cli.coordinator.clone();
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", one_line(&e));
+            eprintln!("error: {}", one_line(&e, &url));
             ExitCode::FAILURE
         }
     }
@@ -70,20 +71,25 @@ fn usage_error(e: &clap::Error) -> ExitCode {
     ExitCode::from(2)
 }
 
-/// The error and its causes on one line; a coordinator's refusal is shown
-/// as its message alone.
-fn one_line(e: &anyhow::Error) -> String {
+/// The error and its causes on one line, each cause once; a coordinator's
+/// refusal is shown as its message alone; a failed connection says what
+/// most likely went wrong (`proto::client::explain`).
+fn one_line(e: &anyhow::Error, url: &str) -> String {
     if let Some(status) = e.downcast_ref::<tonic::Status>() {
-        return status_line(status);
+        return status_line(status, url);
     }
-    format!("{e:#}").replace('\n', " ")
+    proto::client::explain(url, &format!("{e:#}").replace('\n', " "))
 }
 
-fn status_line(status: &tonic::Status) -> String {
+fn status_line(status: &tonic::Status, url: &str) -> String {
     let message = status.message().replace('\n', " ");
     match status.code() {
-        tonic::Code::Unavailable => format!("coordinator unavailable: {message}"),
-        tonic::Code::Unknown | tonic::Code::Internal => format!("coordinator failed: {message}"),
+        tonic::Code::Unavailable => {
+            proto::client::explain(url, &format!("coordinator unavailable: {message}"))
+        }
+        tonic::Code::Unknown | tonic::Code::Internal | tonic::Code::Cancelled => {
+            proto::client::explain(url, &format!("coordinator failed: {message}"))
+        }
         _ => message,
     }
 }
@@ -114,10 +120,19 @@ async fn connect(cli: &Cli) -> anyhow::Result<Client> {
         }
         None => None,
     };
-    let channel = endpoint(url, &tls, CONNECT_TIMEOUT)?
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach the coordinator at {url}"))?;
+    // The whole of connecting — TCP, TLS, HTTP/2 — within the limit: a
+    // listener that accepts and never answers must not hold the operator.
+    let channel = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        endpoint(url, &tls, CONNECT_TIMEOUT)?.connect(),
+    )
+    .await
+    .map_err(|_| {
+        anyhow::anyhow!(
+            "cannot connect to the coordinator at {url}: no answer within {CONNECT_TIMEOUT:?}"
+        )
+    })?
+    .with_context(|| format!("cannot connect to the coordinator at {url}"))?;
     Ok(AdminServiceClient::with_interceptor(channel, Bearer(token)))
 }
 
@@ -187,7 +202,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 };
                 pki::issue(dir, &subject, *days)
             }
-            PkiCommand::Token { name, role } => pki::token(name, role),
+            PkiCommand::Token {
+                name,
+                role,
+                secret_file,
+            } => pki::token(name, role, secret_file.as_deref()),
         };
     }
     let mut client = connect(&cli).await?;

@@ -18,7 +18,9 @@ use time::{Duration, OffsetDateTime};
 /// A CA lasts ten years; the coordinator's certificate as long as asked.
 const CA_DAYS: i64 = 3650;
 /// The coordinator's certificate: about two years, like public CAs allow.
-const COORDINATOR_DAYS: i64 = 825;
+pub(crate) const COORDINATOR_DAYS: u32 = 825;
+/// Nodes' and operators' certificates: a year.
+pub(crate) const CLIENT_DAYS: u32 = 365;
 
 /// `pki init DIR`: the CA and the coordinator's certificate.
 pub(crate) fn init(dir: &Path, sans: &[String]) -> anyhow::Result<()> {
@@ -46,7 +48,7 @@ pub(crate) fn init(dir: &Path, sans: &[String]) -> anyhow::Result<()> {
     write(&dir.join("ca-key.pem"), &ca_key.serialize_pem(), true)?;
 
     let issuer = Issuer::new(ca, ca_key);
-    coordinator_cert(dir, &issuer, sans, COORDINATOR_DAYS)?;
+    coordinator_cert(dir, &issuer, sans, i64::from(COORDINATOR_DAYS))?;
     println!(
         "CA and coordinator certificate written to {} (ca.pem, ca-key.pem, coordinator.pem, \
          coordinator-key.pem)",
@@ -55,18 +57,26 @@ pub(crate) fn init(dir: &Path, sans: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The coordinator's server certificate (names localhost, 127.0.0.1 and
-/// `sans`), written over any earlier one: coordinator.pem and
-/// coordinator-key.pem.
+/// The coordinator's server certificate, written over any earlier one:
+/// coordinator.pem and coordinator-key.pem. It names localhost, 127.0.0.1,
+/// every name the certificate it replaces named (a rotation must not drop
+/// the addresses agents use) and `sans`. Returns the names.
 fn coordinator_cert(
     dir: &Path,
     issuer: &Issuer<'_, KeyPair>,
     sans: &[String],
     days: i64,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<String>> {
     let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    if let Ok(pem) = fs::read(dir.join("coordinator.pem")) {
+        let der = first_certificate(&pem)
+            .context("the existing coordinator.pem holds no readable certificate")?;
+        names.extend(proto::identity::server_names(&der));
+    }
     names.extend(sans.iter().cloned());
-    let mut params = CertificateParams::new(names)?;
+    let mut seen = std::collections::HashSet::new();
+    names.retain(|n| seen.insert(n.clone()));
+    let mut params = CertificateParams::new(names.clone())?;
     params
         .distinguished_name
         .push(DnType::CommonName, "failover coordinator");
@@ -79,7 +89,13 @@ fn coordinator_cert(
     // new pair when the second write lands.
     write(&dir.join("coordinator-key.pem"), &key.serialize_pem(), true)?;
     write(&dir.join("coordinator.pem"), &cert.pem(), false)?;
-    Ok(())
+    Ok(names)
+}
+
+/// The first certificate (DER) in PEM text.
+fn first_certificate(pem: &[u8]) -> Option<Vec<u8>> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem).ok()?;
+    Some(pem.contents)
 }
 
 /// What `pki issue` makes a certificate for.
@@ -95,8 +111,13 @@ pub(crate) enum Subject {
     },
 }
 
-/// `pki issue DIR`: a node's or an operator's client certificate.
-pub(crate) fn issue(dir: &Path, subject: &Subject, days: u32) -> anyhow::Result<()> {
+/// `pki issue DIR`: a node's or an operator's client certificate, or the
+/// coordinator's server certificate; `days` defaults by kind.
+pub(crate) fn issue(dir: &Path, subject: &Subject, days: Option<u32>) -> anyhow::Result<()> {
+    let days = days.unwrap_or(match subject {
+        Subject::Coordinator { .. } => COORDINATOR_DAYS,
+        _ => CLIENT_DAYS,
+    });
     let ca_pem = fs::read_to_string(dir.join("ca.pem")).with_context(|| {
         format!(
             "no CA in {} (run failoverctl pki init first)",
@@ -109,11 +130,12 @@ pub(crate) fn issue(dir: &Path, subject: &Subject, days: u32) -> anyhow::Result<
         .context("ca.pem is not a usable CA certificate")?;
     let (uri, common_name, file) = match subject {
         Subject::Coordinator { sans } => {
-            coordinator_cert(dir, &issuer, sans, i64::from(days.max(1)))?;
+            let names = coordinator_cert(dir, &issuer, sans, i64::from(days))?;
             println!(
-                "coordinator.pem and coordinator-key.pem written to {} (valid {days} days); a \
-                 running coordinator loads them within seconds",
-                dir.display()
+                "coordinator.pem and coordinator-key.pem written to {} (names {}, valid {days} \
+                 days); a running coordinator loads them within seconds",
+                dir.display(),
+                names.join(", ")
             );
             return Ok(());
         }
@@ -127,6 +149,9 @@ pub(crate) fn issue(dir: &Path, subject: &Subject, days: u32) -> anyhow::Result<
         }
         Subject::Operator { name, role } => {
             proto::names::validate_node_id(name).context("operator name")?;
+            if name == "coordinator" {
+                bail!("operator name coordinator is reserved for the coordinator's own actions");
+            }
             (
                 format!("urn:failover:operator:{role}:{name}"),
                 format!("operator {name} ({role})"),
@@ -140,7 +165,7 @@ pub(crate) fn issue(dir: &Path, subject: &Subject, days: u32) -> anyhow::Result<
         .distinguished_name
         .push(DnType::CommonName, common_name);
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    leaf(&mut params, i64::from(days.max(1)));
+    leaf(&mut params, i64::from(days));
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, &issuer)?;
     write(&dir.join(format!("{file}.pem")), &cert.pem(), false)?;
@@ -156,17 +181,34 @@ pub(crate) fn issue(dir: &Path, subject: &Subject, days: u32) -> anyhow::Result<
     Ok(())
 }
 
-/// `pki token`: a new random token and its hash for the token file.
-pub(crate) fn token(name: &str, role: &str) -> anyhow::Result<()> {
+/// `pki token`: a new random token and its hash for the token file. The
+/// token goes to `secret_file` (owner-only) if given, else to stdout.
+pub(crate) fn token(name: &str, role: &str, secret_file: Option<&Path>) -> anyhow::Result<()> {
     proto::names::validate_node_id(name).context("token name")?;
+    if name == "coordinator" {
+        bail!("token name coordinator is reserved for the coordinator's own actions");
+    }
     let mut secret = [0u8; 32];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
         .map_err(|_| anyhow::anyhow!("no randomness for a token"))?;
     let token: String = secret.iter().map(|b| format!("{b:02x}")).collect();
     let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
     let sha256: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    println!("# The token (secret: give it to {name}, who keeps it in a file for --token-file):");
-    println!("{token}");
+    match secret_file {
+        Some(path) => {
+            write(path, &format!("{token}\n"), true)?;
+            println!(
+                "# The token is in {} (give it to {name} for --token-file).",
+                path.display()
+            );
+        }
+        None => {
+            println!(
+                "# The token (secret: give it to {name}, who keeps it in a file for --token-file):"
+            );
+            println!("{token}");
+        }
+    }
     println!("# For the coordinator's token file ([auth] tokens):");
     println!("[[token]]\nname = \"{name}\"\nrole = \"{role}\"\nsha256 = \"{sha256}\"");
     Ok(())

@@ -90,3 +90,147 @@ fn read(path: &Path) -> Result<Vec<u8>, ClientError> {
         source,
     })
 }
+
+/// What is wrong with `tls` for a client that must be `expected` (a node's
+/// agent): files that cannot be read, a CA file that holds no
+/// certificate, a key that does not belong to the certificate, a
+/// certificate that names someone else. Empty when all is well.
+pub fn check_files(tls: &ClientTls, expected: Option<&crate::identity::Named>) -> Vec<String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut problems = Vec::new();
+    let certs = |path: &Path| -> Result<Vec<CertificateDer<'static>>, String> {
+        let certs = CertificateDer::pem_file_iter(path)
+            .map_err(|e| format!("{}: {e}", path.display()))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!("{} holds no certificate", path.display()));
+        }
+        Ok(certs)
+    };
+    if let Some(ca) = &tls.ca
+        && let Err(e) = certs(ca)
+    {
+        problems.push(format!("tls.ca: {e}"));
+    }
+    let (Some(cert), Some(key)) = (&tls.cert, &tls.key) else {
+        if tls.cert.is_some() != tls.key.is_some() {
+            problems.push("tls.cert and tls.key go together".to_owned());
+        }
+        return problems;
+    };
+    let chain = match certs(cert) {
+        Ok(chain) => chain,
+        Err(e) => {
+            problems.push(format!("tls.cert: {e}"));
+            return problems;
+        }
+    };
+    let key_der = match PrivateKeyDer::from_pem_file(key) {
+        Ok(k) => k,
+        Err(e) => {
+            problems.push(format!("tls.key: {}: {e}", key.display()));
+            return problems;
+        }
+    };
+    let leaf = chain[0].clone();
+    let provider = rustls::crypto::ring::default_provider();
+    match rustls::sign::CertifiedKey::from_der(chain, key_der, &provider) {
+        Ok(_) => {}
+        Err(rustls::Error::InconsistentKeys(_)) => problems.push(format!(
+            "tls.key: {} is not the key of the certificate in {}",
+            key.display(),
+            cert.display()
+        )),
+        Err(e) => problems.push(format!("tls.key: {}: {e}", key.display())),
+    }
+    if let Some(expected) = expected {
+        match crate::identity::named_by(&leaf) {
+            Ok(Some(named)) if &named == expected => {}
+            Ok(Some(named)) => problems.push(format!(
+                "tls.cert: {} names {named}, not {expected}",
+                cert.display()
+            )),
+            Ok(None) => problems.push(format!(
+                "tls.cert: {} names nobody (no urn:failover: URI); it must name {expected}",
+                cert.display()
+            )),
+            Err(e) => problems.push(format!("tls.cert: {}: {e}", cert.display())),
+        }
+    }
+    problems
+}
+
+/// An error from reaching `url`, said once (transport errors repeat their
+/// causes) and with what most likely went wrong when it is a TLS mistake.
+pub fn explain(url: &str, error: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in error.split(": ") {
+        if !parts.contains(&part) {
+            parts.push(part);
+        }
+    }
+    let text = parts.join(": ");
+    let lower = text.to_ascii_lowercase();
+    let tls = url.starts_with("https://");
+    let hint = if !tls
+        && (lower.contains("frame with invalid size")
+            || lower.contains("frame_size_error")
+            || lower.contains("transport error"))
+    {
+        Some(
+            "the coordinator may be serving TLS: use an https:// URL with --tls-ca \
+             (and your certificate)",
+        )
+    } else if lower.contains("unknownissuer") || lower.contains("unknown issuer") {
+        Some("the coordinator's certificate is not signed by the CA given with --tls-ca")
+    } else if lower.contains("not valid for name") {
+        Some(
+            "the coordinator's certificate does not name the host in this URL: reissue it \
+             with that name (failoverctl pki issue DIR --coordinator-cert --san HOST)",
+        )
+    } else if lower.contains("expired") {
+        Some("a certificate has expired")
+    } else if tls
+        && (lower.contains("canceled")
+            || lower.contains("connection closed")
+            || lower.contains("fatal alert")
+            || lower.contains("decrypterror"))
+    {
+        Some(
+            "the coordinator ended the TLS handshake: is your certificate signed by the \
+             coordinator's client CA, still valid, and does --tls-key belong to it?",
+        )
+    } else if tls && lower.contains("transport error") {
+        Some(
+            "check --tls-ca (the CA certificate, not its key) and that --tls-cert and \
+             --tls-key are a matching certificate and key",
+        )
+    } else {
+        None
+    };
+    match hint {
+        Some(hint) => format!("{text} ({hint})"),
+        None => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeated_causes_are_said_once_and_tls_mistakes_explained() {
+        let e = explain(
+            "https://a:1",
+            "transport error: invalid peer certificate: UnknownIssuer: invalid peer certificate: UnknownIssuer",
+        );
+        assert_eq!(e.matches("UnknownIssuer").count(), 1, "{e}");
+        assert!(e.contains("not signed by the CA"), "{e}");
+        let e = explain("http://a:1", "coordinator failed: transport error");
+        assert!(e.contains("https://"), "{e}");
+        let e = explain("http://a:1", "connection refused");
+        assert_eq!(e, "connection refused");
+    }
+}

@@ -545,7 +545,9 @@ impl Cluster {
         CtlOutput::from(output)
     }
 
-    fn ctl_command_as(&self, credentials: &[&str]) -> Command {
+    /// A failoverctl command line with the given credential flags instead
+    /// of the cluster's admin (the CA is always given in a secure cluster).
+    pub fn ctl_command_as(&self, credentials: &[&str]) -> Command {
         let mut command = Command::new(bin("failoverctl"));
         command
             .arg("--coordinator")

@@ -260,6 +260,9 @@ impl Engine {
             ));
             return;
         }
+        // A store restored from a backup shows at a start, when the agents
+        // come back with their epochs; later, no honest agent can be ahead.
+        let recovering = now.mono.saturating_duration_since(self.started) < EPOCH_RAISE_WINDOW;
         self.with_group(&claim.group, now, out, |g, ctx| {
             let stored = g.epoch();
             // A record written before instances existed: the primary's
@@ -292,7 +295,7 @@ impl Engine {
             match claim
                 .epoch
                 .checked_add(1)
-                .filter(|_| claim.epoch <= ceiling)
+                .filter(|_| recovering && claim.epoch <= ceiling)
             {
                 Some(raised) => {
                     g.last_raise = Some(now.mono);
@@ -328,12 +331,21 @@ impl Engine {
                             epoch: stored,
                             old_primary: primary.as_deref(),
                             new_primary: primary.as_deref(),
-                            reason: format!(
-                                "{node} claimed epoch {} in group {name}, more than \
-                                 {MAX_EPOCH_CLAIM_AHEAD} above the stored {stored}: refused \
-                                 (a corrupt or hostile agent)",
-                                claim.epoch
-                            ),
+                            reason: if recovering {
+                                format!(
+                                    "{node} claimed epoch {} in group {name}, more than \
+                                     {MAX_EPOCH_CLAIM_AHEAD} above the stored {stored}: refused \
+                                     (a corrupt or hostile agent)",
+                                    claim.epoch
+                                )
+                            } else {
+                                format!(
+                                    "{node} claimed epoch {} in group {name}, above the stored \
+                                     {stored}, long after this coordinator started: refused (a \
+                                     corrupt or hostile agent)",
+                                    claim.epoch
+                                )
+                            },
                             actor: COORDINATOR,
                         });
                     }
@@ -497,7 +509,9 @@ impl Engine {
             return;
         };
         let level_ok = report.outcome.took_effect();
-        if level_ok {
+        // A superseded hook is routine (a newer role change came first): no
+        // warning, but it confirms nothing either.
+        if level_ok || report.outcome == HookOutcome::Superseded {
             tracing::info!(node = %node_id, group = %report.group, epoch = report.epoch, role = ?report.role, outcome = ?report.outcome, "hook finished");
         } else {
             tracing::warn!(node = %node_id, group = %report.group, epoch = report.epoch, role = ?report.role, outcome = ?report.outcome, exit_code = ?report.exit_code, detail = ?report.detail, "hook did not succeed");

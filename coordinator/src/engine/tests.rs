@@ -1541,6 +1541,22 @@ fn an_epoch_claim_far_above_the_stored_one_is_refused_and_never_wraps() {
 }
 
 #[test]
+fn epochs_are_raised_for_claims_only_soon_after_a_start() {
+    let mut sim = three_members();
+    sim.run_for(secs(121), &ALL);
+    sim.disconnect("rec-3");
+    let claims = vec![ClaimedRole {
+        group: "recorders".into(),
+        role: Role::Secondary,
+        epoch: 40,
+    }];
+    sim.connect_claiming("rec-3", claims);
+    assert_eq!(sim.primary("recorders"), (Some("rec-1".into()), 1));
+    assert!(!sim.event_kinds().contains(&EventKind::EpochRaised));
+    assert!(sim.event_kinds().contains(&EventKind::EpochClaimRefused));
+}
+
+#[test]
 fn a_flood_of_refused_epoch_claims_records_one_event_a_minute() {
     let mut sim = three_members();
     let refused = |sim: &Sim| {

@@ -283,11 +283,20 @@ fn private_dir(dir: &Path) -> std::io::Result<()> {
         .create(dir)?;
     let mode = std::fs::metadata(dir)?.permissions().mode();
     if mode & 0o077 != 0 {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & 0o700))?;
-        tracing::warn!(
-            dir = %dir.display(),
-            "the data directory was readable by other users: made it private (mode 700)"
-        );
+        match std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & 0o700)) {
+            Ok(()) => tracing::warn!(
+                dir = %dir.display(),
+                "the data directory was readable by other users: made it private (mode 700)"
+            ),
+            // Not ours to change (a volume's root owned by another user):
+            // run on, and say what to do about it.
+            Err(e) => tracing::warn!(
+                dir = %dir.display(),
+                error = %e,
+                "the data directory is readable by other users and cannot be made private: use a \
+                 subdirectory this user owns (it is created with mode 700)"
+            ),
+        }
     }
     Ok(())
 }

@@ -239,7 +239,10 @@ fn an_unreachable_coordinator_is_a_one_line_error() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("cannot reach the coordinator"), "{stderr}");
+    assert!(
+        stderr.contains("cannot connect to the coordinator"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -134,15 +134,23 @@ fn the_shipped_example_configurations_are_valid() {
         text.replace("= \"/", &format!("= \"{}/", root.path().display())),
     )
     .unwrap();
+    // The Kubernetes one names the TLS Secret's files: made here by
+    // `failoverctl pki init`, whose file names the manifests expect.
+    let pki = root.path().join("tls");
+    tests::tls::pki(&["init", &pki.display().to_string()]);
+    let text = std::fs::read_to_string(deploy.join("kubernetes/coordinator.toml")).unwrap();
+    let kubernetes = root.path().join("kubernetes.toml");
+    std::fs::write(
+        &kubernetes,
+        text.replace("/etc/failover/tls/", &format!("{}/", pki.display())),
+    )
+    .unwrap();
     for (binary, file) in [
         (
             "failover-coordinator",
             deploy.join("coordinator.example.toml"),
         ),
-        (
-            "failover-coordinator",
-            deploy.join("kubernetes/coordinator.toml"),
-        ),
+        ("failover-coordinator", kubernetes),
         ("failover-agent", agent_example),
     ] {
         let file = file.display().to_string();
@@ -257,6 +265,61 @@ fn the_agent_installer_refuses_another_nodes_config_unless_forced() {
         std::fs::read_to_string(root.path().join("etc/failover/agent.toml.bak")).unwrap(),
         before
     );
+}
+
+#[test]
+fn the_agent_installer_installs_certificates_and_keeps_them_on_a_rerun() {
+    let root = tempfile::tempdir().unwrap();
+    let pki = root.path().join("pki");
+    let pki_arg = pki.display().to_string();
+    tests::tls::pki(&["init", &pki_arg]);
+    tests::tls::pki(&["issue", &pki_arg, "--node", "rec-7"]);
+    tests::tls::pki(&["issue", &pki_arg, "--node", "rec-8"]);
+    let target = root.path().join("target");
+    let flags = |node: &str| -> Vec<String> {
+        vec![
+            "--node-id".into(),
+            "rec-7".into(),
+            "--coordinator".into(),
+            "https://127.0.0.1:7400".into(),
+            "--tls-ca".into(),
+            pki.join("ca.pem").display().to_string(),
+            "--tls-cert".into(),
+            pki.join(format!("node-{node}.pem")).display().to_string(),
+            "--tls-key".into(),
+            pki.join(format!("node-{node}-key.pem"))
+                .display()
+                .to_string(),
+        ]
+    };
+    let run = |node: &str| {
+        let args = flags(node);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        install(&target, &args)
+    };
+    let out = run("rec-7");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config = std::fs::read_to_string(target.join("etc/failover/agent.toml")).unwrap();
+    assert!(
+        config.contains("[tls]") && config.contains("/etc/failover/tls/node.pem"),
+        "{config}"
+    );
+    let key = target.join("etc/failover/tls/node-key.pem");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // The same command again is fine; another node's certificate is not
+    // (that one would also be refused by the check: it names rec-8).
+    assert!(run("rec-7").status.success());
+    let other = run("rec-8");
+    assert_eq!(other.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&other.stderr).contains("--force"));
 }
 
 #[test]

@@ -212,6 +212,32 @@ fn tokens_authenticate_operators_and_bad_tokens_are_refused() {
             .then_some(())
     });
     assert_eq!(c.ctl_as(&tina, &["group", "list"]).status.code(), Some(1));
+
+    // A watch by a token that is then revoked ends at the next event.
+    let mut watch = c
+        .ctl_command_as(&uma)
+        .args(["events", "--follow"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Watching once its backlog (group_created, ...) is printed.
+    let mut first = String::new();
+    // Kept open to the end: a closed pipe would end the watch by itself.
+    let mut out = std::io::BufReader::new(watch.stdout.take().unwrap());
+    std::io::BufRead::read_line(&mut out, &mut first).unwrap();
+    assert!(!first.is_empty());
+    std::fs::write(&tokens, "").unwrap();
+    c.wait_until("the revoked token is refused", || {
+        (c.ctl_as(&uma, &["group", "list"]).status.code() == Some(1)).then_some(())
+    });
+    c.ctl_ok(&["group", "member", "drain", "g", "n2"]);
+    let status = c.wait_until("the watch ends", || watch.try_wait().unwrap());
+    assert_eq!(status.code(), Some(1));
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(watch.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.contains("revoked"), "{stderr}");
+    drop(out);
 }
 
 #[test]
@@ -461,4 +487,137 @@ fn plaintext_beyond_loopback_is_refused_unless_chosen_in_the_config() {
         "{}",
         String::from_utf8_lossy(&chosen.stderr)
     );
+}
+
+#[test]
+fn rotating_the_coordinator_certificate_keeps_its_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    let pki_arg = pki.display().to_string();
+    tests::tls::pki(&["init", &pki_arg, "--san", "coordinator.example.com"]);
+    tests::tls::pki(&[
+        "issue",
+        &pki_arg,
+        "--coordinator-cert",
+        "--san",
+        "127.0.0.5",
+    ]);
+    let names =
+        proto::identity::server_names(&pem_certificate(&pki.join("coordinator.pem")).unwrap());
+    for name in [
+        "localhost",
+        "127.0.0.1",
+        "coordinator.example.com",
+        "127.0.0.5",
+    ] {
+        assert!(names.iter().any(|n| n == name), "{name} dropped: {names:?}");
+    }
+}
+
+#[test]
+fn check_config_refuses_certificates_that_could_never_work() {
+    let c = Cluster::start_secure(&[]);
+    let pki = pki(&c);
+    let (n1_cert, n1_key) = pki.node("n1");
+    let (_, n2_key) = pki.node("n2");
+    let (op_cert, op_key) = pki.operator("olga", "operator");
+    let agent = |cert: &std::path::Path, key: &std::path::Path, url: &str| {
+        Command::new(bin("failover-agent"))
+            .args(["--node-id", "n1", "--coordinator", url, "--tls-ca"])
+            .arg(pki.ca())
+            .arg("--tls-cert")
+            .arg(cert)
+            .arg("--tls-key")
+            .arg(key)
+            .arg("--check-config")
+            .output()
+            .unwrap()
+    };
+    let url = c.url();
+    for (cert, key, coordinator, expect) in [
+        (&n1_cert, &n2_key, url.as_str(), "is not the key of"),
+        (&op_cert, &op_key, url.as_str(), "names operator olga"),
+        (
+            &n1_cert,
+            &n1_key,
+            "http://127.0.0.1:1",
+            "no coordinator URL is https://",
+        ),
+    ] {
+        let out = agent(cert, key, coordinator);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{expect}: {stderr}");
+        assert!(stderr.contains(expect), "{expect}: {stderr}");
+    }
+    assert!(agent(&n1_cert, &n1_key, &url).status.success());
+
+    // The coordinator checks the files its configuration names.
+    let config = c.path("bad.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+            n1_cert.display(),
+            n2_key.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(bin("failover-coordinator"))
+        .arg("--config")
+        .arg(&config)
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("[tls]"));
+    // A misspelt key is named.
+    std::fs::write(&config, "[tls]\nca = \"x\"\ncert = \"y\"\nkey = \"z\"\n").unwrap();
+    let out = Command::new(bin("failover-coordinator"))
+        .arg("--config")
+        .arg(&config)
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown field `ca`"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_credential_that_names_no_operator_is_refused_with_the_reason() {
+    let c = secure_pair();
+    let (cert, key) = pki(&c).node("n1");
+    let out = c.ctl_as(
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+        &["group", "list"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stderr.contains("names node n1"), "{}", out.stderr);
+    // An agent presenting an operator's certificate is turned away at
+    // once, and says so.
+    let mut c = c;
+    let config = c.agent_config("n3", "");
+    let (op_cert, op_key) = pki(&c).operator("olga", "operator");
+    let (n3_cert, n3_key) = pki(&c).node("n3");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace(
+            &n3_cert.display().to_string(),
+            &op_cert.display().to_string(),
+        )
+        .replace(&n3_key.display().to_string(), &op_key.display().to_string());
+    std::fs::write(&config, text).unwrap();
+    c.start_agent_with("n3", &config);
+    c.wait_until("the agent says it was refused", || {
+        let log = c.agent("n3").log_text();
+        (log.contains("refused by the coordinator") && log.contains("not a node")).then_some(())
+    });
 }
