@@ -73,6 +73,9 @@ config="$root/etc/failover/agent.toml"
 state_dir="/var/lib/failover-agent"
 tls_dir="/etc/failover/tls"
 
+# $1 made safe as the replacement of a sed s||| command.
+sed_escape() { printf '%s' "$1" | sed -e 's/[\\&|]/\\&/g'; }
+
 # The value of `key = "..."` in a TOML file (first match), or nothing.
 toml_value() {
   sed -n "s/^[[:space:]]*$1[[:space:]]*=[[:space:]]*[\"']\([^\"']*\)[\"'].*/\1/p" "$2" | head -n 1
@@ -98,6 +101,7 @@ if [ -f "$config" ]; then
     fi
     # The same certificates again are fine; different ones need --force.
     same=1
+    if [ -n "$tls_ca$tls_cert" ] && ! grep -q '^[[:space:]]*\[tls\]' "$config"; then same=0; fi
     if [ -n "$tls_ca" ] && ! cmp -s "$tls_ca" "$root$tls_dir/ca.pem"; then same=0; fi
     if [ -n "$tls_cert" ] && ! cmp -s "$tls_cert" "$root$tls_dir/node.pem"; then same=0; fi
     if [ -n "$tls_key" ] && ! cmp -s "$tls_key" "$root$tls_dir/node-key.pem"; then same=0; fi
@@ -143,13 +147,19 @@ if [ "$keep" = 0 ]; then
   check_hook="$root$hook"
   [ -z "$hook" ] || [ -e "$check_hook" ] || check_hook="$here/on-role-change.example.sh"
   mkdir -p "$work/state"
-  sed -e "s|^state_dir = .*|state_dir = \"$work/state\"|" \
-      -e "s|^on_role_change = .*|on_role_change = \"$check_hook\"|" \
-      -e "s|^ca = .*|ca = \"$tls_ca\"|" \
-      -e "s|^cert = .*|cert = \"$tls_cert\"|" \
-      -e "s|^key = .*|key = \"$tls_key\"|" "$new_config" > "$work/check.toml"
+  sed -e "s|^state_dir = .*|state_dir = \"$(sed_escape "$work/state")\"|" \
+      -e "s|^on_role_change = .*|on_role_change = \"$(sed_escape "$check_hook")\"|" \
+      -e "s|^ca = .*|ca = \"$(sed_escape "$tls_ca")\"|" \
+      -e "s|^cert = .*|cert = \"$(sed_escape "$tls_cert")\"|" \
+      -e "s|^key = .*|key = \"$(sed_escape "$tls_key")\"|" "$new_config" > "$work/check.toml"
   if ! "$binary" --config "$work/check.toml" --check-config > /dev/null; then
     echo "error: the new configuration was refused; nothing was changed" >&2
+    exit 1
+  fi
+elif [ -z "$root" ]; then
+  # The kept configuration must still suit the new binary.
+  if ! "$binary" --config "$config" --check-config > /dev/null; then
+    echo "error: the new agent refuses the existing $config (see above): fix it or run with --force; nothing was changed" >&2
     exit 1
   fi
 fi
@@ -189,8 +199,13 @@ install -m 0644 "$here/systemd/failover-agent.service" "$root/etc/systemd/system
 
 if [ -z "$root" ]; then
   systemctl daemon-reload
-  systemctl enable --now failover-agent
-  echo "failover-agent installed and started; logs: journalctl -u failover-agent -f"
+  if systemctl is-active --quiet failover-agent; then
+    systemctl enable failover-agent
+    echo "failover-agent installed; the running agent keeps the old binary and configuration until you run: systemctl restart failover-agent (a primary steps down then, unless its group has a shutdown_grace)"
+  else
+    systemctl enable --now failover-agent
+    echo "failover-agent installed and started; logs: journalctl -u failover-agent -f"
+  fi
 else
   echo "failover-agent installed under $root"
 fi

@@ -27,7 +27,7 @@ pub struct Agent {
     config: AgentConfig,
     identity: Identity,
     /// The instance that stopped cleanly before this one, named in every
-    /// Hello (see `identity::take_previous_instance`).
+    /// Hello (see `identity::read_previous_instance`).
     previous_instance: Option<String>,
     link: Link,
     driver: Driver,
@@ -54,7 +54,7 @@ impl Agent {
             )
         })?;
         let previous_instance =
-            identity::take_previous_instance(&config.state_dir, &config.node_id);
+            identity::read_previous_instance(&config.state_dir, &config.node_id);
         Ok(Agent {
             link: Link::new(
                 config.coordinators.clone(),
@@ -157,19 +157,17 @@ impl Agent {
         }
         self.driver.cancel_hooks();
         self.deliver_reports();
-        // Only a process the coordinator accepted can have held a role; one
-        // that never got in (a refused duplicate) passes on the proof it
-        // found, so it never overwrites the real agent's.
-        let proof = if self.link.was_welcomed() {
-            Some(self.identity.instance.clone())
+        // Only a process the coordinator accepted can have held a role, so
+        // only it replaces the proof; one that never got in (a refused
+        // duplicate, a start cut short) leaves the file as it found it.
+        let left = if self.link.was_welcomed() {
+            identity::leave_instance(
+                &self.config.state_dir,
+                &self.config.node_id,
+                &self.identity.instance,
+            )
         } else {
-            self.previous_instance.clone()
-        };
-        let left = match proof {
-            Some(instance) => {
-                identity::leave_instance(&self.config.state_dir, &self.config.node_id, &instance)
-            }
-            None => Ok(()),
+            Ok(())
         };
         if let Err(e) = left {
             tracing::warn!(error = %e, "cannot leave this agent's instance id for the next one: a restart within a group's shutdown grace will count as a new agent");

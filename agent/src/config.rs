@@ -223,10 +223,12 @@ impl AgentConfig {
             bail!("tls.cert and tls.key go together: give both or neither");
         }
         let any_tls = tls.ca.is_some() || tls.cert.is_some();
-        if any_tls && !coordinators.iter().any(|u| u.starts_with("https://")) {
+        if let Some(plain) = coordinators.iter().find(|u| !u.starts_with("https://"))
+            && any_tls
+        {
             bail!(
-                "[tls] is set but no coordinator URL is https://: the certificates would never be \
-                 used (write the coordinator as https://HOST:PORT)"
+                "[tls] is set but coordinator {plain} is not https://: every coordinator URL must \
+                 be https:// (a plaintext one would carry this node's identity in the clear)"
             );
         }
         for url in &coordinators {

@@ -17,8 +17,8 @@ use anyhow::{Context, bail};
 /// File, in the state directory, that keeps the installation UUID.
 pub const NODE_UUID_FILE: &str = "node-uuid";
 /// File, in the state directory, where an agent that stops cleanly leaves
-/// its instance id for the next one of the same node id (read once, then
-/// removed): `previous-instance.<node id>`.
+/// its instance id for the next one of the same node id:
+/// `previous-instance.<node id>`.
 pub const PREVIOUS_INSTANCE_FILE: &str = "previous-instance";
 
 fn previous_instance_file(state_dir: &Path, node: &str) -> PathBuf {
@@ -51,13 +51,14 @@ impl Identity {
 }
 
 /// The instance id the last agent that stopped cleanly from `state_dir`
-/// left there, removed as it is read: proof for the coordinator that this
-/// process follows it (only a process that can read the state directory
-/// knows it). `None` if there is none or it is unreadable.
-pub fn take_previous_instance(state_dir: &Path, node: &str) -> Option<String> {
+/// left there: proof for the coordinator that this process follows it
+/// (only a process that can read the state directory knows it). The file
+/// stays until a process the coordinator accepted stops and replaces it,
+/// so a start that never got in (killed early, a refused duplicate) loses
+/// nothing. `None` if there is none or it is unreadable.
+pub fn read_previous_instance(state_dir: &Path, node: &str) -> Option<String> {
     let path = previous_instance_file(state_dir, node);
     let text = fs::read_to_string(&path).ok()?;
-    let _ = fs::remove_file(&path);
     let id = text.trim();
     let hex = |c: u8| c.is_ascii_digit() || (b'a'..=b'f').contains(&c);
     (id.len() == 32 && id.bytes().all(hex)).then(|| id.to_owned())
@@ -190,14 +191,18 @@ mod tests {
     }
 
     #[test]
-    fn the_previous_instance_is_read_once() {
+    fn the_previous_instance_stays_until_replaced() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(take_previous_instance(dir.path(), "n1"), None);
+        assert_eq!(read_previous_instance(dir.path(), "n1"), None);
         let id = Identity::load(dir.path()).unwrap().instance;
         leave_instance(dir.path(), "n1", &id).unwrap();
-        assert_eq!(take_previous_instance(dir.path(), "n2"), None);
-        assert_eq!(take_previous_instance(dir.path(), "n1"), Some(id));
-        assert_eq!(take_previous_instance(dir.path(), "n1"), None);
+        assert_eq!(read_previous_instance(dir.path(), "n2"), None);
+        assert_eq!(read_previous_instance(dir.path(), "n1"), Some(id.clone()));
+        // A start that never got in leaves it for the next one.
+        assert_eq!(read_previous_instance(dir.path(), "n1"), Some(id));
+        let next = Identity::load(dir.path()).unwrap().instance;
+        leave_instance(dir.path(), "n1", &next).unwrap();
+        assert_eq!(read_previous_instance(dir.path(), "n1"), Some(next));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 use std::sync::Arc;
 
 use crate::api::{Actor, Api, Credential};
-use crate::auth::{Access, Auth};
+use crate::auth::{Access, Auth, RESERVED_NAMES};
 use crate::convert::{Drain, Undrain, event_to_proto, group_to_proto, node_to_proto};
 use crate::engine::{AdminCommand, AdminError};
 use crate::error::{admin_status, api_status};
@@ -49,12 +49,12 @@ impl AdminApi {
             .and_then(|certs| certs.first().cloned())
         {
             match named_by(&cert) {
-                Ok(Some(Named::Operator { name, .. })) if name == crate::engine::COORDINATOR => {
-                    rejected.push(
-                        "your certificate names operator coordinator, a name reserved for the \
-                         coordinator's own actions"
-                            .to_owned(),
-                    );
+                Ok(Some(Named::Operator { name, .. }))
+                    if RESERVED_NAMES.contains(&name.as_str()) =>
+                {
+                    rejected.push(format!(
+                        "your certificate names operator {name}, a reserved name"
+                    ));
                 }
                 Ok(Some(Named::Operator { role, name })) => {
                     if let Some(access) = Access::parse(&role) {

@@ -58,6 +58,10 @@ impl fmt::Display for Access {
     }
 }
 
+/// Actor names events use for others than operators: no operator may
+/// have them.
+pub(crate) const RESERVED_NAMES: [&str; 2] = [crate::engine::COORDINATOR, "anonymous"];
+
 /// The bearer tokens operators may use, by the SHA-256 of the token.
 #[derive(Debug, Default)]
 pub(crate) struct Tokens {
@@ -95,6 +99,14 @@ impl Tokens {
             .with_context(|| format!("cannot read the token file {}", path.display()))?;
         let file: TokenFileText = toml::from_str(&text)
             .with_context(|| format!("the token file {} is invalid", path.display()))?;
+        // An empty file is far more often a write caught halfway than a
+        // wish to lock every operator out.
+        if file.token.is_empty() {
+            bail!(
+                "the token file {} holds no token (to turn tokens off, remove [auth] tokens)",
+                path.display()
+            );
+        }
         let mut tokens = Tokens::default();
         let mut names = std::collections::HashSet::new();
         for entry in file.token {
@@ -107,9 +119,9 @@ impl Tokens {
             }
             proto::names::validate_node_id(&entry.name)
                 .with_context(|| format!("token name {:?} in {}", entry.name, path.display()))?;
-            if entry.name == crate::engine::COORDINATOR {
+            if RESERVED_NAMES.contains(&entry.name.as_str()) {
                 bail!(
-                    "token name {} in {}: reserved for the coordinator's own actions in events",
+                    "token name {} in {}: reserved (events use it for other actors)",
                     entry.name,
                     path.display()
                 );
@@ -245,5 +257,12 @@ mod tests {
         )
         .unwrap();
         assert!(Tokens::load(&path).is_err());
+        for bad in [
+            String::new(),
+            format!("[[token]]\nname = \"coordinator\"\nrole = \"admin\"\nsha256 = \"{digest}\"\n"),
+        ] {
+            std::fs::write(&path, bad).unwrap();
+            assert!(Tokens::load(&path).is_err());
+        }
     }
 }

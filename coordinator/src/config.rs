@@ -263,17 +263,23 @@ impl Config {
         self.defaults
             .validate()
             .context("invalid [defaults] in the configuration")?;
-        // Plaintext beyond this machine only on purpose.
-        if self.tls.is_none() {
-            for addr in [self.listen, self.http_listen] {
-                if !addr.ip().is_loopback() {
-                    bail!(
-                        "refusing to serve plaintext on {addr}: configure TLS ([tls] cert, key, \
-                         client_ca, or --tls-cert/--tls-key/--tls-client-ca), or set tls = \"off\" \
-                         in the config to serve plaintext on purpose"
-                    );
-                }
-            }
+        // Beyond this machine, either protection (TLS with a client CA, so
+        // every agent proves its node) or the explicit choice of none.
+        let exposed = [self.listen, self.http_listen]
+            .into_iter()
+            .find(|addr| !addr.ip().is_loopback());
+        match (&self.tls, exposed) {
+            (None, Some(addr)) => bail!(
+                "refusing to serve plaintext on {addr}: configure TLS ([tls] cert, key, client_ca, \
+                 or --tls-cert/--tls-key/--tls-client-ca), or set tls = \"off\" in the config to \
+                 serve plaintext on purpose"
+            ),
+            (Some(Tls::Files(files)), Some(addr)) if files.client_ca.is_none() => bail!(
+                "refusing to serve on {addr} without a client CA: anyone could act as any node \
+                 (and as an admin without tokens); set [tls] client_ca (--tls-client-ca), or set \
+                 tls = \"off\" to run unprotected on purpose"
+            ),
+            _ => {}
         }
         Ok(())
     }

@@ -1,6 +1,6 @@
 //! Files the coordinator re-reads while it runs — TLS certificates and
 //! keys, the operators' token file — when they change on disk (their
-//! modification times are looked at every two seconds) and on SIGHUP. A
+//! inode, size and times are looked at every two seconds) and on SIGHUP. A
 //! file that does not load leaves the running version in place; whoever
 //! reloads logs why.
 
@@ -29,7 +29,7 @@ pub(crate) async fn watch(items: Vec<Arc<dyn Reload>>, shutdown: CancellationTok
         return;
     }
     let mut hup = signal(SignalKind::hangup()).ok();
-    let mut seen: Vec<Vec<Option<SystemTime>>> = items.iter().map(|i| stamps(i.as_ref())).collect();
+    let mut seen: Vec<Vec<Stamp>> = items.iter().map(|i| stamps(i.as_ref())).collect();
     let mut tick = tokio::time::interval(POLL);
     loop {
         let sighup = async {
@@ -42,8 +42,10 @@ pub(crate) async fn watch(items: Vec<Arc<dyn Reload>>, shutdown: CancellationTok
             _ = shutdown.cancelled() => return,
             _ = sighup => {
                 for (item, seen) in items.iter().zip(seen.iter_mut()) {
-                    item.reload("SIGHUP");
+                    // Looked at before reading, so a change that lands
+                    // meanwhile is seen at the next poll.
                     *seen = stamps(item.as_ref());
+                    item.reload("SIGHUP");
                 }
             }
             _ = tick.tick() => {
@@ -61,9 +63,24 @@ pub(crate) async fn watch(items: Vec<Arc<dyn Reload>>, shutdown: CancellationTok
     }
 }
 
-fn stamps(item: &dyn Reload) -> Vec<Option<SystemTime>> {
+/// What identifies a version of a file: a rename (a Secret's symlink
+/// swap), a copy that keeps the old modification time, or a rewrite in
+/// place all change at least one of these.
+type Stamp = Option<(u64, u64, SystemTime, i64, i64)>;
+
+fn stamps(item: &dyn Reload) -> Vec<Stamp> {
+    use std::os::unix::fs::MetadataExt;
     item.files()
         .iter()
-        .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .map(|p| {
+            let m = std::fs::metadata(p).ok()?;
+            Some((
+                m.ino(),
+                m.size(),
+                m.modified().ok()?,
+                m.ctime(),
+                m.ctime_nsec(),
+            ))
+        })
         .collect()
 }

@@ -120,6 +120,11 @@ async fn connect(cli: &Cli) -> anyhow::Result<Client> {
         }
         None => None,
     };
+    if token.is_some() && url.starts_with("http://") && !is_loopback_url(url) {
+        anyhow::bail!(
+            "refusing to send a bearer token over plaintext to {url}: use https:// (with --tls-ca)"
+        );
+    }
     // The whole of connecting — TCP, TLS, HTTP/2 — within the limit: a
     // listener that accepts and never answers must not hold the operator.
     let channel = tokio::time::timeout(
@@ -134,6 +139,22 @@ async fn connect(cli: &Cli) -> anyhow::Result<Client> {
     })?
     .with_context(|| format!("cannot connect to the coordinator at {url}"))?;
     Ok(AdminServiceClient::with_interceptor(channel, Bearer(token)))
+}
+
+/// Whether a URL's host is this machine (`localhost`, 127.0.0.0/8, ::1).
+fn is_loopback_url(url: &str) -> bool {
+    let Ok(uri) = url.parse::<tonic::codegen::http::Uri>() else {
+        return false;
+    };
+    let host = uri
+        .host()
+        .unwrap_or("")
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Adds `authorization: Bearer TOKEN` to every request, when there is one.

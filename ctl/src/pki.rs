@@ -17,6 +17,9 @@ use time::{Duration, OffsetDateTime};
 
 /// A CA lasts ten years; the coordinator's certificate as long as asked.
 const CA_DAYS: i64 = 3650;
+/// Actor names events use for others than operators.
+const RESERVED_NAMES: [&str; 2] = ["coordinator", "anonymous"];
+
 /// The coordinator's certificate: about two years, like public CAs allow.
 pub(crate) const COORDINATOR_DAYS: u32 = 825;
 /// Nodes' and operators' certificates: a year.
@@ -149,8 +152,8 @@ pub(crate) fn issue(dir: &Path, subject: &Subject, days: Option<u32>) -> anyhow:
         }
         Subject::Operator { name, role } => {
             proto::names::validate_node_id(name).context("operator name")?;
-            if name == "coordinator" {
-                bail!("operator name coordinator is reserved for the coordinator's own actions");
+            if RESERVED_NAMES.contains(&name.as_str()) {
+                bail!("operator name {name} is reserved: events use it for other actors");
             }
             (
                 format!("urn:failover:operator:{role}:{name}"),
@@ -185,8 +188,8 @@ pub(crate) fn issue(dir: &Path, subject: &Subject, days: Option<u32>) -> anyhow:
 /// token goes to `secret_file` (owner-only) if given, else to stdout.
 pub(crate) fn token(name: &str, role: &str, secret_file: Option<&Path>) -> anyhow::Result<()> {
     proto::names::validate_node_id(name).context("token name")?;
-    if name == "coordinator" {
-        bail!("token name coordinator is reserved for the coordinator's own actions");
+    if RESERVED_NAMES.contains(&name) {
+        bail!("token name {name} is reserved: events use it for other actors");
     }
     let mut secret = [0u8; 32];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
@@ -236,10 +239,13 @@ fn leaf(params: &mut CertificateParams, days: i64) {
 fn write(path: &Path, text: &str, secret: bool) -> anyhow::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut temporary = path.as_os_str().to_owned();
-    temporary.push(".tmp");
+    temporary.push(format!(".tmp-{}", std::process::id()));
     let temporary = std::path::PathBuf::from(temporary);
+    // A new file of our own, never one someone left (its owner and mode
+    // would survive the rename).
+    let _ = fs::remove_file(&temporary);
     let mut options = OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create_new(true);
     options.mode(if secret { 0o600 } else { 0o644 });
     let mut file = options
         .open(&temporary)

@@ -335,8 +335,6 @@ pub struct Recovered {
 
 pub struct Engine {
     config: EngineConfig,
-    /// When this engine started (epoch raises are a start-up matter).
-    started: Instant,
     leases: Leases,
     groups: BTreeMap<String, Group>,
     nodes: Nodes,
@@ -448,7 +446,6 @@ impl Engine {
             .collect();
         let mut engine = Engine {
             config,
-            started: now.mono,
             leases,
             groups: BTreeMap::new(),
             nodes: Nodes::new(),
@@ -658,11 +655,6 @@ pub(crate) const COORDINATOR: &str = "coordinator";
 /// two epochs per role change since the backup; anything further is a
 /// corrupt or hostile agent, and adopting it could run the epoch out.
 const MAX_EPOCH_CLAIM_AHEAD: u64 = 1 << 20;
-
-/// Epoch claims above the stored epoch are adopted only this long after
-/// the coordinator started (when a store restored from a backup shows),
-/// so no agent can keep raising epochs — and re-running hooks — later.
-const EPOCH_RAISE_WINDOW: Duration = Duration::from_secs(120);
 
 /// The shortest wait before a member whose promote hook failed is tried
 /// again, whatever `min_failover_interval` says.

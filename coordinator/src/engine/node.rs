@@ -2,7 +2,7 @@
 //! the agent instance behind it), its health per group, and the duplicate
 //! agents that tried to claim its id.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -35,6 +35,10 @@ pub(super) struct Node {
     /// Per group: when a refused epoch claim was last recorded, so a
     /// flood of claims makes one event a minute, not one per heartbeat.
     pub(super) refused_claims: HashMap<String, Instant>,
+    /// Groups whose epoch this node's claim raised in this coordinator's
+    /// run: each node may do that once per group (a store restored from a
+    /// backup), never again — so no member can keep re-running hooks.
+    pub(super) raised: HashSet<String>,
     /// When an `identity_refused` event was last recorded for this node.
     pub(super) identity_refused_at: Option<Instant>,
 }
@@ -87,6 +91,7 @@ impl Node {
             node_uuid: None,
             duplicate: None,
             refused_claims: HashMap::new(),
+            raised: HashSet::new(),
             identity_refused_at: None,
         }
     }

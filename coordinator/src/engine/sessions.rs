@@ -260,9 +260,12 @@ impl Engine {
             ));
             return;
         }
-        // A store restored from a backup shows at a start, when the agents
-        // come back with their epochs; later, no honest agent can be ahead.
-        let recovering = now.mono.saturating_duration_since(self.started) < EPOCH_RAISE_WINDOW;
+        // A store restored from a backup is caught up by each member's
+        // claim once; a member that is ahead again is not honest.
+        let recovering = self
+            .nodes
+            .get(node)
+            .is_some_and(|n| !n.raised.contains(&claim.group));
         self.with_group(&claim.group, now, out, |g, ctx| {
             let stored = g.epoch();
             // A record written before instances existed: the primary's
@@ -299,6 +302,9 @@ impl Engine {
             {
                 Some(raised) => {
                     g.last_raise = Some(now.mono);
+                    if let Some(n) = ctx.nodes.get_mut(node) {
+                        n.raised.insert(name.clone());
+                    }
                     g.raise_epoch(raised);
                     decide::sync_group(g, ctx);
                     ctx.event(NewEvent {
@@ -341,8 +347,8 @@ impl Engine {
                             } else {
                                 format!(
                                     "{node} claimed epoch {} in group {name}, above the stored \
-                                     {stored}, long after this coordinator started: refused (a \
-                                     corrupt or hostile agent)",
+                                     {stored}, after its claim had already raised it once: \
+                                     refused (a corrupt or hostile agent)",
                                     claim.epoch
                                 )
                             },

@@ -1541,19 +1541,29 @@ fn an_epoch_claim_far_above_the_stored_one_is_refused_and_never_wraps() {
 }
 
 #[test]
-fn epochs_are_raised_for_claims_only_soon_after_a_start() {
+fn a_member_raises_a_groups_epoch_at_most_once() {
     let mut sim = three_members();
-    sim.run_for(secs(121), &ALL);
+    let claim = |epoch| {
+        vec![ClaimedRole {
+            group: "recorders".into(),
+            role: Role::Secondary,
+            epoch,
+        }]
+    };
     sim.disconnect("rec-3");
-    let claims = vec![ClaimedRole {
-        group: "recorders".into(),
-        role: Role::Secondary,
-        epoch: 40,
-    }];
-    sim.connect_claiming("rec-3", claims);
-    assert_eq!(sim.primary("recorders"), (Some("rec-1".into()), 1));
-    assert!(!sim.event_kinds().contains(&EventKind::EpochRaised));
+    sim.connect_claiming("rec-3", claim(40));
+    assert_eq!(sim.primary("recorders"), (Some("rec-1".into()), 41));
+    // Long after, the same member is ahead again: refused, not adopted.
+    sim.run_for(secs(10), &ALL);
+    sim.heartbeat_claiming("rec-3", claim(90));
+    sim.run_for(secs(10), &ALL);
+    assert_eq!(sim.primary("recorders"), (Some("rec-1".into()), 41));
     assert!(sim.event_kinds().contains(&EventKind::EpochClaimRefused));
+    // Another member that is ahead (a store restored from a backup) still
+    // catches the group up.
+    sim.heartbeat_claiming("rec-2", claim(60));
+    sim.run_for(secs(5), &ALL);
+    assert_eq!(sim.primary("recorders"), (Some("rec-1".into()), 61));
 }
 
 #[test]

@@ -227,7 +227,10 @@ fn tokens_authenticate_operators_and_bad_tokens_are_refused() {
     let mut out = std::io::BufReader::new(watch.stdout.take().unwrap());
     std::io::BufRead::read_line(&mut out, &mut first).unwrap();
     assert!(!first.is_empty());
-    std::fs::write(&tokens, "").unwrap();
+    // A file holding another token only: uma's is revoked.
+    let other = tests::tls::pki(&["token", "--name", "vera", "--role", "viewer"]);
+    let other: Vec<&str> = other.lines().collect();
+    std::fs::write(&tokens, format!("{}\n", other[3..].join("\n"))).unwrap();
     c.wait_until("the revoked token is refused", || {
         (c.ctl_as(&uma, &["group", "list"]).status.code() == Some(1)).then_some(())
     });
@@ -487,6 +490,34 @@ fn plaintext_beyond_loopback_is_refused_unless_chosen_in_the_config() {
         "{}",
         String::from_utf8_lossy(&chosen.stderr)
     );
+    // TLS without a client CA would let anyone act as any node: refused
+    // beyond loopback too.
+    let pki = Pki::init(&dir.path().join("pki"));
+    let (cert, key) = pki.coordinator();
+    let no_ca = check(&format!(
+        "listen = \"0.0.0.0:7400\"\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+        cert.display(),
+        key.display()
+    ));
+    assert_eq!(no_ca.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&no_ca.stderr);
+    assert!(stderr.contains("client CA"), "{stderr}");
+    // failoverctl never sends a token in the clear to another machine (it
+    // refuses before connecting).
+    let token = dir.path().join("t.token");
+    std::fs::write(&token, "0123456789abcdef\n").unwrap();
+    let out = Command::new(bin("failoverctl"))
+        .args(["--coordinator", "http://10.255.255.1:7400", "--token-file"])
+        .arg(&token)
+        .args(["group", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("refusing to send a bearer token"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -537,12 +568,7 @@ fn check_config_refuses_certificates_that_could_never_work() {
     for (cert, key, coordinator, expect) in [
         (&n1_cert, &n2_key, url.as_str(), "is not the key of"),
         (&op_cert, &op_key, url.as_str(), "names operator olga"),
-        (
-            &n1_cert,
-            &n1_key,
-            "http://127.0.0.1:1",
-            "no coordinator URL is https://",
-        ),
+        (&n1_cert, &n1_key, "http://127.0.0.1:1", "is not https://"),
     ] {
         let out = agent(cert, key, coordinator);
         let stderr = String::from_utf8_lossy(&out.stderr);
