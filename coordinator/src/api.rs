@@ -9,9 +9,11 @@
 use std::fmt;
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use futures::Stream;
 use thiserror::Error;
+use tokio::sync::Semaphore;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
 
@@ -129,20 +131,41 @@ pub enum ApiError {
     /// An event watcher fell too far behind and missed events.
     #[error("this watcher fell behind and missed {missed} events; watch again")]
     Lagged { missed: u64 },
+    /// Too many event watches are open.
+    #[error(
+        "too many event watches are open ({max}, [limits] max_watchers); try again later, or \
+         close others"
+    )]
+    Busy { max: usize },
 }
 
 /// A stream of events as they are recorded.
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<EventRecord, ApiError>> + Send>>;
 
+/// Events read from the store at a time by a watch: what one watch holds
+/// at most, however long its backlog.
+const WATCH_PAGE: usize = 256;
+/// Events one answer (not a watch) holds at most, so no answer can exceed
+/// a client's message limit; the watch pages through any number.
+pub const MAX_EVENTS_PER_ANSWER: usize = 1000;
+
 /// The coordinator's API.
 #[derive(Clone)]
 pub struct Api {
     handle: Handle,
+    watchers: Arc<Semaphore>,
+    max_watchers: usize,
 }
 
 impl Api {
-    pub fn new(handle: Handle) -> Api {
-        Api { handle }
+    /// The API over `handle`, allowing `max_watchers` event watches at
+    /// once.
+    pub fn new(handle: Handle, max_watchers: usize) -> Api {
+        Api {
+            handle,
+            watchers: Arc::new(Semaphore::new(max_watchers)),
+            max_watchers,
+        }
     }
 
     /// Runs one operator's command.
@@ -212,8 +235,9 @@ impl Api {
         }
     }
 
-    /// The retained events, oldest first, optionally of one group, the most
-    /// recent `limit` (0 = all).
+    /// The retained events, oldest first, optionally of one group: the
+    /// most recent `limit`, and never more than [`MAX_EVENTS_PER_ANSWER`]
+    /// (0 = as many as that).
     pub async fn events(
         &self,
         actor: &Actor,
@@ -221,24 +245,74 @@ impl Api {
         limit: usize,
     ) -> Result<Vec<EventRecord>, ApiError> {
         actor.may(Access::Viewer, "events")?;
+        let limit = match limit {
+            0 => MAX_EVENTS_PER_ANSWER,
+            n => n.min(MAX_EVENTS_PER_ANSWER),
+        };
         Ok(self.handle.events(group, limit).await?)
     }
 
-    /// The retained events that match, then new ones as they are recorded.
-    /// A watcher that falls too far behind gets [`ApiError::Lagged`].
+    /// The retained events that match — the most recent `limit`, 0 = all —
+    /// then new ones as they are recorded. The backlog is read from the
+    /// store a page at a time as the client takes it, so a watch holds
+    /// little whatever its backlog or its pace. A watcher that falls too
+    /// far behind the new events gets [`ApiError::Lagged`]; more than
+    /// `max_watchers` at once get [`ApiError::Busy`].
     pub async fn watch_events(
         &self,
         actor: &Actor,
         group: Option<String>,
         limit: usize,
     ) -> Result<EventStream, ApiError> {
+        actor.may(Access::Viewer, "events")?;
+        let permit = self
+            .watchers
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ApiError::Busy {
+                max: self.max_watchers,
+            })?;
         // Subscribe before reading the backlog so nothing falls between.
         let live = self.handle.subscribe_events();
-        let backlog = self.events(actor, group.clone(), limit).await?;
-        let last_seq = backlog.last().map_or(0, |e| e.seq);
-        let backlog = tokio_stream::iter(backlog.into_iter().map(Ok));
+        let after = match limit {
+            0 => 0,
+            n => self
+                .handle
+                .events(group.clone(), n)
+                .await?
+                .first()
+                .map_or(0, |e| e.seq.saturating_sub(1)),
+        };
+        let handle = self.handle.clone();
+        let filter = group.clone();
+        // The backlog: pages until one comes back empty; remembers the last
+        // event it gave, so the live part starts after it.
+        let last = Arc::new(std::sync::atomic::AtomicU64::new(after));
+        let seen = last.clone();
+        let pages = futures::stream::unfold(Some(after), move |cursor| {
+            let handle = handle.clone();
+            let group = filter.clone();
+            let seen = seen.clone();
+            async move {
+                let after = cursor?;
+                match handle.events_after(group, after, WATCH_PAGE).await {
+                    Ok(page) if page.is_empty() => None,
+                    Ok(page) => {
+                        let next = page.last().map_or(after, |e| e.seq);
+                        seen.store(next, std::sync::atomic::Ordering::Relaxed);
+                        let page = page.into_iter().map(Ok).collect::<Vec<_>>();
+                        Some((futures::stream::iter(page), Some(next)))
+                    }
+                    Err(e) => Some((futures::stream::iter(vec![Err(e.into())]), None)),
+                }
+            }
+        });
+        let backlog = futures::StreamExt::flatten(pages);
         let live = BroadcastStream::new(live).filter_map(move |item| match item {
-            Ok(e) if e.seq > last_seq && group.as_ref().is_none_or(|g| *g == e.group) => {
+            Ok(e)
+                if e.seq > last.load(std::sync::atomic::Ordering::Relaxed)
+                    && group.as_ref().is_none_or(|g| *g == e.group) =>
+            {
                 Some(Ok(e))
             }
             Ok(_) => None,
@@ -246,7 +320,12 @@ impl Api {
                 Some(Err(ApiError::Lagged { missed }))
             }
         });
-        Ok(Box::pin(backlog.chain(live)))
+        // The permit goes with the stream: the watch counts until it ends.
+        let events = backlog.chain(live).map(move |item| {
+            let _held = &permit;
+            item
+        });
+        Ok(Box::pin(events))
     }
 }
 

@@ -74,6 +74,34 @@ pub struct Config {
     pub tls: Option<Tls>,
     pub auth: AuthConfig,
     pub log: LogConfig,
+    pub limits: LimitsConfig,
+}
+
+/// `[limits]`: how much of the coordinator any set of clients can hold.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Open gRPC connections (agents, operators) at most.
+    pub max_connections: usize,
+    /// Open HTTP connections (probes, metrics) at most.
+    pub max_http_connections: usize,
+    /// A connection the coordinator reads nothing from for this long is
+    /// closed (agents and failoverctl ping every 20 s).
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: std::time::Duration,
+    /// Event watches (`failoverctl events --follow`) open at once.
+    pub max_watchers: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_connections: 10_000,
+            max_http_connections: 256,
+            idle_timeout: std::time::Duration::from_secs(60),
+            max_watchers: 256,
+        }
+    }
 }
 
 /// TLS for both listeners: a table of files, or the explicit choice of
@@ -152,6 +180,7 @@ impl Default for Config {
             tls: None,
             auth: AuthConfig::default(),
             log: LogConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -241,6 +270,13 @@ impl Config {
             self.log.level
         ));
         text.push_str(&toml::to_string(&self.defaults).unwrap_or_default());
+        text.push_str(&format!(
+            "\n[limits]\nmax_connections = {}\nmax_http_connections = {}\nidle_timeout = \"{}\"\nmax_watchers = {}\n",
+            self.limits.max_connections,
+            self.limits.max_http_connections,
+            humantime::format_duration(self.limits.idle_timeout),
+            self.limits.max_watchers
+        ));
         text
     }
 
@@ -263,6 +299,34 @@ impl Config {
         self.defaults
             .validate()
             .context("invalid [defaults] in the configuration")?;
+        let limits = &self.limits;
+        if !(1..=1_000_000).contains(&limits.max_connections) {
+            bail!(
+                "[limits] max_connections must be between 1 and 1000000, got {}",
+                limits.max_connections
+            );
+        }
+        if !(1..=100_000).contains(&limits.max_http_connections) {
+            bail!(
+                "[limits] max_http_connections must be between 1 and 100000, got {}",
+                limits.max_http_connections
+            );
+        }
+        if !(1..=100_000).contains(&limits.max_watchers) {
+            bail!(
+                "[limits] max_watchers must be between 1 and 100000, got {}",
+                limits.max_watchers
+            );
+        }
+        // Clients ping every 20 s; a shorter idle timeout would cut them.
+        if !(std::time::Duration::from_secs(30)..=std::time::Duration::from_secs(86_400))
+            .contains(&limits.idle_timeout)
+        {
+            bail!(
+                "[limits] idle_timeout must be between 30s and 1day, got {}",
+                humantime::format_duration(limits.idle_timeout)
+            );
+        }
         // Beyond this machine, either protection (TLS with a client CA, so
         // every agent proves its node) or the explicit choice of none.
         let exposed = [self.listen, self.http_listen]

@@ -27,5 +27,6 @@ pub(crate) fn api_status(e: ApiError) -> Status {
         ApiError::Unauthenticated(m) => Status::unauthenticated(m),
         ApiError::Denied(m) => Status::permission_denied(m),
         ApiError::Lagged { .. } => Status::data_loss(e.to_string()),
+        ApiError::Busy { .. } => Status::resource_exhausted(e.to_string()),
     }
 }

@@ -9,6 +9,7 @@ mod admin;
 pub mod api;
 mod auth;
 pub mod config;
+mod connections;
 mod convert;
 pub mod engine;
 mod error;
@@ -33,7 +34,6 @@ use anyhow::Context;
 use proto::v1::admin_service_server::AdminServiceServer;
 use proto::v1::agent_service_server::AgentServiceServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -162,40 +162,48 @@ pub async fn run(
         .add_service(reflection)
         .add_service(AgentServiceServer::new(sessions))
         .add_service(AdminServiceServer::new(admin::AdminApi::new(
-            api::Api::new(handle),
+            api::Api::new(handle, config.limits.max_watchers),
             shutdown.clone(),
             auth,
         )));
     let readiness = http::Readiness::default();
     let routes = http::router(readiness.clone(), metrics);
+    let (grpc_bounds, http_bounds) = fit_descriptors(&config.limits);
+    let grpc_connections = connections::Connections::new("gRPC", grpc_bounds);
+    let http_connections = connections::Connections::new("HTTP", http_bounds);
     let stopped = shutdown.clone();
     let (grpc_task, http_task) = match &tls {
         Some(tls) => {
             let incoming = listener::tls_incoming(
                 grpc_listener,
+                grpc_connections,
                 tls.clone(),
                 listener::Kind::Grpc,
                 shutdown.clone(),
             );
             let grpc =
                 router.serve_with_incoming_shutdown(incoming, stopped.clone().cancelled_owned());
-            let https = listener::HttpsListener::new(http_listener, tls.clone(), shutdown.clone())?;
-            let http = axum::serve(https, routes).with_graceful_shutdown(stopped.cancelled_owned());
+            let https = listener::tls_incoming(
+                http_listener,
+                http_connections,
+                tls.clone(),
+                listener::Kind::Http,
+                shutdown.clone(),
+            );
             (
                 tokio::spawn(async move { grpc.await.map_err(anyhow::Error::from) }),
-                tokio::spawn(async move { http.await.map_err(anyhow::Error::from) }),
+                tokio::spawn(listener::serve_http(https, routes, stopped)),
             )
         }
         None => {
-            let grpc = router.serve_with_incoming_shutdown(
-                TcpListenerStream::new(grpc_listener),
-                stopped.clone().cancelled_owned(),
-            );
-            let http = axum::serve(http_listener, routes)
-                .with_graceful_shutdown(stopped.cancelled_owned());
+            let incoming =
+                listener::plain_incoming(grpc_listener, grpc_connections, shutdown.clone());
+            let grpc =
+                router.serve_with_incoming_shutdown(incoming, stopped.clone().cancelled_owned());
+            let http = listener::plain_incoming(http_listener, http_connections, shutdown.clone());
             (
                 tokio::spawn(async move { grpc.await.map_err(anyhow::Error::from) }),
-                tokio::spawn(async move { http.await.map_err(anyhow::Error::from) }),
+                tokio::spawn(listener::serve_http(http, routes, stopped)),
             )
         }
     };
@@ -259,6 +267,51 @@ pub fn check_files(config: &config::Config) -> Vec<String> {
         problems.push(format!("[auth] tokens: {e:#}"));
     }
     problems
+}
+
+/// File descriptors kept back from both listeners: the store, the log,
+/// reloads, and accepting one more connection to make room.
+const DESCRIPTOR_RESERVE: u64 = 64;
+
+/// The listeners' bounds from `[limits]`, with the gRPC cap lowered (and a
+/// warning) when the process may not open that many files. The soft limit
+/// on open files is raised to the hard one first.
+fn fit_descriptors(limits: &config::LimitsConfig) -> (connections::Bounds, connections::Bounds) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let allowed = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(_) => soft,
+        },
+        Ok((soft, _)) => soft,
+        Err(_) => u64::MAX,
+    };
+    // Probes get up to a quarter of what is left, agents and operators
+    // the rest.
+    let available = allowed.saturating_sub(DESCRIPTOR_RESERVE).max(2);
+    let http = (limits.max_http_connections as u64)
+        .min(available / 4)
+        .max(1);
+    let grpc = (limits.max_connections as u64)
+        .min(available.saturating_sub(http))
+        .max(1);
+    if grpc < limits.max_connections as u64 || http < limits.max_http_connections as u64 {
+        tracing::warn!(
+            open_files = allowed,
+            max_connections = grpc,
+            max_http_connections = http,
+            "this process may open only {allowed} files: at most {grpc} gRPC and {http} HTTP \
+             connections instead of [limits] max_connections = {} and max_http_connections = {} \
+             (raise the open-files limit, e.g. LimitNOFILE= in systemd)",
+            limits.max_connections,
+            limits.max_http_connections
+        );
+    }
+    let bounds = |max: u64| connections::Bounds {
+        max: usize::try_from(max).unwrap_or(usize::MAX),
+        idle: limits.idle_timeout,
+    };
+    (bounds(grpc), bounds(http))
 }
 
 /// Names this coordinator process in Welcome messages and logs.

@@ -1,53 +1,75 @@
-//! Accepting connections for the gRPC and HTTP servers. With TLS, each
-//! handshake runs in its own task with a time limit, so a client that
-//! sends garbage or nothing cannot hold up anyone else; only connections
-//! that completed a handshake reach the servers. Errors from `accept`
-//! (out of file descriptors, say) are logged and backed off, never spun on.
+//! Accepting connections for the gRPC and HTTP servers, with or without
+//! TLS. Every socket is admitted through the listener's [`Connections`]
+//! (a cap, first-bytes and idle timeouts); with TLS each handshake runs in
+//! its own task with a time limit, so a client that sends garbage or
+//! nothing holds up nobody else. Errors from `accept` (out of file
+//! descriptors, say) close the idlest connection, are logged and backed
+//! off, never spun on. HTTP requests must send their headers within
+//! [`HEADER_TIMEOUT`].
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::connections::{Connections, FIRST_BYTES_TIMEOUT, Tracked};
 use crate::limits::LogEvery;
 use crate::tls::TlsState;
 
-/// How long a client has to complete its TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshaken connections waiting for the server to take them.
+/// Ready connections waiting for the server to take them.
 const BACKLOG: usize = 128;
 /// The pause after `accept` fails before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-/// Failed handshakes are summed up in the log at most this often (anyone
-/// can cause them).
-const FAILURE_LOG_EVERY: Duration = Duration::from_secs(10);
+/// Lines anyone can cause (failed handshakes, accept errors) are summed up
+/// in the log at most this often.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+/// How long an HTTP client has to send a request's headers.
+pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long open HTTP connections get to finish at shutdown.
+const HTTP_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// Handshakes that failed since the last log line, and when to write one.
-struct Failures {
+/// A plaintext connection.
+pub(crate) type Plain = Tracked<TcpStream>;
+/// A TLS connection.
+pub(crate) type Secure = TlsStream<Tracked<TcpStream>>;
+
+/// Connections ready for a server.
+pub(crate) type Incoming<T> = ReceiverStream<Result<T, io::Error>>;
+
+/// Events counted since the last log line about them.
+struct Counted {
     count: std::sync::atomic::AtomicU64,
     log: LogEvery,
 }
 
-impl Failures {
-    fn record(&self, peer: SocketAddr, why: &str) {
+impl Counted {
+    fn new() -> Arc<Counted> {
+        Arc::new(Counted {
+            count: std::sync::atomic::AtomicU64::new(0),
+            log: LogEvery::new(LOG_EVERY),
+        })
+    }
+
+    /// Counts one; `Some(total)` when a line is due.
+    fn count(&self) -> Option<u64> {
         use std::sync::atomic::Ordering;
         let count = self.count.fetch_add(1, Ordering::Relaxed).saturating_add(1);
-        if self.log.due() {
+        self.log.due().then(|| {
             self.count.store(0, Ordering::Relaxed);
-            tracing::warn!(
-                %peer,
-                failed = count,
-                "TLS handshake failed: {why} ({count} failed since the last such line; a client \
-                 with another CA's or an expired certificate, a plaintext client, or a scan)"
-            );
-        }
+            count
+        })
     }
 }
 
@@ -58,111 +80,150 @@ pub(crate) enum Kind {
     Http,
 }
 
-/// TLS connections accepted on `listener`, as a stream for tonic.
-pub(crate) fn tls_incoming(
+/// Plaintext connections accepted on `listener`.
+pub(crate) fn plain_incoming(
     listener: TcpListener,
-    tls: Arc<TlsState>,
-    kind: Kind,
+    connections: Arc<Connections>,
     shutdown: CancellationToken,
-) -> ReceiverStream<Result<TlsStream<TcpStream>, io::Error>> {
-    let (tx, rx) = mpsc::channel(BACKLOG);
-    tokio::spawn(accept_loop(listener, tls, kind, shutdown, tx));
-    ReceiverStream::new(rx)
+) -> Incoming<Plain> {
+    incoming(listener, connections, shutdown, |tcp, _| async move {
+        Some(tcp)
+    })
 }
 
-async fn accept_loop(
+/// TLS connections accepted on `listener`, once their handshake is done.
+pub(crate) fn tls_incoming(
     listener: TcpListener,
+    connections: Arc<Connections>,
     tls: Arc<TlsState>,
     kind: Kind,
     shutdown: CancellationToken,
-    tx: mpsc::Sender<Result<TlsStream<TcpStream>, io::Error>>,
-) {
-    let failures = Arc::new(Failures {
-        count: std::sync::atomic::AtomicU64::new(0),
-        log: LogEvery::new(FAILURE_LOG_EVERY),
-    });
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                tracing::warn!(error = %e, ?kind, "cannot accept a connection; pausing");
-                tokio::time::sleep(ACCEPT_BACKOFF).await;
-                continue;
-            }
-        };
-        let _ = tcp.set_nodelay(true);
+) -> Incoming<Secure> {
+    let failures = Counted::new();
+    incoming(listener, connections, shutdown, move |tcp, peer| {
         let config = match kind {
             Kind::Grpc => tls.grpc(),
             Kind::Http => tls.http(),
         };
-        let tx = tx.clone();
         let failures = failures.clone();
-        tokio::spawn(async move {
-            match handshake(tcp, config).await {
-                Ok(stream) => {
-                    let _ = tx.send(Ok(stream)).await;
+        async move {
+            let handshake =
+                tokio::time::timeout(FIRST_BYTES_TIMEOUT, TlsAcceptor::from(config).accept(tcp));
+            let why = match handshake.await {
+                Ok(Ok(stream)) => return Some(stream),
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("no handshake within {FIRST_BYTES_TIMEOUT:?}"),
+            };
+            if let Some(failed) = failures.count() {
+                tracing::warn!(
+                    %peer,
+                    failed,
+                    "TLS handshake failed: {why} ({failed} failed since the last such line; a \
+                     client with another CA's or an expired certificate, a plaintext client, or a \
+                     scan)"
+                );
+            }
+            None
+        }
+    })
+}
+
+fn incoming<T, F, Fut>(
+    listener: TcpListener,
+    connections: Arc<Connections>,
+    shutdown: CancellationToken,
+    prepare: F,
+) -> Incoming<T>
+where
+    T: Send + 'static,
+    F: Fn(Plain, SocketAddr) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Option<T>> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(BACKLOG);
+    connections.sweep(shutdown.clone());
+    tokio::spawn(async move {
+        let errors = Counted::new();
+        loop {
+            let accepted = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                accepted = listener.accept() => accepted,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of descriptors: the idlest connection makes room
+                    // for the ones that matter (agents, operators, probes).
+                    let made_room = out_of_descriptors(&e) && connections.make_room();
+                    if let Some(failed) = errors.count() {
+                        tracing::warn!(
+                            error = %e,
+                            failed,
+                            open = connections.open(),
+                            made_room,
+                            "cannot accept connections ({failed} failures since the last such \
+                             line); pausing {ACCEPT_BACKOFF:?} each time"
+                        );
+                    }
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
                 }
-                Err(why) => failures.record(peer, &why),
+            };
+            let _ = tcp.set_nodelay(true);
+            let Some(tracked) = connections.admit(tcp) else {
+                continue;
+            };
+            let ready = prepare(tracked, peer);
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                if let Some(io) = ready.await {
+                    let _ = tx.send(Ok(io)).await;
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+fn out_of_descriptors(e: &io::Error) -> bool {
+    // EMFILE (24): this process; ENFILE (23): the whole system.
+    matches!(e.raw_os_error(), Some(23 | 24))
+}
+
+/// Serves `router` on the connections of `incoming` until `shutdown`:
+/// HTTP/1.1 and HTTP/2, headers within [`HEADER_TIMEOUT`].
+pub(crate) async fn serve_http<T>(
+    mut incoming: Incoming<T>,
+    router: axum::Router,
+    shutdown: CancellationToken,
+) where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    loop {
+        let io = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            next = incoming.next() => match next {
+                Some(Ok(io)) => io,
+                Some(Err(_)) => continue,
+                None => return,
+            },
+        };
+        let service = TowerToHyperService::new(router.clone());
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let mut builder = Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT);
+            let conn = builder.serve_connection(TokioIo::new(io), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(HTTP_SHUTDOWN_GRACE, conn).await;
+                }
             }
         });
-    }
-}
-
-async fn handshake(
-    tcp: TcpStream,
-    config: Arc<rustls::ServerConfig>,
-) -> Result<TlsStream<TcpStream>, String> {
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsAcceptor::from(config).accept(tcp)).await {
-        Ok(Ok(stream)) => Ok(stream),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("no handshake within {HANDSHAKE_TIMEOUT:?}")),
-    }
-}
-
-/// TLS connections for axum's server.
-pub(crate) struct HttpsListener {
-    incoming: ReceiverStream<Result<TlsStream<TcpStream>, io::Error>>,
-    local: SocketAddr,
-}
-
-impl HttpsListener {
-    pub(crate) fn new(
-        listener: TcpListener,
-        tls: Arc<TlsState>,
-        shutdown: CancellationToken,
-    ) -> io::Result<Self> {
-        let local = listener.local_addr()?;
-        Ok(HttpsListener {
-            incoming: tls_incoming(listener, tls, Kind::Http, shutdown),
-            local,
-        })
-    }
-}
-
-impl axum::serve::Listener for HttpsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        use tokio_stream::StreamExt;
-        loop {
-            match self.incoming.next().await {
-                Some(Ok(stream)) => {
-                    let peer = stream.get_ref().0.peer_addr().unwrap_or(self.local);
-                    return (stream, peer);
-                }
-                Some(Err(_)) => continue,
-                // The accept loop stopped (shutdown): accept nothing more.
-                None => std::future::pending().await,
-            }
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        Ok(self.local)
     }
 }

@@ -127,6 +127,19 @@ impl Handle {
             .await
             .unwrap_or_else(|e| Err(StoreError::Io(format!("the event read failed: {e}"))))
     }
+
+    /// A page of retained events after `after`, oldest first.
+    pub async fn events_after(
+        &self,
+        group: Option<String>,
+        after: u64,
+        max: usize,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.events_after(group.as_deref(), after, max))
+            .await
+            .unwrap_or_else(|e| Err(StoreError::Io(format!("the event read failed: {e}"))))
+    }
 }
 
 struct SessionOut {

@@ -218,7 +218,8 @@ pub(crate) struct EventsArgs {
     /// Keep printing new events as they happen.
     #[arg(short, long)]
     pub follow: bool,
-    /// Show at most this many of the most recent events (0 = all retained).
+    /// Show at most this many of the most recent events (0 = as many as
+    /// one answer holds, 1000; with --follow, every retained event).
     #[arg(long, default_value_t = 50)]
     pub limit: u32,
 }

@@ -50,6 +50,9 @@ pub fn install_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// How often clients ping a connection they hold open.
+pub const PING_INTERVAL: Duration = Duration::from_secs(20);
+
 /// An endpoint for `url` with `tls` applied when it is `https://`.
 pub fn endpoint(
     url: &str,
@@ -63,7 +66,13 @@ pub fn endpoint(
             reason: e.to_string(),
         })?
         .connect_timeout(connect_timeout)
-        .tcp_nodelay(true);
+        .tcp_nodelay(true)
+        // A coordinator closes connections it hears nothing on for its
+        // idle timeout (60 s by default); pings keep a quiet one (an event
+        // watch with no events) open, and find a dead one.
+        .http2_keep_alive_interval(PING_INTERVAL)
+        .keep_alive_timeout(PING_INTERVAL)
+        .keep_alive_while_idle(true);
     if !url.starts_with("https://") {
         return Ok(endpoint);
     }

@@ -14,8 +14,14 @@ pub const MAX_NAME_LEN: usize = 63;
 pub enum NameError {
     #[error("{kind} name is empty")]
     Empty { kind: &'static str },
-    #[error("{kind} name {name:?} is longer than {MAX_NAME_LEN} characters")]
-    TooLong { kind: &'static str, name: String },
+    /// `start` is the name's first characters only: a name can be
+    /// megabytes long, and errors are logged and sent back.
+    #[error("{kind} name {start:?}… is {len} bytes long, longer than {MAX_NAME_LEN} characters")]
+    TooLong {
+        kind: &'static str,
+        start: String,
+        len: usize,
+    },
     #[error(
         "{kind} name {name:?} is not allowed: use lowercase letters, digits and '-', \
          starting and ending with a letter or digit (like rec-1)"
@@ -40,7 +46,8 @@ fn validate(kind: &'static str, name: &str) -> Result<(), NameError> {
     if name.len() > MAX_NAME_LEN {
         return Err(NameError::TooLong {
             kind,
-            name: name.to_owned(),
+            start: name.chars().take(MAX_NAME_LEN).collect(),
+            len: name.len(),
         });
     }
     let allowed = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-';

@@ -223,6 +223,17 @@ impl Cluster {
         cluster
     }
 
+    /// A coordinator started with `--config FILE`, the file holding
+    /// `toml` (e.g. a `[limits]` table).
+    pub fn start_configured(toml: &str) -> Cluster {
+        let mut cluster = Cluster::prepare();
+        let config = cluster.path("coordinator.toml");
+        std::fs::write(&config, toml).expect("coordinator config");
+        cluster.coordinator_args = vec!["--config".to_owned(), config.display().to_string()];
+        cluster.start_coordinator();
+        cluster
+    }
+
     /// A coordinator with TLS on both listeners and client certificates
     /// from a CA made for this cluster (`failoverctl pki init`): agents
     /// present node certificates, and `ctl` acts as operator `root`

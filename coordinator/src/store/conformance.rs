@@ -104,6 +104,12 @@ fn a_batch_is_applied_whole_and_reads_back<T: Subject>() {
     assert_eq!(r.next_event_seq, 3);
     assert_eq!(store.events(Some("a"), 0).unwrap(), vec![event(1, "a")]);
     assert_eq!(seqs(&store.events(None, 1).unwrap()), [2]);
+    // Pages, oldest first, after a sequence number.
+    assert_eq!(seqs(&store.events_after(None, 0, 1).unwrap()), [1]);
+    assert_eq!(seqs(&store.events_after(None, 1, 10).unwrap()), [2]);
+    assert!(store.events_after(None, 2, 10).unwrap().is_empty());
+    assert!(store.events_after(Some("a"), 1, 10).unwrap().is_empty());
+    assert!(store.events_after(None, u64::MAX, 10).unwrap().is_empty());
 }
 
 /// The parent half: a child process commits and aborts at once; the

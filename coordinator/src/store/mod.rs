@@ -44,6 +44,15 @@ pub(crate) trait Store: Send + Sync {
     /// The retained events, oldest first, optionally of one group and
     /// limited to the most recent `limit` (0 = all).
     fn events(&self, group: Option<&str>, limit: usize) -> Result<Vec<EventRecord>, StoreError>;
+
+    /// A page of retained events, oldest first: those numbered above
+    /// `after`, optionally of one group, at most `max`.
+    fn events_after(
+        &self,
+        group: Option<&str>,
+        after: u64,
+        max: usize,
+    ) -> Result<Vec<EventRecord>, StoreError>;
 }
 
 #[derive(Debug, Error)]

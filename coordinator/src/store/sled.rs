@@ -238,6 +238,29 @@ impl Store for SledStore {
         events.reverse();
         Ok(events)
     }
+
+    fn events_after(
+        &self,
+        group: Option<&str>,
+        after: u64,
+        max: usize,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        let mut events = Vec::new();
+        let Some(first) = after.checked_add(1) else {
+            return Ok(events);
+        };
+        for item in self.db.range(key(EVENT, &first.to_be_bytes())..) {
+            let (key, value) = item?;
+            if !key.starts_with(EVENT) || events.len() >= max {
+                break;
+            }
+            let event: EventRecord = decode(&key, &value)?;
+            if group.is_none_or(|g| g == event.group) {
+                events.push(event);
+            }
+        }
+        Ok(events)
+    }
 }
 
 /// How long opening the store waits for another process's lock to go.

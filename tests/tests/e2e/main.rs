@@ -6,6 +6,7 @@
 mod availability;
 mod bad_input;
 mod failover;
+mod hardening;
 mod identity;
 mod operations;
 mod policies;

@@ -1,0 +1,307 @@
+//! The connections one listener keeps: at most a cap, none that sends
+//! nothing in its first seconds, none silent for the idle timeout; when
+//! the cap is reached (or the process runs out of file descriptors) the
+//! connection that has been silent longest makes room. Every accepted
+//! socket is wrapped in [`Tracked`], which notes when its client last sent
+//! anything and ends the connection when told to.
+
+use std::collections::HashMap;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use futures::task::AtomicWaker;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::limits::LogEvery;
+
+/// How long a new connection has to send its first bytes (a TLS
+/// ClientHello, the HTTP/2 preface, a request line).
+pub(crate) const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection silent for less than this is never closed to make room:
+/// live agents heartbeat far more often.
+const MIN_SILENCE_TO_EVICT: Duration = Duration::from_secs(5);
+/// How often the timeouts are checked.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// Lines about refused or closed connections (anyone can cause them) are
+/// written at most this often.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// The bounds of one listener.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Bounds {
+    /// Open connections at most.
+    pub(crate) max: usize,
+    /// A connection from which nothing was read for this long is closed.
+    pub(crate) idle: Duration,
+}
+
+/// The open connections of one listener.
+pub(crate) struct Connections {
+    /// "gRPC" or "HTTP", for the log.
+    name: &'static str,
+    bounds: Bounds,
+    started: Instant,
+    next_id: AtomicU64,
+    open: Mutex<HashMap<u64, Arc<Conn>>>,
+    refused: AtomicU64,
+    closed: AtomicU64,
+    refused_log: LogEvery,
+    closed_log: LogEvery,
+}
+
+/// What the registry knows of one connection.
+struct Conn {
+    /// Milliseconds since the registry started.
+    opened: u64,
+    /// When bytes were last read from the client, in the same unit; 0 if
+    /// never.
+    last_read: AtomicU64,
+    closing: AtomicBool,
+    reader: AtomicWaker,
+    writer: AtomicWaker,
+}
+
+impl Conn {
+    fn last_heard(&self) -> u64 {
+        self.last_read.load(Ordering::Relaxed).max(self.opened)
+    }
+
+    fn close(&self) {
+        self.closing.store(true, Ordering::Relaxed);
+        self.reader.wake();
+        self.writer.wake();
+    }
+}
+
+impl Connections {
+    pub(crate) fn new(name: &'static str, bounds: Bounds) -> Arc<Connections> {
+        Arc::new(Connections {
+            name,
+            bounds,
+            started: Instant::now(),
+            next_id: AtomicU64::new(1),
+            open: Mutex::new(HashMap::new()),
+            refused: AtomicU64::new(0),
+            closed: AtomicU64::new(0),
+            refused_log: LogEvery::new(LOG_EVERY),
+            closed_log: LogEvery::new(LOG_EVERY),
+        })
+    }
+
+    /// Closes connections past their timeouts every second until
+    /// `shutdown`.
+    pub(crate) fn sweep(self: &Arc<Self>, shutdown: CancellationToken) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(SWEEP_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = every.tick() => this.close_expired(),
+                }
+            }
+        });
+    }
+
+    /// The number of open connections.
+    pub(crate) fn open(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .saturating_add(1)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Conn>>> {
+        self.open.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn close_expired(&self) {
+        let now = self.now();
+        let first = millis(FIRST_BYTES_TIMEOUT);
+        let idle = millis(self.bounds.idle);
+        let mut closed = 0u64;
+        self.lock().retain(|_, conn| {
+            let never_spoke = conn.last_read.load(Ordering::Relaxed) == 0
+                && now.saturating_sub(conn.opened) >= first;
+            let silent = now.saturating_sub(conn.last_heard()) >= idle;
+            if never_spoke || silent {
+                conn.close();
+                closed = closed.saturating_add(1);
+                false
+            } else {
+                true
+            }
+        });
+        if closed > 0 {
+            let total = self.closed.fetch_add(closed, Ordering::Relaxed) + closed;
+            if self.closed_log.due() {
+                self.closed.store(0, Ordering::Relaxed);
+                tracing::info!(
+                    listener = self.name,
+                    closed = total,
+                    "closed {total} {} connections that sent nothing within {FIRST_BYTES_TIMEOUT:?} \
+                     of opening or for {:?} (since the last such line)",
+                    self.name,
+                    self.bounds.idle
+                );
+            }
+        }
+    }
+
+    /// Closes the connection silent longest, if it has been silent long
+    /// enough that it cannot be a live agent. Whether one was closed.
+    pub(crate) fn make_room(&self) -> bool {
+        let mut open = self.lock();
+        Self::evict_idlest(&mut open, self.now())
+    }
+
+    fn evict_idlest(open: &mut HashMap<u64, Arc<Conn>>, now: u64) -> bool {
+        let idlest = open
+            .iter()
+            .min_by_key(|(_, c)| c.last_heard())
+            .map(|(id, c)| (*id, c.last_heard()));
+        match idlest {
+            Some((id, heard)) if now.saturating_sub(heard) >= millis(MIN_SILENCE_TO_EVICT) => {
+                if let Some(conn) = open.remove(&id) {
+                    conn.close();
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Takes `tcp` in, making room if the listener is full; `None` (the
+    /// socket is dropped, so closed) when it is full of connections that
+    /// all spoke recently.
+    pub(crate) fn admit(self: &Arc<Self>, tcp: TcpStream) -> Option<Tracked<TcpStream>> {
+        let now = self.now();
+        let mut open = self.lock();
+        if open.len() >= self.bounds.max && !Self::evict_idlest(&mut open, now) {
+            drop(open);
+            let refused = self
+                .refused
+                .fetch_add(1, Ordering::Relaxed)
+                .saturating_add(1);
+            if self.refused_log.due() {
+                self.refused.store(0, Ordering::Relaxed);
+                tracing::warn!(
+                    listener = self.name,
+                    max = self.bounds.max,
+                    refused,
+                    "{} listener full ({} connections, all active): refused {refused} \
+                     connections since the last such line (raise [limits] or find the client)",
+                    self.name,
+                    self.bounds.max
+                );
+            }
+            return None;
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let conn = Arc::new(Conn {
+            opened: now,
+            last_read: AtomicU64::new(0),
+            closing: AtomicBool::new(false),
+            reader: AtomicWaker::new(),
+            writer: AtomicWaker::new(),
+        });
+        open.insert(id, conn.clone());
+        Some(Tracked {
+            inner: tcp,
+            conn,
+            id,
+            registry: self.clone(),
+        })
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A connection the registry watches: reads note the time, and once the
+/// registry closes it, reads see the end of the stream and writes fail,
+/// so the server drops it (and its socket).
+pub(crate) struct Tracked<S> {
+    inner: S,
+    conn: Arc<Conn>,
+    id: u64,
+    registry: Arc<Connections>,
+}
+
+impl<S> Drop for Tracked<S> {
+    fn drop(&mut self) {
+        self.registry.lock().remove(&self.id);
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.conn.reader.register(cx.waker());
+        if self.conn.closing.load(Ordering::Relaxed) {
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            let now = self.registry.now();
+            self.conn.last_read.store(now, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.conn.writer.register(cx.waker());
+        if self.conn.closing.load(Ordering::Relaxed) {
+            return Poll::Ready(Err(closed()));
+        }
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.conn.writer.register(cx.waker());
+        if self.conn.closing.load(Ordering::Relaxed) {
+            return Poll::Ready(Err(closed()));
+        }
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+fn closed() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionAborted,
+        "closed by the coordinator (idle, or room was needed)",
+    )
+}
+
+impl tonic::transport::server::Connected for Tracked<TcpStream> {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
+    }
+}

@@ -1,0 +1,326 @@
+//! Bounded resources: connections that send nothing or dribble, event
+//! watches — none of them can lock out operators, probes or agents, and
+//! none makes a primary fence.
+
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tests::{Cluster, epoch};
+
+/// Whether the coordinator has ended `stream`: a read sees the end of the
+/// stream, an error, or (for HTTP) an answer to a request never finished.
+fn ended(stream: &mut TcpStream, answer_ends: bool) -> bool {
+    let mut buf = [0u8; 1024];
+    match stream.read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => answer_ends,
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => false,
+        Err(_) => true,
+    }
+}
+
+fn connect_many(addr: SocketAddr, count: usize) -> Vec<TcpStream> {
+    (0..count)
+        .filter_map(|_| TcpStream::connect(addr).ok())
+        .inspect(|s| {
+            s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        })
+        .collect()
+}
+
+/// Waits until the coordinator has ended every one of `streams`.
+fn wait_all_ended(c: &Cluster, streams: Vec<TcpStream>, answer_ends: bool, what: &str) {
+    let mut open = streams;
+    c.wait_until(what, || {
+        open.retain_mut(|s| !ended(s, answer_ends));
+        open.is_empty().then_some(())
+    });
+}
+
+/// A group of two with n1 primary, for checking that abuse moves nothing.
+fn group_of_two(c: &mut Cluster) -> u64 {
+    c.start_agent("n1");
+    c.start_agent("n2");
+    c.wait_nodes(&["n1", "n2"]);
+    c.add_group("g", &["n1", "n2"]);
+    epoch(&c.wait_primary("g", "n1"))
+}
+
+fn assert_undisturbed(c: &Cluster, before: u64) {
+    let g = c.group("g");
+    assert_eq!(g["primary"], "n1", "the primary moved: {g}");
+    assert_eq!(epoch(&g), before, "the epoch moved: {g}");
+    assert!(
+        !c.hooks().iter().any(|h| h.role == "fenced"),
+        "a primary fenced: {:?}",
+        c.hooks()
+    );
+}
+
+#[test]
+fn silent_connections_are_closed_and_never_lock_out_operators_or_agents() {
+    let mut c = Cluster::start_configured("[limits]\nmax_connections = 40\n");
+    let before = group_of_two(&mut c);
+    // Three times the cap in connections that never send a byte.
+    let silent = connect_many(c.grpc, 120);
+    // Operators get in: the silent connections make room for them.
+    c.wait_until("failoverctl gets in past the silent connections", || {
+        c.ctl(&["group", "list"]).status.success().then_some(())
+    });
+    // Every silent connection is closed within the first-bytes timeout.
+    wait_all_ended(&c, silent, false, "every silent connection is closed");
+    assert!(
+        c.logs().contains("connections that sent nothing"),
+        "no log line about the closed connections{}",
+        c.logs()
+    );
+    assert_undisturbed(&c, before);
+}
+
+#[test]
+fn slow_http_requests_are_cut_and_probes_still_answer() {
+    let mut c = Cluster::start_configured("[limits]\nmax_http_connections = 16\n");
+    let before = group_of_two(&mut c);
+    // Requests whose headers never end, more than the listener holds.
+    let mut partial = connect_many(c.http, 40);
+    for s in &mut partial {
+        let _ = s.write_all(b"GET /readyz HTTP/1.1\r\nHost: coordinator\r\n");
+    }
+    // One that dribbles a header byte every 200 ms, for up to 30 s.
+    let mut slow = TcpStream::connect(c.http).unwrap();
+    slow.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    slow.write_all(b"GET /readyz HTTP/1.1\r\nX-Slow: ").unwrap();
+    let dribbler = std::thread::spawn(move || {
+        for _ in 0..150 {
+            if slow.write_all(b"a").is_err() || ended(&mut slow, true) {
+                return true;
+            }
+        }
+        false
+    });
+    c.wait_until("the probe answers past the slow requests", || {
+        (c.http_get("/readyz").map(|(code, _)| code) == Some(200)).then_some(())
+    });
+    wait_all_ended(&c, partial, true, "every unfinished request is cut");
+    assert!(
+        dribbler.join().unwrap(),
+        "a request dribbling its headers was held for 30 s"
+    );
+    assert_undisturbed(&c, before);
+}
+
+#[test]
+fn event_watches_are_capped_and_page_through_any_backlog() {
+    let mut c = Cluster::start_configured("[limits]\nmax_watchers = 3\n");
+    group_of_two(&mut c);
+    // A backlog longer than one page of the store.
+    for i in 0..300 {
+        let delay = format!("{}s", 30 + i);
+        c.ctl_ok(&["group", "set", "g", "--failback-delay", &delay]);
+    }
+    let total = c
+        .ctl_json(&["events", "--limit", "0"])
+        .as_array()
+        .unwrap()
+        .len();
+    assert!(total > 300, "only {total} events");
+    let follow = || {
+        c.ctl_command()
+            .args(["events", "--follow", "--limit", "0", "-o", "json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut watchers: Vec<_> = (0..3).map(|_| follow()).collect();
+    for w in &mut watchers {
+        // Each one gets the whole backlog, in order, without a gap.
+        let lines = BufReader::new(w.stdout.as_mut().unwrap()).lines();
+        let seqs: Vec<u64> = lines
+            .take(total)
+            .map(|l| {
+                let event: serde_json::Value = serde_json::from_str(&l.unwrap()).unwrap();
+                event["seq"].as_u64().unwrap()
+            })
+            .collect();
+        assert_eq!(seqs.len(), total);
+        assert!(
+            seqs.windows(2).all(|p| p[1] == p[0] + 1),
+            "gaps or disorder in the backlog"
+        );
+    }
+    // A fourth is refused, saying why.
+    let refused = c.ctl(&["events", "--follow"]);
+    assert!(!refused.status.success());
+    assert!(
+        refused.stderr.contains("too many event watches"),
+        "{}",
+        refused.stderr
+    );
+    // Ending one makes room.
+    let mut first = watchers.remove(0);
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let fourth = c.wait_until("a watch is allowed again", || {
+        let mut w = follow();
+        let mut line = String::new();
+        let got = BufReader::new(w.stdout.as_mut().unwrap()).read_line(&mut line);
+        if matches!(got, Ok(n) if n > 0) {
+            Some(w)
+        } else {
+            let _ = w.kill();
+            let _ = w.wait();
+            None
+        }
+    });
+    for mut w in watchers.into_iter().chain(std::iter::once(fourth)) {
+        let _ = w.kill();
+        let _ = w.wait();
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn oversized_client_text_is_cut_at_the_edge() {
+    use proto::v1 as pb;
+    use tests::raw::{self, RawSession, claim};
+    let c = Cluster::start();
+    c.add_group("solo", &["n3"]);
+    let to = c.target("n3");
+    let huge = "x".repeat(1_000_000);
+    runtime().block_on(async {
+        // A node id of a megabyte is refused with a short answer.
+        let refused = RawSession::open(&to, raw::hello(&huge, vec![]))
+            .await
+            .err()
+            .expect("a megabyte node id was accepted");
+        assert!(
+            matches!(
+                refused.code(),
+                tonic::Code::InvalidArgument | tonic::Code::ResourceExhausted
+            ),
+            "{refused:?}"
+        );
+        assert!(
+            refused.message().len() < 1000,
+            "the refusal echoes {} bytes",
+            refused.message().len()
+        );
+        // A member that becomes primary, sends a check detail and a
+        // goodbye reason of a megabyte each.
+        let mut s = RawSession::open(&to, raw::hello("n3", vec![]))
+            .await
+            .expect("n3 accepted");
+        let mut epoch = 0;
+        for _ in 0..100 {
+            let claims = if epoch > 0 {
+                vec![claim("solo", pb::Role::Primary, epoch)]
+            } else {
+                vec![]
+            };
+            s.heartbeat(claims).await;
+            let deadline = tokio::time::sleep(Duration::from_millis(100));
+            tokio::pin!(deadline);
+            loop {
+                tokio::select! {
+                    _ = &mut deadline => break,
+                    m = s.inbound.message() => match m {
+                        Ok(Some(pb::CoordinatorMessage {
+                            kind: Some(pb::coordinator_message::Kind::Assignment(a)),
+                        })) => epoch = a.epoch,
+                        Ok(Some(_)) => {}
+                        _ => panic!("the session ended"),
+                    },
+                }
+            }
+            if epoch > 0 {
+                break;
+            }
+        }
+        assert!(epoch > 0, "n3 was never assigned the role");
+        s.send(pb::agent_message::Kind::Heartbeat(pb::Heartbeat {
+            seq: 1000,
+            checks: vec![pb::CheckStatus {
+                name: huge.clone(),
+                passing: true,
+                groups: vec![],
+                detail: huge.clone(),
+            }],
+            roles: vec![claim("solo", pb::Role::Primary, epoch)],
+        }))
+        .await;
+        s.send(pb::agent_message::Kind::Goodbye(pb::Goodbye {
+            reason: huge.clone(),
+        }))
+        .await;
+        s.drain(Duration::from_millis(500)).await;
+    });
+    let left = c.wait_until("the goodbye is recorded", || {
+        let events = c.ctl_json(&["events", "--group", "solo"]);
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["kind"] == "primary_left")
+            .cloned()
+    });
+    let text = left.to_string();
+    assert!(text.len() < 2000, "the event keeps {} bytes", text.len());
+    let nodes = c.ctl_ok(&["node", "list", "-o", "json"]);
+    assert!(
+        nodes.len() < 10_000,
+        "node list answers {} bytes",
+        nodes.len()
+    );
+    let log = c.logs();
+    assert!(
+        !log.lines().any(|l| l.len() > 10_000),
+        "a log line of more than 10 kB: {}",
+        log.lines()
+            .find(|l| l.len() > 10_000)
+            .map(|l| &l[..300])
+            .unwrap_or_default()
+    );
+}
+
+#[test]
+fn a_session_that_goes_silent_is_closed() {
+    use tests::raw::{self, RawSession};
+    let c = Cluster::start();
+    c.add_group("g", &["n5"]);
+    let to = c.target("n5");
+    let closed = runtime().block_on(async {
+        let mut s = RawSession::open(&to, raw::hello("n5", vec![]))
+            .await
+            .expect("accepted");
+        s.heartbeat(vec![]).await;
+        // Then nothing: the coordinator must end the stream by itself
+        // (after twice the longest lease, 2 s here).
+        tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                match s.inbound.message().await {
+                    Ok(Some(_)) => continue,
+                    _ => return,
+                }
+            }
+        })
+        .await
+        .is_ok()
+    });
+    assert!(closed, "a silent session was held open for 30 s");
+    let nodes = c.ctl_json(&["node", "list"]);
+    let n5 = nodes.as_array().unwrap().iter().find(|n| n["node"] == "n5");
+    assert!(
+        n5.is_none_or(|n| n["connected"] == false),
+        "n5 still listed as connected: {nodes}"
+    );
+}
