@@ -35,9 +35,9 @@ pub struct CheckConfig {
     pub tcp: Option<String>,
     /// An `http://` URL; a 2xx answer passes.
     pub http: Option<String>,
-    #[serde(with = "humantime_serde", default = "default_interval")]
+    #[serde(with = "proto::duration::serde", default = "default_interval")]
     pub interval: Duration,
-    #[serde(with = "humantime_serde", default = "default_timeout")]
+    #[serde(with = "proto::duration::serde", default = "default_timeout")]
     pub timeout: Duration,
     /// Good runs in a row before a failing check passes.
     #[serde(default = "default_count")]

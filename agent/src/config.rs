@@ -92,7 +92,7 @@ pub struct HooksConfig {
     /// Command run (through `sh -c`) on every role change.
     pub on_role_change: Option<String>,
     /// A hook still running after this long is killed and reported failed.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "proto::duration::serde")]
     pub timeout: Duration,
 }
 

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::hook_output::Capped;
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
@@ -115,15 +117,26 @@ pub async fn run(
     run
 }
 
-async fn log_lines(stream: impl AsyncRead + Unpin, group: String, epoch: u64, is_stderr: bool) {
-    let mut lines = BufReader::new(stream).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
+/// Copies one output stream of a hook to the log, bounded
+/// (`hook_output.rs`): the hook's output is read to its end either way, so
+/// it never blocks on a full pipe.
+async fn log_lines(mut stream: impl AsyncRead + Unpin, group: String, epoch: u64, is_stderr: bool) {
+    let log = |line: &str| {
         if is_stderr {
             tracing::warn!(%group, epoch, "hook: {line}");
         } else {
             tracing::info!(%group, epoch, "hook: {line}");
         }
+    };
+    let mut capped = Capped::default();
+    let mut buf = vec![0u8; 8192];
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => capped.push(&buf[..n]).iter().for_each(|l| log(l)),
+        }
     }
+    capped.finish().iter().for_each(|l| log(l));
 }
 
 #[cfg(test)]

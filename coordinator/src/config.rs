@@ -87,7 +87,7 @@ pub struct LimitsConfig {
     pub max_http_connections: usize,
     /// A connection the coordinator reads nothing from for this long is
     /// closed (agents and failoverctl ping every 20 s).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "proto::duration::serde")]
     pub idle_timeout: std::time::Duration,
     /// Event watches (`failoverctl events --follow`) open at once.
     pub max_watchers: usize,

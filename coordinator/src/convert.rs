@@ -10,7 +10,7 @@ use crate::model::{CheckStatus, EventRecord};
 use crate::policy::{policy_patch_from_proto, policy_to_proto};
 
 fn millis(d: Duration) -> u64 {
-    d.as_millis() as u64
+    proto::duration::to_ms(d)
 }
 
 pub(crate) fn to_proto(message: ToAgent) -> pb::CoordinatorMessage {

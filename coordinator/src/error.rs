@@ -13,6 +13,7 @@ pub(crate) fn admin_status(e: AdminError) -> Status {
         AdminError::AlreadyExists(m) => Status::already_exists(m),
         AdminError::FailedPrecondition(m) => Status::failed_precondition(m),
         AdminError::Aborted(m) => Status::aborted(m),
+        AdminError::Unavailable(m) => Status::unavailable(m),
     }
 }
 

@@ -118,6 +118,7 @@ pub async fn run(
     let recovered = store.load()?;
     let fence = store.fence()?;
     let groups = recovered.groups.len();
+    let durable = engine::Durable::of(&recovered);
     let engine = Engine::new(
         EngineConfig {
             coordinator_id: coordinator_id(),
@@ -137,7 +138,7 @@ pub async fn run(
     let http_addr = http_listener.local_addr()?;
 
     let metrics = metrics::Metrics::new();
-    let (runtime, handle) = Runtime::new(engine, store, fence, metrics.clone());
+    let (runtime, handle) = Runtime::new(engine, durable, store, fence, metrics.clone());
     // The runtime stops last: open sessions still need it to close.
     let runtime_stop = CancellationToken::new();
     let runtime_task = tokio::spawn(runtime.run(runtime_stop.clone()));

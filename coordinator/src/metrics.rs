@@ -31,6 +31,9 @@ pub(crate) struct EventLabels {
 pub(crate) struct Metrics {
     registry: Registry,
     pub sessions: Gauge,
+    /// 1 while the store takes writes, 0 while a write failed and it is
+    /// being opened again.
+    pub store_writable: Gauge,
     pub heartbeats: Counter,
     pub promotions: Counter,
     pub events: Family<EventLabels, Counter>,
@@ -52,6 +55,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix("failover");
         let m = Metrics {
             sessions: Gauge::default(),
+            store_writable: Gauge::default(),
             heartbeats: Counter::default(),
             promotions: Counter::default(),
             events: Family::default(),
@@ -65,6 +69,12 @@ impl Metrics {
             registry: Registry::default(),
         };
         registry.register("agent_sessions", "Open agent sessions", m.sessions.clone());
+        m.store_writable.set(1);
+        registry.register(
+            "store_writable",
+            "1 while the store takes writes; 0 while changes are refused because a write failed",
+            m.store_writable.clone(),
+        );
         registry.register("heartbeats", "Heartbeats received", m.heartbeats.clone());
         registry.register(
             "promotions",

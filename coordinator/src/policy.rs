@@ -97,26 +97,26 @@ impl From<TimeWindow> for String {
 #[serde(deny_unknown_fields, default)]
 pub struct Policy {
     /// How often agents report. An agent uses the smallest among its groups.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "proto::duration::serde")]
     pub heartbeat_interval: Duration,
     /// Keep-alive: how long a primary may be silent before it is replaced;
     /// also the length of its lease.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "proto::duration::serde")]
     pub failover_timeout: Duration,
     /// A session that sent no Hello within this long is closed.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "proto::duration::serde")]
     pub connect_timeout: Duration,
     /// A session that sent its Hello but no first heartbeat within this
     /// long is closed.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "proto::duration::serde")]
     pub startup_timeout: Duration,
     /// A primary whose agent said goodbye is waited for this long before
     /// it is replaced (0: at once; its agent steps down when it stops).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "proto::duration::serde")]
     pub shutdown_grace: Duration,
     /// A primary whose health checks fail (its service died) is replaced
     /// once they have failed for this long.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "proto::duration::serde")]
     pub abnormal_timeout: Duration,
     /// Off: a failed primary only raises an alarm; an operator moves the
     /// role (takeover/restore/promote).
@@ -124,13 +124,13 @@ pub struct Policy {
     pub failback: Failback,
     /// How long a member must have been healthy before the role goes back
     /// to it (failback), and before a member that failed is promoted again.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "proto::duration::serde")]
     pub failback_delay: Duration,
     /// Failback happens only inside this daily window (UTC), if set.
     pub failback_window: Option<TimeWindow>,
     /// The role does not move away from a live primary automatically (bad
     /// health, failback) more often than this.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "proto::duration::serde")]
     pub min_failover_interval: Duration,
     pub standby_mode: StandbyMode,
     pub fencing: Fencing,
@@ -360,7 +360,7 @@ pub(crate) fn policy_to_proto(p: &Policy) -> pb::Policy {
 
 /// A duration in whole milliseconds, as the wire carries it.
 fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+    proto::duration::to_ms(d)
 }
 
 #[cfg(test)]

@@ -22,9 +22,10 @@ use tonic::Status;
 
 use crate::convert::to_proto;
 use crate::engine::{
-    AdminCommand, AdminError, AdminResult, DuplicateRefusal, Effects, Engine, Input, Now, ReplyId,
-    SessionId, Write,
+    AdminCommand, AdminError, AdminResult, DuplicateRefusal, Durable, Effects, Engine, Input, Now,
+    ReplyId, SessionId, Write,
 };
+use crate::limits::LogEvery;
 use crate::metrics::{EventLabels, Metrics, secs};
 use crate::model::{EventKind, EventRecord};
 use crate::store::{Fence, Store, StoreError};
@@ -160,6 +161,12 @@ pub(crate) struct Runtime {
     next_reply: ReplyId,
     connect_timeout_ms: Arc<AtomicU64>,
     metrics: Arc<Metrics>,
+    /// What the store holds, as last committed: what the groups of a batch
+    /// that could not be written go back to.
+    durable: Durable,
+    /// Since when writes fail (wall-clock ms), and why.
+    unwritable: Option<(u64, String)>,
+    failure_log: LogEvery,
     /// See [`CRASH_POINT_VAR`].
     crash_after_promotion_commit: bool,
 }
@@ -167,6 +174,7 @@ pub(crate) struct Runtime {
 impl Runtime {
     pub(crate) fn new(
         engine: Engine,
+        durable: Durable,
         store: Arc<dyn Store>,
         fence: Fence,
         metrics: Arc<Metrics>,
@@ -193,6 +201,9 @@ impl Runtime {
             next_reply: 1,
             connect_timeout_ms,
             metrics,
+            durable,
+            unwritable: None,
+            failure_log: LogEvery::new(Duration::from_secs(10)),
             crash_after_promotion_commit: std::env::var(CRASH_POINT_VAR)
                 .is_ok_and(|v| v == "after-promotion-commit"),
         };
@@ -204,9 +215,10 @@ impl Runtime {
         (runtime, handle)
     }
 
-    /// Runs until `shutdown` is cancelled. An error means the store failed:
-    /// the in-memory state may be ahead of the disk, so the coordinator
-    /// must stop rather than tell anyone about it.
+    /// Runs until `shutdown` is cancelled. A batch the store cannot write
+    /// is not told (see [`Runtime::unwritten`]); an error means another
+    /// process took the store over (a newer fencing term), so this one must
+    /// stop.
     pub(crate) async fn run(mut self, shutdown: CancellationToken) -> Result<(), StoreError> {
         loop {
             let deadline = self.engine.next_deadline();
@@ -237,7 +249,7 @@ impl Runtime {
                 self.metrics.batch_inputs.observe(inputs as f64);
             }
             self.engine.tick(now, &mut out);
-            self.apply(out, now.mono).await?;
+            self.apply(out, now).await?;
             self.connect_timeout_ms.store(
                 self.engine.connect_timeout().as_millis() as u64,
                 Ordering::Relaxed,
@@ -295,27 +307,21 @@ impl Runtime {
         }
     }
 
-    /// Applies one batch's effects; `acted_at` is when the batch began.
-    async fn apply(&mut self, out: Effects, acted_at: Instant) -> Result<(), StoreError> {
-        let Effects {
-            writes,
-            sends,
-            closes,
-            refusals,
-            replies,
-            promotions,
-        } = out;
-        let writes = if writes.is_empty() {
-            writes
+    /// Applies one batch's effects; `now` is when the batch began.
+    async fn apply(&mut self, mut out: Effects, now: Now) -> Result<(), StoreError> {
+        let acted_at = now.mono;
+        let batch = std::mem::take(&mut out.writes);
+        let writes = if batch.is_empty() {
+            batch
         } else {
             let store = self.store.clone();
             let fence = self.fence;
             let committing = tokio::task::spawn_blocking(move || {
                 let started = Instant::now();
-                let result = store.commit(&writes, Some(fence));
-                (writes, result.map(|()| started.elapsed()))
+                let result = store.commit(&batch, Some(fence));
+                (batch, result.map(|()| started.elapsed()))
             });
-            let (writes, result) = match committing.await {
+            let (batch, result) = match committing.await {
                 Ok(done) => done,
                 // The commit panicked: nothing of this batch may be told.
                 Err(e) => (
@@ -323,26 +329,49 @@ impl Runtime {
                     Err(StoreError::Io(format!("the commit did not finish: {e}"))),
                 ),
             };
-            let result = result.map(|took| {
-                self.metrics.store_commits.inc();
-                self.metrics.store_commit.observe(secs(took));
-            });
-            if let Err(e) = result {
-                tracing::error!(error = %e, "store commit failed: stopping so that nothing uncommitted is ever announced");
-                for (id, _) in replies {
-                    if let Some(tx) = self.replies.remove(&id) {
-                        let _ = tx.send(Err(AdminError::Aborted(format!("store failure: {e}"))));
+            match result {
+                Ok(took) => {
+                    self.metrics.store_commits.inc();
+                    self.metrics.store_commit.observe(secs(took));
+                    self.durable.committed(&batch);
+                    if let Some((since_ms, why)) = self.unwritable.take() {
+                        self.metrics.store_writable.set(1);
+                        tracing::warn!(
+                            since_ms,
+                            "the store writes again (it could not since {since_ms} ms after the \
+                             epoch: {why})"
+                        );
                     }
+                    batch
                 }
-                return Err(e);
+                Err(e @ StoreError::Fenced { .. }) => {
+                    tracing::error!(error = %e, "another coordinator took the store over: stopping");
+                    for (id, _) in out.replies {
+                        if let Some(tx) = self.replies.remove(&id) {
+                            let _ = tx.send(Err(AdminError::Aborted(e.to_string())));
+                        }
+                    }
+                    return Err(e);
+                }
+                Err(e) => {
+                    out = self.unwritten(&e, batch, out, now);
+                    Vec::new()
+                }
             }
-            writes
         };
         let promoted = |w: &Write| matches!(w, Write::Event(e) if e.kind == EventKind::Promoted);
         if self.crash_after_promotion_commit && writes.iter().any(promoted) {
             eprintln!("{CRASH_POINT_VAR}: aborting after a promotion commit, before announcing it");
             std::process::abort();
         }
+        let Effects {
+            writes: _,
+            sends,
+            closes,
+            refusals,
+            replies,
+            promotions,
+        } = out;
         let durable_at = Instant::now();
         for write in writes {
             if let Write::Event(event) = write {
@@ -398,6 +427,35 @@ impl Runtime {
             }
         }
         Ok(())
+    }
+}
+
+impl Runtime {
+    /// A batch the store could not write (a full disk): the engine takes it
+    /// back ([`Engine::forget_unwritten`]) and says what may still be done;
+    /// the failure is logged (rate-limited) and shown in the
+    /// `failover_store_writable` metric until a commit works again.
+    fn unwritten(&mut self, e: &StoreError, batch: Vec<Write>, out: Effects, now: Now) -> Effects {
+        let why = format!(
+            "the coordinator cannot write to its store ({e}): nothing was changed; try again \
+             once it can (see its log)"
+        );
+        self.metrics.store_writable.set(0);
+        self.unwritable
+            .get_or_insert_with(|| (now.wall_ms, e.to_string()));
+        if self.failure_log.due() {
+            tracing::error!(
+                error = %e,
+                groups = Durable::touched_by(&batch).len(),
+                "a batch could not be written: its changes are dropped and refused until the \
+                 store works again"
+            );
+        }
+        let out = Effects {
+            writes: batch,
+            ..out
+        };
+        self.engine.forget_unwritten(&self.durable, out, &why, now)
     }
 }
 

@@ -235,7 +235,7 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// Reads durations like `0s`, `500ms`, `3s`, `1m 30s`.
 pub(crate) fn parse_duration_or_zero(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{e} (write durations like 500ms, 3s or 1m)"))
+    proto::duration::parse(s).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

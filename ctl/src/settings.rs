@@ -77,7 +77,7 @@ impl PolicyArgs {
     /// The settings as the admin API takes them (absent stays absent).
     pub(crate) fn to_proto(&self) -> proto::v1::Policy {
         use proto::v1 as pb;
-        let ms = |d: Option<Duration>| d.map(|d| d.as_millis() as u64);
+        let ms = |d: Option<Duration>| d.map(proto::duration::to_ms);
         pb::Policy {
             heartbeat_interval_ms: ms(self.heartbeat_interval),
             failover_timeout_ms: ms(self.failover_timeout),

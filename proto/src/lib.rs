@@ -2,6 +2,7 @@
 //! rules every part of the product agrees on.
 
 pub mod client;
+pub mod duration;
 pub mod identity;
 pub mod names;
 pub mod vocab;

@@ -94,6 +94,75 @@ pub struct Proc {
     pub log: PathBuf,
 }
 
+/// Mounts a tmpfs of size `$3` on the data directory `$1` (inside the
+/// mount namespace `unshare` made), then runs the coordinator (`$4...`).
+/// A helper, alive at most 10 minutes, fills or frees that file system
+/// when `fill` or `free` is written to the FIFO in the control directory
+/// `$2`, and says it is done by creating `filled` or `freed` there.
+const SMALL_DISK_SCRIPT: &str = r#"#!/bin/sh
+set -e
+data="$1"; control="$2"; size="$3"; shift 3
+mkdir -p "$data"
+mount -t tmpfs -o "size=$size,mode=700" tmpfs "$data"
+timeout 600 sh -c '
+  data="$1"; control="$2"
+  while read -r command < "$control/fifo"; do
+    case "$command" in
+      fill) dd if=/dev/zero of="$data/ballast" bs=64k 2>/dev/null || true; touch "$control/filled" ;;
+      free) rm -f "$data/ballast"; touch "$control/freed" ;;
+      stop) exit 0 ;;
+    esac
+  done' helper "$data" "$control" &
+exec "$@"
+"#;
+
+/// The small file system of a coordinator started with
+/// [`Cluster::start_on_small_disk`].
+pub struct SmallDisk {
+    control: PathBuf,
+}
+
+impl SmallDisk {
+    fn tell(&self, command: &str, done: &str) {
+        let done = self.control.join(done);
+        let _ = std::fs::remove_file(&done);
+        std::fs::write(self.control.join("fifo"), format!("{command}\n")).expect("fifo");
+        let deadline = Instant::now() + PATIENCE;
+        while !done.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "the disk helper did not {command}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Fills the file system to the last byte.
+    pub fn fill(&self) {
+        self.tell("fill", "filled");
+    }
+
+    /// Frees what [`SmallDisk::fill`] took.
+    pub fn free(&self) {
+        self.tell("free", "freed");
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        // The helper is blocked opening the FIFO: open it without blocking
+        // (it has a reader) and tell it to stop.
+        use std::os::unix::fs::OpenOptionsExt;
+        if let Ok(mut fifo) = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(nix::libc::O_NONBLOCK)
+            .open(self.control.join("fifo"))
+        {
+            let _ = std::io::Write::write_all(&mut fifo, b"stop\n");
+        }
+    }
+}
+
 impl Proc {
     fn spawn(mut command: Command, log: PathBuf) -> Proc {
         let file = std::fs::File::create(&log).expect("log file");
@@ -206,6 +275,9 @@ pub struct Cluster {
     pub pki: Option<Pki>,
     /// Flags every start of the coordinator gets.
     pub coordinator_args: Vec<String>,
+    /// A command the coordinator is started under (its command line
+    /// follows), e.g. one that gives it a small file system of its own.
+    pub coordinator_wrapper: Vec<String>,
     coordinator_starts: u32,
 }
 
@@ -221,6 +293,35 @@ impl Cluster {
         let mut cluster = Cluster::prepare();
         cluster.start_coordinator_with(env);
         cluster
+    }
+
+    /// A coordinator whose data directory is a file system of `size` (a
+    /// tmpfs in a mount namespace of its own, so nothing outside changes),
+    /// with a [`SmallDisk`] to fill it up and free it again.
+    pub fn start_on_small_disk(size: &str) -> (Cluster, SmallDisk) {
+        let mut cluster = Cluster::prepare();
+        let control = cluster.path("disk");
+        std::fs::create_dir_all(&control).expect("control dir");
+        let fifo = control.join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("fifo");
+        let script = control.join("small-disk.sh");
+        std::fs::write(&script, SMALL_DISK_SCRIPT).expect("script");
+        set_executable(&script);
+        let root = nix::unistd::Uid::effective().is_root();
+        let mut wrapper: Vec<String> = vec!["unshare".into()];
+        if !root {
+            wrapper.extend(["--user".into(), "--map-root-user".into()]);
+        }
+        wrapper.extend([
+            "--mount".into(),
+            script.display().to_string(),
+            cluster.path("data").display().to_string(),
+            control.display().to_string(),
+            size.into(),
+        ]);
+        cluster.coordinator_wrapper = wrapper;
+        cluster.start_coordinator();
+        (cluster, SmallDisk { control })
     }
 
     /// A coordinator started with `--config FILE`, the file holding
@@ -286,6 +387,7 @@ impl Cluster {
             proxies: BTreeMap::new(),
             pki: None,
             coordinator_args: Vec::new(),
+            coordinator_wrapper: Vec::new(),
             coordinator_starts: 0,
         }
     }
@@ -338,7 +440,14 @@ impl Cluster {
     pub fn start_coordinator_with(&mut self, env: &[(&str, &str)]) {
         assert!(self.coordinator.is_none(), "coordinator already running");
         self.coordinator_starts += 1;
-        let mut command = Command::new(bin("failover-coordinator"));
+        let mut command = match self.coordinator_wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin("failover-coordinator"));
+                c
+            }
+            None => Command::new(bin("failover-coordinator")),
+        };
         command
             .arg("--listen")
             .arg(self.grpc.to_string())

@@ -382,6 +382,21 @@ impl Group {
         };
     }
 
+    /// A vacancy that may not be filled before `until`: after a batch the
+    /// store could not write, so the next attempt waits instead of
+    /// spinning.
+    pub(super) fn hold_vacancy(&mut self, until: Instant, why: &str) {
+        if let RoleState::Vacant {
+            lease_until: held @ None,
+            reason,
+            ..
+        } = &mut self.role
+        {
+            *held = Some(until);
+            *reason = why.to_owned();
+        }
+    }
+
     /// A grant was made to the holder: it may act until `until`.
     pub(super) fn extend_lease(&mut self, until: Instant) {
         if let RoleState::Held { lease_until, .. } = &mut self.role

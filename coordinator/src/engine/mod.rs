@@ -14,6 +14,7 @@
 
 mod admin;
 mod decide;
+mod durable;
 mod group;
 mod lease;
 #[cfg(test)]
@@ -36,6 +37,7 @@ use group::Group;
 use lease::Leases;
 use node::{Node, Nodes};
 
+pub use durable::Durable;
 pub use views::{GroupView, MemberView, NodeView};
 
 /// Identifies one agent session (one gRPC stream); assigned by the runtime.
@@ -225,6 +227,9 @@ pub enum AdminError {
     FailedPrecondition(String),
     #[error("{0}")]
     Aborted(String),
+    /// The store cannot write right now; nothing was changed.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 pub type AdminResult = Result<AdminReply, AdminError>;

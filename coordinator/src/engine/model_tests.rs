@@ -1,7 +1,9 @@
 //! Model-based test of the decision core: random interleavings of inputs
 //! from honest, duplicated, stale and hostile sessions (any node id, any
 //! claim, any hook result, any order, replayed heartbeats, delayed and
-//! duplicated answers), admin commands and coordinator restarts, with
+//! duplicated answers), admin commands, coordinator restarts and a store
+//! that cannot write for a while (a full disk: whole batches are taken
+//! back by `Engine::forget_unwritten`), with
 //! explicit time. An independent checker watches only what the engine
 //! emits and asserts after every step:
 //!
@@ -82,6 +84,10 @@ struct World {
     store: BTreeMap<String, GroupRecord>,
     floors: HashMap<String, u64>,
     deleted_ttls: HashMap<String, Duration>,
+    /// The same, as the runtime keeps it.
+    durable: Durable,
+    /// While set, every batch with writes fails to commit.
+    disk_full: bool,
     /// Answers honest agents will send, delivered later (maybe twice).
     in_flight: Vec<(SessionId, Input)>,
     // --- the checker's own state ---
@@ -134,6 +140,8 @@ impl World {
             store: BTreeMap::new(),
             floors: HashMap::new(),
             deleted_ttls: HashMap::new(),
+            durable: Durable::default(),
+            disk_full: false,
             in_flight: Vec::new(),
             authorizations: BTreeMap::new(),
             highest_epoch: HashMap::new(),
@@ -190,6 +198,14 @@ impl World {
     /// Applies effects to the model store, routes messages to honest
     /// agents, and runs the checker.
     fn absorb(&mut self, out: Effects) {
+        let out = if self.disk_full && !out.writes.is_empty() {
+            self.trace.push("  (the batch could not be written)".into());
+            self.engine
+                .forget_unwritten(&self.durable, out, "disk full", self.now)
+        } else {
+            self.durable.committed(&out.writes);
+            out
+        };
         for write in &out.writes {
             match write {
                 Write::PutGroup(record) => {
@@ -767,7 +783,11 @@ impl World {
             }
             71..78 => self.random_admin(),
             78..79 => self.restart(),
-            79..94 => {
+            79..81 => {
+                self.disk_full = !self.disk_full;
+                self.trace.push(format!("disk full: {}", self.disk_full));
+            }
+            81..94 => {
                 let ms = self.rng.random_range(10..400);
                 self.advance(Duration::from_millis(ms));
             }
@@ -782,6 +802,7 @@ impl World {
     /// settings; every group must have a primary again.
     fn heal_and_check_liveness(&mut self) {
         self.trace.push("--- heal ---".into());
+        self.disk_full = false;
         let open: Vec<SessionId> = self.sessions.keys().copied().collect();
         for session in open {
             self.sessions.remove(&session);

@@ -1760,3 +1760,81 @@ fn a_failed_promote_hook_is_retried_with_backoff_when_nobody_else_can_serve() {
             >= 4
     );
 }
+
+/// What the store would hold had every step so far been written.
+fn durable_so_far(sim: &Sim) -> Durable {
+    let mut durable = Durable::default();
+    for step in &sim.log {
+        durable.committed(&step.writes);
+    }
+    durable
+}
+
+#[test]
+fn a_promotion_that_could_not_be_written_is_forgotten_and_tried_again_after_a_full_wait() {
+    let mut sim = three_members();
+    let durable = durable_so_far(&sim);
+    // rec-1 goes silent; rec-2 is promoted at epoch 2 — and the disk is full.
+    sim.disconnect("rec-1");
+    sim.run_for(WAIT + Duration::from_millis(500), &["rec-2", "rec-3"]);
+    assert_eq!(sim.primary("recorders"), (Some("rec-2".into()), 2));
+    let failed: Vec<Write> = sim.log.iter().flat_map(|e| e.writes.clone()).collect();
+    let out = Effects {
+        writes: failed,
+        ..Effects::default()
+    };
+    let out = sim
+        .engine
+        .forget_unwritten(&durable, out, "disk full", sim.now);
+    assert!(out.writes.is_empty(), "going back writes nothing");
+    // Back to what is on disk, and nobody is promoted before a full wait:
+    // the lease rec-1 holds on disk is assumed live, as at a start.
+    assert_eq!(sim.primary("recorders"), (Some("rec-1".into()), 1));
+    sim.run_for(WAIT - Duration::from_millis(100), &["rec-2", "rec-3"]);
+    assert_eq!(sim.primary("recorders"), (Some("rec-1".into()), 1));
+    sim.run_for(Duration::from_millis(600), &["rec-2", "rec-3"]);
+    assert_eq!(sim.primary("recorders"), (Some("rec-2".into()), 2));
+}
+
+#[test]
+fn admin_changes_that_could_not_be_written_leave_no_trace() {
+    let mut sim = three_members();
+    let durable = durable_so_far(&sim);
+    let before = sim.view("recorders");
+    let log_len = sim.log.len();
+    sim.create("other", &["rec-1", "rec-4"]).unwrap();
+    sim.admin(AdminCommand::DeleteGroup {
+        name: "recorders".into(),
+    });
+    let failed: Vec<Write> = sim.log[log_len..]
+        .iter()
+        .flat_map(|e| e.writes.clone())
+        .collect();
+    let out = Effects {
+        writes: failed,
+        ..Effects::default()
+    };
+    let out = sim
+        .engine
+        .forget_unwritten(&durable, out, "disk full", sim.now);
+    // The deleted group is back as it was, the created one is gone, and so
+    // is the node only it named.
+    let after = sim.view("recorders");
+    assert_eq!(
+        (after.primary, after.epoch),
+        (before.primary.clone(), before.epoch)
+    );
+    assert!(sim.engine.group_view("other", sim.now).is_none());
+    assert!(!sim.engine.nodes.contains_key("rec-4"));
+    assert!(!sim.engine.epoch_floors.contains_key("recorders"));
+    // Its members are told their durable assignment again.
+    let again = out.sends.iter().any(|(_, m)| {
+        matches!(m, ToAgent::Assignment(a) if a.group == "recorders" && a.epoch == before.epoch)
+    });
+    assert!(again, "{:?}", out.sends);
+    // And the primary keeps earning its lease.
+    let grants = sim.heartbeat("rec-1").sends.iter().any(
+        |(_, m)| matches!(m, ToAgent::Ack { grants, .. } if grants.iter().any(|g| g.group == "recorders")),
+    );
+    assert!(grants, "the primary lost its grants");
+}

@@ -68,6 +68,9 @@ pub enum StoreError {
     Schema { path: PathBuf, found: String },
     #[error("store IO failed: {0}")]
     Io(String),
+    /// A write failed earlier and the store is being opened again.
+    #[error("the store cannot write right now: {0}")]
+    Unavailable(String),
     #[error("syncing the store to disk failed: {0}")]
     Sync(#[from] std::io::Error),
     #[error("stored record under {key} is unreadable: {reason}")]

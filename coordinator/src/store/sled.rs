@@ -12,6 +12,7 @@
 
 use std::fs::File;
 use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
@@ -27,7 +28,9 @@ const TERM_KEY: &[u8] = b"m/term";
 /// Version of the key layout and record encoding.
 const SCHEMA: &[u8] = b"1";
 
-pub(crate) struct SledStore {
+/// The sled database while it works. After an IO error sled fails every
+/// later call, so a failed one is dropped and opened again.
+struct Opened {
     db: sled::Db,
     /// sled's log file, kept open to `fdatasync` it after each flush.
     log_file: File,
@@ -41,11 +44,8 @@ impl From<sled::Error> for StoreError {
     }
 }
 
-impl SledStore {
-    /// Opens (or creates) the store in `dir`, keeping at most
-    /// `event_retention` events (older ones are pruned now and as new ones
-    /// arrive).
-    pub(crate) fn open(dir: &Path, event_retention: u64) -> Result<SledStore, StoreError> {
+impl Opened {
+    fn open(dir: &Path, event_retention: u64) -> Result<Opened, StoreError> {
         let open_err = |reason: String| StoreError::Open {
             path: dir.to_owned(),
             reason,
@@ -83,7 +83,7 @@ impl SledStore {
                 });
             }
         }
-        let store = SledStore {
+        let store = Opened {
             db,
             log_file,
             event_retention: event_retention.max(1),
@@ -152,7 +152,7 @@ impl SledStore {
     }
 }
 
-impl Store for SledStore {
+impl Opened {
     fn load(&self) -> Result<Recovered, StoreError> {
         let mut recovered = Recovered::default();
         for item in self.db.scan_prefix(GROUP) {
@@ -260,6 +260,155 @@ impl Store for SledStore {
             }
         }
         Ok(events)
+    }
+}
+
+/// The embedded store: the opened database, or — after a write failed (a
+/// full disk) — nothing while a background thread opens it again, once a
+/// second, until it works. Meanwhile every call fails at once with
+/// [`StoreError::Unavailable`]: nothing blocks the runtime, which keeps
+/// serving sessions and renewing leases.
+pub(crate) struct SledStore {
+    dir: std::path::PathBuf,
+    event_retention: u64,
+    state: Arc<Mutex<State>>,
+}
+
+struct State {
+    opened: Option<Arc<Opened>>,
+    /// Why the last write failed, while the store is being opened again.
+    failure: Option<String>,
+}
+
+/// How often a failed store is tried again.
+const REOPEN_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl SledStore {
+    /// Opens (or creates) the store in `dir`, keeping at most
+    /// `event_retention` events (older ones are pruned now and as new ones
+    /// arrive).
+    pub(crate) fn open(dir: &Path, event_retention: u64) -> Result<SledStore, StoreError> {
+        let opened = Opened::open(dir, event_retention)?;
+        Ok(SledStore {
+            dir: dir.to_owned(),
+            event_retention,
+            state: Arc::new(Mutex::new(State {
+                opened: Some(Arc::new(opened)),
+                failure: None,
+            })),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The working database, or why there is none.
+    fn opened(&self) -> Result<Arc<Opened>, StoreError> {
+        let state = self.lock();
+        match (&state.opened, &state.failure) {
+            (Some(opened), _) => Ok(opened.clone()),
+            (None, failure) => {
+                Err(StoreError::Unavailable(failure.clone().unwrap_or_else(
+                    || "the store is being opened again".into(),
+                )))
+            }
+        }
+    }
+
+    /// Runs `f` on the database; an IO failure drops it and starts
+    /// opening it again.
+    fn with<T>(&self, f: impl FnOnce(&Opened) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let opened = self.opened()?;
+        let result = f(&opened);
+        if let Err(e @ (StoreError::Io(_) | StoreError::Sync(_))) = &result {
+            self.failed(e.to_string(), opened);
+        }
+        result
+    }
+
+    fn failed(&self, why: String, opened: Arc<Opened>) {
+        let mut state = self.lock();
+        let current = state
+            .opened
+            .as_ref()
+            .is_some_and(|o| Arc::ptr_eq(o, &opened));
+        if !current {
+            return;
+        }
+        state.opened = None;
+        state.failure = Some(why.clone());
+        drop(state);
+        drop(opened);
+        tracing::error!(
+            dir = %self.dir.display(),
+            error = %why,
+            "the store failed to write: changes are refused until it works again (opening it \
+             again every {REOPEN_EVERY:?}); sessions and leases go on"
+        );
+        let state = self.state.clone();
+        let dir = self.dir.clone();
+        let retention = self.event_retention;
+        let spawned = std::thread::Builder::new()
+            .name("store-reopen".into())
+            .spawn(move || reopen(&state, &dir, retention));
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the thread that opens the store again");
+        }
+    }
+}
+
+/// Opens the store in `dir` again, once every [`REOPEN_EVERY`], until it
+/// works.
+fn reopen(state: &Mutex<State>, dir: &Path, retention: u64) {
+    let mut logged = std::time::Instant::now();
+    loop {
+        std::thread::sleep(REOPEN_EVERY);
+        match Opened::open(dir, retention) {
+            Ok(opened) => {
+                let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
+                state.opened = Some(Arc::new(opened));
+                state.failure = None;
+                tracing::warn!(dir = %dir.display(), "the store works again: changes are accepted");
+                return;
+            }
+            Err(e) => {
+                let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
+                state.failure = Some(e.to_string());
+                drop(state);
+                if logged.elapsed() >= std::time::Duration::from_secs(10) {
+                    logged = std::time::Instant::now();
+                    tracing::error!(dir = %dir.display(), error = %e, "the store still cannot be opened");
+                }
+            }
+        }
+    }
+}
+
+impl Store for SledStore {
+    fn load(&self) -> Result<Recovered, StoreError> {
+        self.with(Opened::load)
+    }
+
+    fn commit(&self, writes: &[Write], fence: Option<Fence>) -> Result<(), StoreError> {
+        self.with(|db| db.commit(writes, fence))
+    }
+
+    fn fence(&self) -> Result<Fence, StoreError> {
+        self.with(Opened::fence)
+    }
+
+    fn events(&self, group: Option<&str>, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
+        self.with(|db| db.events(group, limit))
+    }
+
+    fn events_after(
+        &self,
+        group: Option<&str>,
+        after: u64,
+        max: usize,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        self.with(|db| db.events_after(group, after, max))
     }
 }
 

@@ -117,6 +117,20 @@ fn failoverctl_refuses_bad_input_and_nothing_changes() {
             ],
             "lukewarm",
         ),
+        (
+            &[
+                "group",
+                "set",
+                "recorders",
+                "--shutdown-grace",
+                "18446744073709611s 616ms",
+            ],
+            "too long",
+        ),
+        (
+            &["group", "set", "recorders", "--shutdown-grace", "500us"],
+            "whole number of milliseconds",
+        ),
         (&["group", "show", "nope"], "does not exist"),
         (&["group", "delete", "nope"], "does not exist"),
         (

@@ -324,3 +324,113 @@ fn a_session_that_goes_silent_is_closed() {
         "n5 still listed as connected: {nodes}"
     );
 }
+
+/// A counter from the coordinator's /metrics.
+fn metric(c: &Cluster, name: &str) -> Option<f64> {
+    let (_, text) = c.http_get("/metrics")?;
+    text.lines()
+        .find(|l| l.split_whitespace().next() == Some(name))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+#[test]
+fn a_full_disk_refuses_changes_keeps_leases_and_recovers_by_itself() {
+    let (mut c, disk) = Cluster::start_on_small_disk("16m");
+    let before = group_of_two(&mut c);
+    c.add_group("kept", &["n1"]);
+    disk.fill();
+    // Changes are refused with one clear line, nothing changes; any that
+    // still got through before the disk ran out was acknowledged and stays.
+    // Seconds of the last change acknowledged.
+    let mut acked: u64 = 60;
+    let mut next: u64 = 100;
+    let refused = c.wait_until("a change is refused for want of space", || {
+        let delay = format!("{next}s");
+        let out = c.ctl(&["group", "set", "g", "--failback-delay", &delay]);
+        if out.status.success() {
+            acked = next;
+            next += 1;
+            None
+        } else {
+            Some(out.stderr)
+        }
+    });
+    assert!(refused.contains("cannot write"), "{refused}");
+    assert_eq!(refused.trim().lines().count(), 1, "{refused}");
+    assert_eq!(metric(&c, "failover_store_writable"), Some(0.0));
+    // Three leases' worth of heartbeats later the primary still holds its
+    // role: leases of unchanged groups are renewed without the disk.
+    let start = metric(&c, "failover_heartbeats_total").unwrap();
+    c.wait_until("three leases of heartbeats pass", || {
+        (metric(&c, "failover_heartbeats_total")? >= start + 60.0).then_some(())
+    });
+    assert!(
+        !c.coordinator_exited(),
+        "the coordinator exited{}",
+        c.logs()
+    );
+    assert_undisturbed(&c, before);
+    let g = c.group("g");
+    let delay = humantime::parse_duration(g["policy"]["failback_delay"].as_str().unwrap());
+    assert_eq!(delay.unwrap().as_secs(), acked, "{g}");
+    assert_eq!(c.group("kept")["members"].as_array().unwrap().len(), 1);
+    // Space returns: the next change goes through, without a restart.
+    disk.free();
+    c.wait_until("changes are accepted again", || {
+        c.ctl(&["group", "set", "g", "--failback-delay", "77s"])
+            .status
+            .success()
+            .then_some(())
+    });
+    assert_eq!(metric(&c, "failover_store_writable"), Some(1.0));
+    assert!(c.logs().contains("the store works again"), "{}", c.logs());
+    assert_undisturbed(&c, before);
+}
+
+/// The peak resident memory of process `pid`, in kB.
+fn peak_rss_kb(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn a_hook_that_prints_without_end_bounds_the_agents_memory_and_log() {
+    let mut c = Cluster::start();
+    // The hook first prints one line of 50 MB and half a million empty ones.
+    let hook = c.path("hook.sh");
+    let recording = std::fs::read_to_string(&hook).unwrap();
+    let loud = recording.replacen(
+        "#!/bin/sh\n",
+        "#!/bin/sh\nhead -c 50000000 /dev/zero | tr '\\0' x; echo; yes '' | head -n 500000\n",
+        1,
+    );
+    std::fs::write(&hook, loud).unwrap();
+    c.start_agent("n1");
+    c.wait_nodes(&["n1"]);
+    c.add_group("g", &["n1"]);
+    c.wait_hook("n1's hook ran to its end", |h| {
+        h.node == "n1" && h.role == "primary"
+    });
+    let agent = c.agent("n1");
+    c.wait_until("the agent logged the end of the hook's output", || {
+        agent
+            .log_text()
+            .contains("bytes of output not logged")
+            .then_some(())
+    });
+    let log = agent.log_text();
+    assert!(
+        log.len() < 512 * 1024,
+        "the agent logged {} bytes",
+        log.len()
+    );
+    let peak = peak_rss_kb(agent.pid().as_raw());
+    assert!(peak < 64 * 1024, "the agent's memory peaked at {peak} kB");
+}
