@@ -408,6 +408,8 @@ fn in_path(name: &str) -> Option<PathBuf> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::strategy::Strategy;
+
     use super::*;
 
     fn args(config: Option<PathBuf>) -> Args {
@@ -428,6 +430,36 @@ mod tests {
         let path = dir.path().join("agent.toml");
         std::fs::write(&path, text).unwrap();
         AgentConfig::load(&args(Some(path)))
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+
+        /// Any file built from the real keys and odd values: no panic, and
+        /// a refusal is one short line (plus the file's name).
+        #[test]
+        fn any_config_file(pairs in proptest::collection::vec((
+            proptest::sample::select(vec![
+                "node_id", "coordinator", "state_dir", "role_log",
+                "[hooks]\ntimeout", "[hooks]\non_role_change",
+                "[[checks]]\nname = \"c\"\nkind = \"tcp\"\ninterval",
+                "[tls]\nca", "[log]\nformat",
+            ]),
+            proptest::prop_oneof![
+                proptest::prelude::any::<i64>().prop_map(|n| n.to_string()),
+                "\"[0-9a-z .:/-]{0,30}\"",
+                proptest::strategy::Just("\"18446744073709611s 616ms\"".to_owned()),
+                proptest::strategy::Just("\"500us\"".to_owned()),
+                proptest::strategy::Just("[\"http://a:1\", \"https://b:2\"]".to_owned()),
+                ".{0,20}",
+            ],
+        ), 0..6)) {
+            let text: String = pairs.into_iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
+            if let Err(e) = load(&text) {
+                let line = format!("{e:#}");
+                proptest::prop_assert!(!line.contains('\n') || line.contains("TOML parse error"), "{line}");
+            }
+        }
     }
 
     #[test]

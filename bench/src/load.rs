@@ -14,15 +14,15 @@ use crate::stats::{Summary, summarize};
 
 /// Quiet logs: per-session lines would dominate at 10,000 agents.
 /// Warnings only, but still the line that says where the coordinator serves.
-const QUIET: [(&str, &str); 1] = [("RUST_LOG", "warn,failover::serving=info")];
+pub(crate) const QUIET: [(&str, &str); 1] = [("RUST_LOG", "warn,failover::serving=info")];
 
-fn coordinator_pid(c: &Cluster) -> i32 {
+pub(crate) fn coordinator_pid(c: &Cluster) -> i32 {
     c.coordinator.as_ref().expect("running").pid().as_raw()
 }
 
 /// Runs the load generator against `c` with `args`, calling `during`
 /// every second while it runs; returns its JSON summary.
-fn loadgen(c: &Cluster, args: &[String], mut during: impl FnMut(Duration)) -> Value {
+pub(crate) fn loadgen(c: &Cluster, args: &[String], mut during: impl FnMut(Duration)) -> Value {
     let metrics = format!("http://{}/metrics", c.http);
     let mut child = Command::new(bin("failover-loadgen"))
         .args(["--coordinator", &c.url(), "--metrics", &metrics])
@@ -41,7 +41,7 @@ fn loadgen(c: &Cluster, args: &[String], mut during: impl FnMut(Duration)) -> Va
 }
 
 /// Value of a metric line, `name` including any labels.
-fn metric(text: &str, name: &str) -> f64 {
+pub(crate) fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .find_map(|l| {
@@ -51,7 +51,7 @@ fn metric(text: &str, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-fn scrape(c: &Cluster) -> String {
+pub(crate) fn scrape(c: &Cluster) -> String {
     http_get(c.http, "/metrics")
         .map(|(_, body)| body)
         .unwrap_or_default()

@@ -7,6 +7,7 @@
 // Test tooling: a harness or benchmark that cannot go on stops loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod abuse;
 mod failover_time;
 mod load;
 mod procfs;
@@ -77,6 +78,10 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         agents: usize,
     },
+    /// Real agents heartbeat while the coordinator is abused (idle
+    /// connections, slow HTTP, stalled watchers, oversized text, a full
+    /// disk): its memory, the heartbeat round trip, lapsed primaries.
+    Abuse,
     /// Everything above, one after the other, with a combined summary.
     All,
 }
@@ -104,6 +109,9 @@ fn main() -> anyhow::Result<()> {
         Command::Disk { agents } => {
             disk_report(out, agents)?;
         }
+        Command::Abuse => {
+            abuse_report(out)?;
+        }
         Command::All => {
             let sections = [
                 failover_time_report(out, 30, Duration::from_secs(30))?,
@@ -112,6 +120,7 @@ fn main() -> anyhow::Result<()> {
                 mass_report(out, 1000)?,
                 restart_report(out, 10_000, 5)?,
                 disk_report(out, 1000)?,
+                abuse_report(out)?,
             ];
             std::fs::write(out.join("summary.md"), sections.join("\n"))?;
         }
@@ -206,6 +215,40 @@ fn mass_report(out: &std::path::Path, groups: usize) -> anyhow::Result<String> {
         r.promotions_measured,
     );
     write_report(out, "mass-failover", &r, md)
+}
+
+fn abuse_report(out: &std::path::Path) -> anyhow::Result<String> {
+    let mut md = String::from(
+        "## Under abuse\n\n300 real agent sessions (loadgen, 1 heartbeat/s, 100 groups of \
+         three) for 25 s; the abuse runs from 7 s to the end.\n\n\
+         | abuse | coordinator RSS (peak) | open files (max) | heartbeat RTT p50 / p99 / max | \
+         primaries lapsed | loadgen errors |\n|---|---|---|---|---|---|\n",
+    );
+    let mut results = Vec::new();
+    for abuse in abuse::ALL {
+        eprintln!("abuse: {abuse:?}");
+        let r = abuse::run(abuse);
+        let rtt = |k: &str| r.rtt_ms[k].as_f64().unwrap_or(f64::NAN);
+        md.push_str(&format!(
+            "| {} | {:.0} MiB ({:.0} MiB) | {} | {:.1} / {:.1} / {:.1} ms | {} | {} |\n",
+            serde_json::to_value(abuse)?.as_str().unwrap_or("?"),
+            r.coordinator_rss_mib,
+            r.coordinator_peak_rss_mib,
+            r.coordinator_open_files,
+            rtt("p50"),
+            rtt("p99"),
+            rtt("max"),
+            r.primaries_lapsed,
+            r.loadgen_errors
+        ));
+        results.push(r);
+    }
+    write_report(
+        out,
+        "abuse",
+        &json!({ "benchmark": "abuse", "results": results }),
+        md,
+    )
 }
 
 fn restart_report(out: &std::path::Path, groups: usize, runs: usize) -> anyhow::Result<String> {

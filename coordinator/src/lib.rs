@@ -13,6 +13,8 @@ mod connections;
 mod convert;
 pub mod engine;
 mod error;
+#[cfg(test)]
+mod fuzz_tests;
 mod http;
 mod limits;
 mod listener;

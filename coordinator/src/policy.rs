@@ -51,7 +51,9 @@ impl FromStr for TimeWindow {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || format!("failback-window {s:?} must look like 02:00-04:00 (UTC)");
+        // Shown cut: the text comes from a client and may be any size.
+        let shown = crate::limits::clip(s.to_owned(), 32);
+        let bad = || format!("failback-window {shown:?} must look like 02:00-04:00 (UTC)");
         let (a, b) = s.split_once('-').ok_or_else(bad)?;
         let minutes = |t: &str| -> Option<u16> {
             let (h, m) = t.trim().split_once(':')?;
@@ -60,7 +62,7 @@ impl FromStr for TimeWindow {
         };
         let (start, end) = (minutes(a).ok_or_else(bad)?, minutes(b).ok_or_else(bad)?);
         if start == end {
-            return Err(format!("failback-window {s:?} is empty"));
+            return Err(format!("failback-window {shown:?} is empty"));
         }
         Ok(TimeWindow { start, end })
     }

@@ -232,35 +232,10 @@ async fn relay(
                 break;
             }
         };
-        let input = match kind {
-            Kind::Heartbeat(hb) => Input::Heartbeat {
-                session,
-                seq: hb.seq,
-                received: Instant::now(),
-                checks: checks_from_proto(hb.checks),
-                roles: claims_from_proto(hb.roles),
-            },
-            Kind::HookResult(r) => {
-                let Ok(role) = Role::try_from(r.role) else {
-                    continue;
-                };
-                Input::HookResult {
-                    session,
-                    report: HookReport {
-                        group: r.group,
-                        epoch: r.epoch,
-                        role,
-                        outcome: HookOutcome::from_wire(r.outcome),
-                        exit_code: r.exit_code,
-                        detail: clip(r.detail, MAX_DETAIL),
-                    },
-                }
-            }
-            Kind::Goodbye(g) => Input::Goodbye {
-                session,
-                reason: clip(g.reason, MAX_REASON),
-            },
-            Kind::Hello(_) => {
+        let input = match input_of(session, kind) {
+            Ok(Some(input)) => input,
+            Ok(None) => continue,
+            Err(SecondHello) => {
                 tracing::warn!(%node, session, "second Hello on one session; closing it");
                 break;
             }
@@ -268,6 +243,45 @@ async fn relay(
         handle.input(input).await;
     }
     handle.input(Input::SessionClosed { session }).await;
+}
+
+/// A Hello after the first: the session is closed.
+#[derive(Debug)]
+pub(crate) struct SecondHello;
+
+/// What one message of an established session means to the engine, with
+/// every text cut to its bound; `None` for one to skip (unreadable).
+pub(crate) fn input_of(session: u64, kind: Kind) -> Result<Option<Input>, SecondHello> {
+    Ok(Some(match kind {
+        Kind::Heartbeat(hb) => Input::Heartbeat {
+            session,
+            seq: hb.seq,
+            received: Instant::now(),
+            checks: checks_from_proto(hb.checks),
+            roles: claims_from_proto(hb.roles),
+        },
+        Kind::HookResult(r) => {
+            let Ok(role) = Role::try_from(r.role) else {
+                return Ok(None);
+            };
+            Input::HookResult {
+                session,
+                report: HookReport {
+                    group: r.group,
+                    epoch: r.epoch,
+                    role,
+                    outcome: HookOutcome::from_wire(r.outcome),
+                    exit_code: r.exit_code,
+                    detail: clip(r.detail, MAX_DETAIL),
+                },
+            }
+        }
+        Kind::Goodbye(g) => Input::Goodbye {
+            session,
+            reason: clip(g.reason, MAX_REASON),
+        },
+        Kind::Hello(_) => return Err(SecondHello),
+    }))
 }
 
 /// Roles an agent claims; unreadable entries are dropped.
@@ -302,16 +316,7 @@ async fn read_hello(
     match first {
         Some(pb::AgentMessage {
             kind: Some(Kind::Hello(hello)),
-        }) => {
-            names::validate_node_id(&hello.node_id)
-                .map_err(|e| Status::invalid_argument(e.to_string()))?;
-            validate_instance("instance_id", &hello.instance_id)?;
-            validate_node_uuid(&hello.node_uuid)?;
-            if !hello.previous_instance.is_empty() {
-                validate_instance("previous_instance", &hello.previous_instance)?;
-            }
-            Ok(hello)
-        }
+        }) => checked_hello(hello),
         Some(_) => Err(Status::failed_precondition(
             "the first message of a session must be a Hello",
         )),
@@ -319,6 +324,17 @@ async fn read_hello(
             "the agent closed the stream before its Hello",
         )),
     }
+}
+
+/// `hello`, if every identifier in it has its form.
+pub(crate) fn checked_hello(hello: pb::Hello) -> Result<pb::Hello, Status> {
+    names::validate_node_id(&hello.node_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    validate_instance("instance_id", &hello.instance_id)?;
+    validate_node_uuid(&hello.node_uuid)?;
+    if !hello.previous_instance.is_empty() {
+        validate_instance("previous_instance", &hello.previous_instance)?;
+    }
+    Ok(hello)
 }
 
 /// An instance id is 32 lowercase hex digits (128 random bits): hard to

@@ -118,6 +118,22 @@ mod tests {
         assert!(parse(&long).unwrap_err().to_string().len() < 300);
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// Whatever the text, no panic, and what is accepted fits the wire
+        /// exactly and reads back the same.
+        #[test]
+        fn any_text(text in "[0-9a-z .µ-]{0,40}|.{0,40}") {
+            if let Ok(d) = parse(&text) {
+                proptest::prop_assert_eq!(u128::from(to_ms(d)), d.as_millis());
+                proptest::prop_assert_eq!(d.subsec_nanos() % 1_000_000, 0);
+                let again = humantime::format_duration(d).to_string();
+                proptest::prop_assert_eq!(parse(&again), Ok(d));
+            }
+        }
+    }
+
     #[test]
     fn the_largest_whole_millisecond_value_fits() {
         let max = Duration::from_millis(u64::MAX);

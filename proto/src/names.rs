@@ -66,6 +66,23 @@ fn validate(kind: &'static str, name: &str) -> Result<(), NameError> {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// Whatever the text, no panic; what is accepted is a DNS label,
+        /// and a refusal never echoes more than a name's length.
+        #[test]
+        fn any_text(text in "[a-z0-9-]{0,70}|.{0,100}") {
+            match validate_node_id(&text) {
+                Ok(()) => {
+                    proptest::prop_assert!((1..=MAX_NAME_LEN).contains(&text.len()));
+                    proptest::prop_assert!(!text.starts_with('-') && !text.ends_with('-'));
+                }
+                Err(e) => proptest::prop_assert!(e.to_string().len() < 400),
+            }
+        }
+    }
+
     #[test]
     fn accepts_dns_labels() {
         for ok in ["a", "rec-1", "db0", "0", "a-b-c", &"x".repeat(63)] {

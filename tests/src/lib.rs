@@ -299,6 +299,12 @@ impl Cluster {
     /// tmpfs in a mount namespace of its own, so nothing outside changes),
     /// with a [`SmallDisk`] to fill it up and free it again.
     pub fn start_on_small_disk(size: &str) -> (Cluster, SmallDisk) {
+        Cluster::start_on_small_disk_with(size, &[])
+    }
+
+    /// Like [`Cluster::start_on_small_disk`], with extra environment for
+    /// the coordinator.
+    pub fn start_on_small_disk_with(size: &str, env: &[(&str, &str)]) -> (Cluster, SmallDisk) {
         let mut cluster = Cluster::prepare();
         let control = cluster.path("disk");
         std::fs::create_dir_all(&control).expect("control dir");
@@ -320,7 +326,7 @@ impl Cluster {
             size.into(),
         ]);
         cluster.coordinator_wrapper = wrapper;
-        cluster.start_coordinator();
+        cluster.start_coordinator_with(env);
         (cluster, SmallDisk { control })
     }
 

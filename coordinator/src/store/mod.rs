@@ -21,6 +21,8 @@ use crate::engine::{Recovered, Write};
 use crate::model::EventRecord;
 
 pub(crate) use self::sled::SledStore;
+#[cfg(test)]
+pub(crate) use self::sled::decode;
 
 /// A fencing term. Taking a new one ([`Store::fence`]) makes every commit
 /// guarded by an older one fail, so a coordinator that lost its right to
@@ -75,6 +77,18 @@ pub enum StoreError {
     Sync(#[from] std::io::Error),
     #[error("stored record under {key} is unreadable: {reason}")]
     Corrupt { key: String, reason: String },
+    #[error(
+        "the store in {path} lost acknowledged writes: {acknowledged} commits were \
+         acknowledged, it holds {held} (its log was cut or rolled back); restore the data \
+         directory from a backup, or, to start from what it holds, remove {path}/commits"
+    )]
+    Lost {
+        path: PathBuf,
+        acknowledged: u64,
+        held: u64,
+    },
+    #[error("a record for {key} would be {size} bytes, above the store's limit: refused")]
+    TooLarge { key: String, size: usize },
     #[error(
         "a newer fencing term ({current:?}) was taken: this commit (term {held:?}) was refused"
     )]

@@ -25,6 +25,17 @@ const FLOOR: &[u8] = b"f/";
 const EVENT: &[u8] = b"e/";
 const SCHEMA_KEY: &[u8] = b"m/schema";
 const TERM_KEY: &[u8] = b"m/term";
+/// How many batches were committed, written in every batch.
+const COMMITS_KEY: &[u8] = b"m/commits";
+/// Beside the store: the same count, written and synced after each
+/// commit. A store that holds fewer commits lost acknowledged writes (a
+/// truncated log that sled would otherwise open silently).
+const COMMITS_FILE: &str = "commits";
+/// The largest value written. sled moves log entries above a quarter of
+/// its segment (128 KiB) to blob files, and a leaf holds up to 17 values:
+/// records stay far below that (a group of 64 members is about 10 KiB),
+/// and this turns any mistake into a refused write instead of a blob.
+pub(crate) const MAX_VALUE: usize = 32 * 1024;
 /// Version of the key layout and record encoding.
 const SCHEMA: &[u8] = b"1";
 
@@ -32,8 +43,14 @@ const SCHEMA: &[u8] = b"1";
 /// later call, so a failed one is dropped and opened again.
 struct Opened {
     db: sled::Db,
+    dir: std::path::PathBuf,
     /// sled's log file, kept open to `fdatasync` it after each flush.
     log_file: File,
+    /// The commit counter beside the store, and the count.
+    counter: Mutex<(File, u64)>,
+    /// sled's blob files already synced (sled writes a blob for a log
+    /// entry too large for its segments, and never syncs it).
+    synced_blobs: Mutex<std::collections::HashSet<std::ffi::OsString>>,
     /// Most events kept; older ones are dropped as new ones arrive.
     event_retention: u64,
 }
@@ -83,13 +100,45 @@ impl Opened {
                 });
             }
         }
+        let held = db.get(COMMITS_KEY)?.map_or(0, |v| be_u64(&v));
+        let counter_path = dir.join(COMMITS_FILE);
+        let mut counter = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&counter_path)?;
+        let acknowledged = {
+            use std::io::Read;
+            let mut text = String::new();
+            counter.read_to_string(&mut text)?;
+            match text.trim() {
+                "" => 0,
+                n => n.parse::<u64>().map_err(|e| StoreError::Corrupt {
+                    key: counter_path.display().to_string(),
+                    reason: e.to_string(),
+                })?,
+            }
+        };
+        if held < acknowledged {
+            return Err(StoreError::Lost {
+                path: dir.to_owned(),
+                acknowledged,
+                held,
+            });
+        }
+        write_count(&mut counter, held)?;
         let store = Opened {
             db,
+            dir: dir.to_owned(),
             log_file,
+            counter: Mutex::new((counter, held)),
+            synced_blobs: Mutex::new(std::collections::HashSet::new()),
             event_retention: event_retention.max(1),
         };
         store.prune_events()?;
         store.sync()?;
+        File::open(dir)?.sync_all()?;
         Ok(store)
     }
 
@@ -120,15 +169,45 @@ impl Opened {
     fn sync(&self) -> Result<(), StoreError> {
         self.db.flush()?;
         self.log_file.sync_data()?;
+        self.sync_blobs()
+    }
+
+    /// Syncs blob files sled wrote since the last call, and their
+    /// directory.
+    fn sync_blobs(&self) -> Result<(), StoreError> {
+        let dir = self.dir.join("blobs");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Ok(());
+        };
+        let mut synced = self
+            .synced_blobs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut new = false;
+        for entry in entries {
+            let entry = entry?;
+            if synced.contains(&entry.file_name()) {
+                continue;
+            }
+            File::open(entry.path())?.sync_all()?;
+            synced.insert(entry.file_name());
+            new = true;
+        }
+        if new {
+            File::open(&dir)?.sync_all()?;
+        }
         Ok(())
     }
 
-    fn batch(&self, writes: &[Write]) -> Result<sled::Batch, StoreError> {
+    fn batch(&self, writes: &[Write], commit: u64) -> Result<sled::Batch, StoreError> {
         let mut batch = sled::Batch::default();
+        batch.insert(COMMITS_KEY, &commit.to_be_bytes());
         for write in writes {
             match write {
                 Write::PutGroup(record) => {
-                    batch.insert(key(GROUP, record.name.as_bytes()), encode(record)?);
+                    let group_key = key(GROUP, record.name.as_bytes());
+                    let value = bounded(&group_key, encode(record)?)?;
+                    batch.insert(group_key, value);
                 }
                 Write::DeleteGroup {
                     name,
@@ -141,7 +220,9 @@ impl Opened {
                     batch.insert(key(FLOOR, name.as_bytes()), value);
                 }
                 Write::Event(event) => {
-                    batch.insert(key(EVENT, &event.seq.to_be_bytes()), encode(event)?);
+                    let event_key = key(EVENT, &event.seq.to_be_bytes());
+                    let value = bounded(&event_key, encode(event)?)?;
+                    batch.insert(event_key, value);
                     if let Some(old) = event.seq.checked_sub(self.event_retention) {
                         batch.remove(key(EVENT, &old.to_be_bytes()));
                     }
@@ -181,7 +262,9 @@ impl Opened {
         if writes.is_empty() {
             return Ok(());
         }
-        let batch = self.batch(writes)?;
+        let mut counter = self.counter.lock().unwrap_or_else(PoisonError::into_inner);
+        let commit = counter.1.saturating_add(1);
+        let batch = self.batch(writes, commit)?;
         match fence {
             None => self.db.apply_batch(batch)?,
             Some(held) => {
@@ -202,7 +285,15 @@ impl Opened {
                 }
             }
         }
-        self.sync()
+        self.sync()?;
+        // The batch is durable. The counter beside it follows; if it cannot
+        // be written it only lags, which never makes a sound store look
+        // damaged.
+        counter.1 = commit;
+        if let Err(e) = write_count(&mut counter.0, commit) {
+            tracing::warn!(error = %e, "cannot update the store's commit counter");
+        }
+        Ok(())
     }
 
     fn fence(&self) -> Result<Fence, StoreError> {
@@ -421,6 +512,27 @@ fn is_lock_conflict(e: &sled::Error) -> bool {
         || io.to_string().contains("could not acquire lock"))
 }
 
+/// Writes the commit count into the counter file and syncs it.
+fn write_count(file: &mut File, count: u64) -> std::io::Result<()> {
+    use std::io::{Seek, SeekFrom, Write};
+    // Fixed width, so an overwrite never leaves digits of a longer count.
+    let text = format!("{count:020}\n");
+    file.seek(SeekFrom::Start(0))?;
+    file.write_all(text.as_bytes())?;
+    file.sync_data()
+}
+
+/// `value`, if it is small enough to stay out of sled's blob files.
+fn bounded(key: &[u8], value: Vec<u8>) -> Result<Vec<u8>, StoreError> {
+    if value.len() > MAX_VALUE {
+        return Err(StoreError::TooLarge {
+            key: String::from_utf8_lossy(key).into_owned(),
+            size: value.len(),
+        });
+    }
+    Ok(value)
+}
+
 fn key(prefix: &[u8], rest: &[u8]) -> Vec<u8> {
     [prefix, rest].concat()
 }
@@ -429,7 +541,10 @@ fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(value).map_err(|e| StoreError::Io(format!("cannot encode a record: {e}")))
 }
 
-fn decode<T: serde::de::DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T, StoreError> {
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(
+    key: &[u8],
+    value: &[u8],
+) -> Result<T, StoreError> {
     serde_json::from_slice(value).map_err(|e| StoreError::Corrupt {
         key: String::from_utf8_lossy(key).into_owned(),
         reason: e.to_string(),
@@ -543,5 +658,91 @@ mod tests {
             .err()
             .expect("a file is no store");
         assert!(!err.to_string().contains("another"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod durability_tests {
+    use super::*;
+    use crate::model::GroupRecord;
+
+    fn group(name: &str, members: Vec<String>) -> GroupRecord {
+        GroupRecord {
+            name: name.into(),
+            members,
+            policy: crate::policy::Policy::default(),
+            primary: None,
+            primary_instance: None,
+            granted_ttl_max: None,
+            epoch: 1,
+            first_epoch: 0,
+            maintenance: Vec::new(),
+            created_unix_ms: 0,
+        }
+    }
+
+    #[test]
+    fn a_store_cut_short_refuses_to_start_instead_of_losing_writes() {
+        let source = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(source.path(), 10).unwrap();
+            for i in 0..300 {
+                let g = group(&format!("g{i}"), vec!["n1".into()]);
+                store.commit(&[Write::PutGroup(g)], None).unwrap();
+            }
+        }
+        let mut lost = 0;
+        for cut in [100u64, 1_000, 10_000, 100_000] {
+            let copy = tempfile::tempdir().unwrap();
+            for entry in std::fs::read_dir(source.path()).unwrap() {
+                let entry = entry.unwrap();
+                if entry.file_type().unwrap().is_file() {
+                    std::fs::copy(entry.path(), copy.path().join(entry.file_name())).unwrap();
+                }
+            }
+            let log = std::fs::OpenOptions::new()
+                .write(true)
+                .open(copy.path().join("db"))
+                .unwrap();
+            let len = log.metadata().unwrap().len();
+            log.set_len(len.saturating_sub(cut)).unwrap();
+            drop(log);
+            match SledStore::open(copy.path(), 10) {
+                Ok(store) => assert_eq!(
+                    store.load().unwrap().groups.len(),
+                    300,
+                    "opened after losing acknowledged groups (cut {cut} bytes)"
+                ),
+                Err(StoreError::Lost { .. }) => lost += 1,
+                Err(_) => {}
+            }
+        }
+        assert!(lost > 0, "no cut was noticed as lost writes");
+    }
+
+    #[test]
+    fn a_record_too_large_for_the_log_is_refused_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), 10).unwrap();
+        let members = (0..2000).map(|i| format!("{i:0>60}")).collect();
+        let err = store
+            .commit(&[Write::PutGroup(group("big", members))], None)
+            .unwrap_err();
+        assert!(matches!(err, StoreError::TooLarge { .. }), "{err}");
+        assert!(store.load().unwrap().groups.is_empty());
+        // Still writable.
+        store
+            .commit(&[Write::PutGroup(group("small", vec!["n1".into()]))], None)
+            .unwrap();
+    }
+
+    #[test]
+    fn the_largest_group_the_engine_allows_fits() {
+        let members: Vec<String> = (0..64).map(|i| format!("{i:x>63}")).collect();
+        let mut g = group("x".repeat(63).as_str(), members.clone());
+        g.maintenance = members;
+        let size = serde_json::to_vec(&g).unwrap().len();
+        assert!(size * 17 < 128 * 1024 || size < MAX_VALUE, "{size}");
+        assert!(size < MAX_VALUE / 2, "a full group is {size} bytes");
     }
 }
