@@ -296,10 +296,23 @@ impl AgentConfig {
             self.log.level
         ));
         for check in &self.checks {
+            text.push_str(&format!("\n[[checks]]\nname = {:?}\n", check.name));
+            for (key, value) in [
+                ("exec", &check.exec),
+                ("tcp", &check.tcp),
+                ("http", &check.http),
+            ] {
+                if let Some(value) = value {
+                    text.push_str(&format!("{key} = {value:?}\n"));
+                }
+            }
             text.push_str(&format!(
-                "\n[[checks]]\nname = {:?}\ninterval = \"{}\"\n# ...\n",
-                check.name,
-                humantime::format_duration(check.interval)
+                "interval = \"{}\"\ntimeout = \"{}\"\nrise = {}\nfall = {}\ngroups = {:?}\n",
+                humantime::format_duration(check.interval),
+                humantime::format_duration(check.timeout),
+                check.rise,
+                check.fall,
+                check.groups
             ));
         }
         text
@@ -382,7 +395,8 @@ fn systemd_state_directory() -> Option<PathBuf> {
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
-    toml::from_str(&text).with_context(|| format!("config file {} is invalid", path.display()))
+    proto::toml_error::parse(&text)
+        .map_err(|e| anyhow::anyhow!("config file {} is invalid: {e}", path.display()))
 }
 
 fn check_url(url: &str) -> anyhow::Result<()> {

@@ -56,7 +56,12 @@ pub(crate) struct AbuseResult {
     pub coordinator_peak_rss_mib: f64,
     pub coordinator_open_files: usize,
     pub rtt_ms: Value,
+    /// Lapses recorded while the agents ran.
     pub primaries_lapsed: f64,
+    /// `/readyz` asked once a second during the abuse: how often it did not
+    /// answer 200.
+    pub probes_failed: u32,
+    pub probes: u32,
     pub loadgen_errors: u64,
 }
 
@@ -80,6 +85,8 @@ pub(crate) fn run(abuse: Abuse) -> AbuseResult {
     let mut started = false;
     let mut abuser = None;
     let mut open_files = 0;
+    let mut lapsed = 0.0;
+    let (mut probes, mut probes_failed) = (0, 0);
     let args = [
         "--agents".into(),
         AGENTS.to_string(),
@@ -104,20 +111,31 @@ pub(crate) fn run(abuse: Abuse) -> AbuseResult {
         }
         open_files =
             open_files.max(std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count()));
+        if started {
+            probes += 1;
+            if c.http_get("/readyz").map(|(code, _)| code) != Some(200) {
+                probes_failed += 1;
+            }
+        }
+        let text = scrape(&c);
+        if !text.is_empty() {
+            lapsed = metric(&text, "failover_events_total{kind=\"primary_lapsed\"}");
+        }
     });
     stop.store(true, Ordering::Relaxed);
     if let Some(a) = abuser {
         let _ = a.join();
     }
     let (rss, peak) = procfs::rss_mib(pid);
-    let text = scrape(&c);
     AbuseResult {
         abuse,
         coordinator_rss_mib: rss,
         coordinator_peak_rss_mib: peak,
         coordinator_open_files: open_files,
         rtt_ms: summary["rtt_ms"].clone(),
-        primaries_lapsed: metric(&text, "failover_events_total{kind=\"primary_lapsed\"}"),
+        primaries_lapsed: lapsed,
+        probes_failed,
+        probes,
         loadgen_errors: summary["errors"].as_u64().unwrap_or(0),
     }
 }

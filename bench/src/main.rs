@@ -222,7 +222,7 @@ fn abuse_report(out: &std::path::Path) -> anyhow::Result<String> {
         "## Under abuse\n\n300 real agent sessions (loadgen, 1 heartbeat/s, 100 groups of \
          three) for 25 s; the abuse runs from 7 s to the end.\n\n\
          | abuse | coordinator RSS (peak) | open files (max) | heartbeat RTT p50 / p99 / max | \
-         primaries lapsed | loadgen errors |\n|---|---|---|---|---|---|\n",
+         primaries lapsed | /readyz failed | loadgen errors |\n|---|---|---|---|---|---|---|\n",
     );
     let mut results = Vec::new();
     for abuse in abuse::ALL {
@@ -230,7 +230,7 @@ fn abuse_report(out: &std::path::Path) -> anyhow::Result<String> {
         let r = abuse::run(abuse);
         let rtt = |k: &str| r.rtt_ms[k].as_f64().unwrap_or(f64::NAN);
         md.push_str(&format!(
-            "| {} | {:.0} MiB ({:.0} MiB) | {} | {:.1} / {:.1} / {:.1} ms | {} | {} |\n",
+            "| {} | {:.0} MiB ({:.0} MiB) | {} | {:.1} / {:.1} / {:.1} ms | {} | {} of {} | {} |\n",
             serde_json::to_value(abuse)?.as_str().unwrap_or("?"),
             r.coordinator_rss_mib,
             r.coordinator_peak_rss_mib,
@@ -239,6 +239,8 @@ fn abuse_report(out: &std::path::Path) -> anyhow::Result<String> {
             rtt("p99"),
             rtt("max"),
             r.primaries_lapsed,
+            r.probes_failed,
+            r.probes,
             r.loadgen_errors
         ));
         results.push(r);

@@ -97,8 +97,8 @@ impl Tokens {
     pub(crate) fn load(path: &Path) -> anyhow::Result<Tokens> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read the token file {}", path.display()))?;
-        let file: TokenFileText = toml::from_str(&text)
-            .with_context(|| format!("the token file {} is invalid", path.display()))?;
+        let file: TokenFileText = proto::toml_error::parse(&text)
+            .map_err(|e| anyhow::anyhow!("the token file {} is invalid: {e}", path.display()))?;
         // An empty file is far more often a write caught halfway than a
         // wish to lock every operator out.
         if file.token.is_empty() {

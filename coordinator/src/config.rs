@@ -23,7 +23,7 @@ pub struct Args {
     /// gRPC listen address for agents and operators [default: 127.0.0.1:7400].
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
-    /// HTTP listen address for /healthz and /readyz [default: 127.0.0.1:7401].
+    /// HTTP listen address for /healthz, /readyz and /metrics [default: 127.0.0.1:7401].
     #[arg(long, value_name = "ADDR")]
     pub http_listen: Option<SocketAddr>,
     /// Directory of the embedded store [default: ./failover-data].
@@ -283,7 +283,8 @@ impl Config {
     pub fn from_file(path: &Path) -> anyhow::Result<Config> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config file {}", path.display()))?;
-        toml::from_str(&text).with_context(|| format!("config file {} is invalid", path.display()))
+        proto::toml_error::parse(&text)
+            .map_err(|e| anyhow::anyhow!("config file {} is invalid: {e}", path.display()))
     }
 
     fn validate(&self) -> anyhow::Result<()> {

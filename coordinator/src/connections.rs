@@ -23,9 +23,6 @@ use crate::limits::LogEvery;
 /// How long a new connection has to send its first bytes (a TLS
 /// ClientHello, the HTTP/2 preface, a request line).
 pub(crate) const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(10);
-/// A connection silent for less than this is never closed to make room:
-/// live agents heartbeat far more often.
-const MIN_SILENCE_TO_EVICT: Duration = Duration::from_secs(5);
 /// How often the timeouts are checked.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// Lines about refused or closed connections (anyone can cause them) are
@@ -39,6 +36,14 @@ pub(crate) struct Bounds {
     pub(crate) max: usize,
     /// A connection from which nothing was read for this long is closed.
     pub(crate) idle: Duration,
+    /// When full, a trusted connection silent for at least this long is
+    /// closed to make room (gRPC: longer than the longest heartbeat
+    /// interval, so a live agent never is; HTTP: none, since a probe's
+    /// request is over in milliseconds and must get in).
+    pub(crate) evictable_after: Duration,
+    /// Whether a connection is trusted from the start (plaintext: nothing
+    /// to tell them apart), or only once it shows a client certificate.
+    pub(crate) trust_all: bool,
 }
 
 /// The open connections of one listener.
@@ -63,6 +68,9 @@ struct Conn {
     /// never.
     last_read: AtomicU64,
     closing: AtomicBool,
+    /// It proved who it is (a client certificate); a connection that did
+    /// not makes room first when the listener is full.
+    trusted: AtomicBool,
     reader: AtomicWaker,
     writer: AtomicWaker,
 }
@@ -162,22 +170,32 @@ impl Connections {
     /// enough that it cannot be a live agent. Whether one was closed.
     pub(crate) fn make_room(&self) -> bool {
         let mut open = self.lock();
-        Self::evict_idlest(&mut open, self.now())
+        self.evict_idlest(&mut open, self.now())
     }
 
-    fn evict_idlest(open: &mut HashMap<u64, Arc<Conn>>, now: u64) -> bool {
-        let idlest = open
-            .iter()
-            .min_by_key(|(_, c)| c.last_heard())
-            .map(|(id, c)| (*id, c.last_heard()));
-        match idlest {
-            Some((id, heard)) if now.saturating_sub(heard) >= millis(MIN_SILENCE_TO_EVICT) => {
-                if let Some(conn) = open.remove(&id) {
-                    conn.close();
-                }
+    /// Makes room: the idlest connection that did not prove who it is,
+    /// else the idlest trusted one silent for `evictable_after`.
+    fn evict_idlest(&self, open: &mut HashMap<u64, Arc<Conn>>, now: u64) -> bool {
+        let idlest = |trusted: bool| {
+            open.iter()
+                .filter(|(_, c)| c.trusted.load(Ordering::Relaxed) == trusted)
+                .min_by_key(|(_, c)| c.last_heard())
+                .map(|(id, c)| (*id, c.last_heard()))
+        };
+        let victim = match idlest(false) {
+            Some((id, _)) => Some(id),
+            None => idlest(true)
+                .filter(|(_, heard)| {
+                    now.saturating_sub(*heard) >= millis(self.bounds.evictable_after)
+                })
+                .map(|(id, _)| id),
+        };
+        match victim.and_then(|id| open.remove(&id)) {
+            Some(conn) => {
+                conn.close();
                 true
             }
-            _ => false,
+            None => false,
         }
     }
 
@@ -187,7 +205,7 @@ impl Connections {
     pub(crate) fn admit(self: &Arc<Self>, tcp: TcpStream) -> Option<Tracked<TcpStream>> {
         let now = self.now();
         let mut open = self.lock();
-        if open.len() >= self.bounds.max && !Self::evict_idlest(&mut open, now) {
+        if open.len() >= self.bounds.max && !self.evict_idlest(&mut open, now) {
             drop(open);
             let refused = self
                 .refused
@@ -212,6 +230,7 @@ impl Connections {
             opened: now,
             last_read: AtomicU64::new(0),
             closing: AtomicBool::new(false),
+            trusted: AtomicBool::new(self.bounds.trust_all),
             reader: AtomicWaker::new(),
             writer: AtomicWaker::new(),
         });
@@ -237,6 +256,13 @@ pub(crate) struct Tracked<S> {
     conn: Arc<Conn>,
     id: u64,
     registry: Arc<Connections>,
+}
+
+impl<S> Tracked<S> {
+    /// The client proved who it is (a verified client certificate).
+    pub(crate) fn trust(&self) {
+        self.conn.trusted.store(true, Ordering::Relaxed);
+    }
 }
 
 impl<S> Drop for Tracked<S> {

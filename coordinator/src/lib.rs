@@ -22,6 +22,7 @@ mod metrics;
 pub mod model;
 pub mod policy;
 mod reload;
+mod request_deadline;
 mod runtime;
 mod session;
 mod store;
@@ -73,6 +74,13 @@ pub async fn run(
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    // The store first: a second coordinator on the same data directory
+    // stops here, before it says anything else.
+    let data_dir = config.data_dir.clone();
+    let retention = config.event_retention;
+    let store = tokio::task::spawn_blocking(move || SledStore::open(&data_dir, retention))
+        .await
+        .context("store open panicked")??;
     // One TLS crypto provider for everything: ring.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let tls = match config.tls_files() {
@@ -111,11 +119,6 @@ pub async fn run(
             "authentication is OFF: anyone who reaches this coordinator may act as any node and as an admin (configure [tls] client_ca and/or [auth] tokens)"
         );
     }
-    let data_dir = config.data_dir.clone();
-    let retention = config.event_retention;
-    let store = tokio::task::spawn_blocking(move || SledStore::open(&data_dir, retention))
-        .await
-        .context("store open panicked")??;
     let store: Arc<dyn Store> = Arc::new(store);
     let recovered = store.load()?;
     let fence = store.fence()?;
@@ -161,17 +164,23 @@ pub async fn run(
     let sessions = session::AgentSessions::new(handle.clone(), shutdown.clone(), auth.clone());
     let router = tonic::transport::Server::builder()
         .max_concurrent_streams(Some(limits::MAX_STREAMS_PER_CONNECTION))
+        .layer(request_deadline::RequestDeadlineLayer)
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(AgentServiceServer::new(sessions))
-        .add_service(AdminServiceServer::new(admin::AdminApi::new(
-            api::Api::new(handle, config.limits.max_watchers),
-            shutdown.clone(),
-            auth,
-        )));
+        .add_service(
+            AgentServiceServer::new(sessions).max_decoding_message_size(limits::MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            AdminServiceServer::new(admin::AdminApi::new(
+                api::Api::new(handle, config.limits.max_watchers),
+                shutdown.clone(),
+                auth,
+            ))
+            .max_decoding_message_size(limits::MAX_MESSAGE_BYTES),
+        );
     let readiness = http::Readiness::default();
     let routes = http::router(readiness.clone(), metrics);
-    let (grpc_bounds, http_bounds) = fit_descriptors(&config.limits);
+    let (grpc_bounds, http_bounds) = fit_descriptors(&config.limits, tls.is_none());
     let grpc_connections = connections::Connections::new("gRPC", grpc_bounds);
     let http_connections = connections::Connections::new("HTTP", http_bounds);
     let stopped = shutdown.clone();
@@ -279,7 +288,10 @@ const DESCRIPTOR_RESERVE: u64 = 64;
 /// The listeners' bounds from `[limits]`, with the gRPC cap lowered (and a
 /// warning) when the process may not open that many files. The soft limit
 /// on open files is raised to the hard one first.
-fn fit_descriptors(limits: &config::LimitsConfig) -> (connections::Bounds, connections::Bounds) {
+fn fit_descriptors(
+    limits: &config::LimitsConfig,
+    plaintext: bool,
+) -> (connections::Bounds, connections::Bounds) {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let allowed = match getrlimit(Resource::RLIMIT_NOFILE) {
         Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
@@ -310,11 +322,17 @@ fn fit_descriptors(limits: &config::LimitsConfig) -> (connections::Bounds, conne
             limits.max_http_connections
         );
     }
-    let bounds = |max: u64| connections::Bounds {
+    let bounds = |max: u64, evictable_after: Duration| connections::Bounds {
         max: usize::try_from(max).unwrap_or(usize::MAX),
         idle: limits.idle_timeout,
+        evictable_after,
+        trust_all: plaintext,
     };
-    (bounds(grpc), bounds(http))
+    (
+        // Longer than the longest heartbeat interval (60 s).
+        bounds(grpc, Duration::from_secs(65)),
+        bounds(http, Duration::ZERO),
+    )
 }
 
 /// Names this coordinator process in Welcome messages and logs.

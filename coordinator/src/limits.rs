@@ -13,8 +13,8 @@ pub(crate) const MAX_DETAIL: usize = 512;
 pub(crate) const MAX_LABEL: usize = 64;
 /// Health checks per heartbeat, and groups per check.
 pub(crate) const MAX_CHECKS: usize = 64;
-/// Roles claimed in one Hello or heartbeat.
-pub(crate) const MAX_CLAIMS: usize = 4096;
+/// Roles claimed in one Hello or heartbeat (the groups one agent is in).
+pub(crate) const MAX_CLAIMS: usize = 1024;
 
 /// Messages one agent session may send per second, sustained, and in a
 /// burst. An honest agent sends one heartbeat per interval (at least 10 ms)
@@ -23,25 +23,50 @@ pub(crate) const MAX_CLAIMS: usize = 4096;
 /// others.
 pub(crate) const SESSION_MESSAGES_PER_SECOND: u32 = 500;
 
+/// The largest message a client may send. An agent's heartbeat in 1,024
+/// groups with 64 checks is about 110 KB; anything bigger is refused
+/// (RESOURCE_EXHAUSTED) before it is decoded. With
+/// [`MAX_STREAMS_PER_CONNECTION`] this bounds what one connection can make
+/// the coordinator buffer (4 MiB), and [`REQUEST_TIMEOUT`] how long.
+pub(crate) const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+
+/// How long a call may take to arrive and be answered (for a stream: to
+/// be opened). A request sent halfway and left there is dropped with its
+/// buffer after this.
+pub(crate) const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Concurrent gRPC streams on one connection: an agent uses one, an
 /// operator's failoverctl a few; a client opening thousands to hold memory
 /// is told to wait (HTTP/2 flow control).
-pub(crate) const MAX_STREAMS_PER_CONNECTION: u32 = 64;
+pub(crate) const MAX_STREAMS_PER_CONNECTION: u32 = 16;
 
 /// `text` cut to at most `max` bytes (on a character boundary), saying how
-/// much was cut.
-pub(crate) fn clip(mut text: String, max: usize) -> String {
-    if text.len() <= max {
+/// much was cut, with control characters (newlines, escape sequences)
+/// shown as `\u{..}` so a client cannot forge log lines or drive an
+/// operator's terminal.
+pub(crate) fn clip(text: String, max: usize) -> String {
+    if text.len() <= max && !text.chars().any(char::is_control) {
         return text;
     }
-    let total = text.len();
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
+    let mut shown = String::new();
+    // Bytes of `text` that made it into `shown`.
+    let mut used = 0;
+    for c in text.chars() {
+        let piece = if c.is_control() {
+            c.escape_unicode().to_string()
+        } else {
+            c.to_string()
+        };
+        if shown.len() + piece.len() > max {
+            break;
+        }
+        shown.push_str(&piece);
+        used += c.len_utf8();
     }
-    text.truncate(end);
-    text.push_str(&format!("… ({} bytes cut)", total - end));
-    text
+    if used < text.len() {
+        shown.push_str(&format!("… ({} bytes cut)", text.len() - used));
+    }
+    shown
 }
 
 /// Says when a log line that a client can trigger at will may be written
@@ -117,6 +142,15 @@ impl Pace {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_are_shown_escaped_and_count_against_the_bound() {
+        assert_eq!(clip("a\nb\u{1b}[2J".into(), 100), "a\\u{a}b\\u{1b}[2J");
+        let cut = clip("\n".repeat(1000), 20);
+        assert!(cut.starts_with("\\u{a}\\u{a}\\u{a}\\u{a}"), "{cut}");
+        assert!(!cut.contains('\n'));
+        assert!(cut.ends_with("(996 bytes cut)"), "{cut}");
+    }
 
     #[test]
     fn long_text_is_cut_on_a_character_boundary() {

@@ -110,7 +110,13 @@ pub(crate) fn tls_incoming(
             let handshake =
                 tokio::time::timeout(FIRST_BYTES_TIMEOUT, TlsAcceptor::from(config).accept(tcp));
             let why = match handshake.await {
-                Ok(Ok(stream)) => return Some(stream),
+                Ok(Ok(stream)) => {
+                    let (tracked, session) = stream.get_ref();
+                    if session.peer_certificates().is_some_and(|c| !c.is_empty()) {
+                        tracked.trust();
+                    }
+                    return Some(stream);
+                }
                 Ok(Err(e)) => e.to_string(),
                 Err(_) => format!("no handshake within {FIRST_BYTES_TIMEOUT:?}"),
             };

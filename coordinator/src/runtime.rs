@@ -230,7 +230,13 @@ impl Runtime {
                     None => break,
                 },
                 _ = sleep_until(deadline), if deadline.is_some() => None,
+                // While writes fail, look every second whether the store
+                // works again, so the metric clears without a write.
+                _ = tokio::time::sleep(Duration::from_secs(1)), if self.unwritable.is_some() => None,
             };
+            if self.unwritable.is_some() && self.store.writable() {
+                self.store_works_again();
+            }
             let now = now();
             let mut out = Effects::default();
             let mut inputs = 0;
@@ -334,14 +340,7 @@ impl Runtime {
                     self.metrics.store_commits.inc();
                     self.metrics.store_commit.observe(secs(took));
                     self.durable.committed(&batch);
-                    if let Some((since_ms, why)) = self.unwritable.take() {
-                        self.metrics.store_writable.set(1);
-                        tracing::warn!(
-                            since_ms,
-                            "the store writes again (it could not since {since_ms} ms after the \
-                             epoch: {why})"
-                        );
-                    }
+                    self.store_works_again();
                     batch
                 }
                 Err(e @ StoreError::Fenced { .. }) => {
@@ -375,6 +374,16 @@ impl Runtime {
         let durable_at = Instant::now();
         for write in writes {
             if let Write::Event(event) = write {
+                tracing::info!(
+                    group = %event.group,
+                    epoch = event.epoch,
+                    kind = event.kind.as_str(),
+                    old_primary = event.old_primary.as_deref().unwrap_or("-"),
+                    new_primary = event.new_primary.as_deref().unwrap_or("-"),
+                    actor = %event.actor,
+                    "{}",
+                    event.reason
+                );
                 self.metrics
                     .events
                     .get_or_create(&EventLabels {
@@ -431,6 +440,17 @@ impl Runtime {
 }
 
 impl Runtime {
+    /// Clears the failed-write state, if any.
+    fn store_works_again(&mut self) {
+        if let Some((since_ms, why)) = self.unwritable.take() {
+            self.metrics.store_writable.set(1);
+            tracing::warn!(
+                since_ms,
+                "the store writes again (it could not since {since_ms} ms after the epoch: {why})"
+            );
+        }
+    }
+
     /// A batch the store could not write (a full disk): the engine takes it
     /// back ([`Engine::forget_unwritten`]) and says what may still be done;
     /// the failure is logged (rate-limited) and shown in the

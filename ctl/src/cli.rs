@@ -118,8 +118,10 @@ pub(crate) enum PkiCommand {
     /// the operator, in a file) and the line for the coordinator's token
     /// file (it holds only the token's hash).
     Token {
+        /// The operator's name, as events will record it.
         #[arg(long, value_name = "NAME")]
         name: String,
+        /// What the token may do.
         #[arg(long, value_parser = ["viewer", "operator", "admin"])]
         role: String,
         /// Write the token to FILE (readable by you only, ready for
@@ -156,6 +158,8 @@ pub(crate) enum GroupCommand {
     /// member that qualifies), whatever the state of the current primary.
     Takeover {
         name: String,
+        /// The member to take over (default: the first other member that
+        /// qualifies).
         #[arg(long, value_name = "NODE")]
         to: Option<String>,
     },

@@ -29,7 +29,9 @@ pub(crate) const CLIENT_DAYS: u32 = 365;
 pub(crate) fn init(dir: &Path, sans: &[String]) -> anyhow::Result<()> {
     if dir.join("ca.pem").exists() {
         bail!(
-            "{} already holds a CA: issue more certificates with failoverctl pki issue {}",
+            "{} already holds a CA: issue more certificates with failoverctl pki issue {} (the \
+             coordinator's with other names: pki issue {} --coordinator-cert --san NAME)",
+            dir.display(),
             dir.display(),
             dir.display()
         );

@@ -183,7 +183,10 @@ pub fn explain(url: &str, error: &str) -> String {
     let text = parts.join(": ");
     let lower = text.to_ascii_lowercase();
     let tls = url.starts_with("https://");
-    let hint = if !tls
+    let refused = lower.contains("connection refused") || lower.contains("os error 111");
+    let hint = if refused {
+        Some("nothing listens there: is the coordinator running, and is this its address?")
+    } else if !tls
         && (lower.contains("frame with invalid size")
             || lower.contains("frame_size_error")
             || lower.contains("transport error"))
@@ -239,7 +242,11 @@ mod tests {
         assert!(e.contains("not signed by the CA"), "{e}");
         let e = explain("http://a:1", "coordinator failed: transport error");
         assert!(e.contains("https://"), "{e}");
-        let e = explain("http://a:1", "connection refused");
-        assert_eq!(e, "connection refused");
+        let e = explain(
+            "http://a:1",
+            "transport error: Connection refused (os error 111)",
+        );
+        assert!(e.contains("nothing listens there"), "{e}");
+        assert!(!e.contains("https://"), "{e}");
     }
 }

@@ -23,9 +23,12 @@ pub enum DurationError {
 /// the wire's `u64`.
 pub fn parse(text: &str) -> Result<Duration, DurationError> {
     let shown = || text.chars().take(64).collect::<String>();
-    let d = humantime::parse_duration(text).map_err(|e| DurationError::Unreadable {
-        text: shown(),
-        reason: e.to_string(),
+    let d = humantime::parse_duration(text).map_err(|e| match e {
+        humantime::DurationError::NumberOverflow => DurationError::TooLong { text: shown() },
+        e => DurationError::Unreadable {
+            text: shown(),
+            reason: e.to_string(),
+        },
     })?;
     if d.subsec_nanos() % 1_000_000 != 0 {
         return Err(DurationError::SubMillisecond { text: shown() });
@@ -101,7 +104,7 @@ mod tests {
         ));
         assert!(matches!(
             parse("99999999999999999999999s"),
-            Err(DurationError::Unreadable { .. })
+            Err(DurationError::TooLong { .. })
         ));
         let sub = parse("500us").unwrap_err();
         assert!(matches!(sub, DurationError::SubMillisecond { .. }));

@@ -5,6 +5,7 @@ pub mod client;
 pub mod duration;
 pub mod identity;
 pub mod names;
+pub mod toml_error;
 pub mod vocab;
 
 /// Generated messages and services of package `failover.v1`.

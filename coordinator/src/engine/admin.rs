@@ -542,6 +542,10 @@ impl Engine {
             ));
         }
         let policy = g.policy().merged(patch).map_err(invalid)?;
+        // The same settings again change nothing: no write, no event.
+        if &policy == g.policy() {
+            return self.view(group, now);
+        }
         let changes = describe_changes(g.policy(), &policy);
         let members = g.members().to_vec();
         self.change(

@@ -383,16 +383,8 @@ impl EventLog {
     fn record(&mut self, event: NewEvent<'_>, now: Now, out: &mut Effects) {
         let seq = self.next_seq;
         self.next_seq = self.next_seq.saturating_add(1);
-        tracing::info!(
-            group = event.group,
-            epoch = event.epoch,
-            kind = event.kind.as_str(),
-            old_primary = event.old_primary.unwrap_or("-"),
-            new_primary = event.new_primary.unwrap_or("-"),
-            actor = event.actor,
-            "{}",
-            event.reason
-        );
+        // Logged by the runtime once written: a batch the store refuses
+        // never happened.
         out.writes.push(Write::Event(EventRecord {
             seq,
             unix_ms: now.wall_ms,

@@ -51,6 +51,8 @@ pub(super) struct Duplicate {
     /// When this run of refusals began and when the last one came.
     pub(super) first_refused: Instant,
     pub(super) last_refused: Instant,
+    /// When a refusal was last logged (at most once a minute).
+    pub(super) last_logged: Instant,
     /// The `duplicate_node` event was recorded.
     pub(super) reported: bool,
 }

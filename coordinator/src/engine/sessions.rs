@@ -179,11 +179,18 @@ impl Engine {
             node_uuid: hello.node_uuid.clone(),
             first_refused: now.mono,
             last_refused: now.mono,
+            last_logged: now.mono,
             reported: false,
         });
         d.instance = hello.instance.clone();
         d.address = hello.address.clone();
         d.node_uuid = hello.node_uuid.clone();
+        // A duplicate retrying every second is one line a minute, not sixty.
+        let log = d.first_refused == now.mono
+            || now.mono.saturating_duration_since(d.last_logged) >= REFUSAL_MEMORY;
+        if log {
+            d.last_logged = now.mono;
+        }
         d.last_refused = now.mono;
         let alive_since_first = current
             .last_heartbeat
@@ -205,7 +212,9 @@ impl Engine {
                 "another installation"
             },
         );
-        tracing::warn!(node = %hello.node, from = %hello.address, "refused a duplicate agent session: {message}");
+        if log || report {
+            tracing::warn!(node = %hello.node, from = %hello.address, "refused a duplicate agent session: {message}");
+        }
         out.refusals.push((
             session,
             DuplicateRefusal {

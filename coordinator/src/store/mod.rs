@@ -40,6 +40,12 @@ pub(crate) trait Store: Send + Sync {
     /// applied and the answer is [`StoreError::Fenced`].
     fn commit(&self, writes: &[Write], fence: Option<Fence>) -> Result<(), StoreError>;
 
+    /// Whether commits can be tried now (false while a failed store is
+    /// being opened again).
+    fn writable(&self) -> bool {
+        true
+    }
+
     /// Takes a new fencing term, above every earlier one.
     fn fence(&self) -> Result<Fence, StoreError>;
 

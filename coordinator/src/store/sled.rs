@@ -57,7 +57,11 @@ struct Opened {
 
 impl From<sled::Error> for StoreError {
     fn from(e: sled::Error) -> StoreError {
-        StoreError::Io(e.to_string())
+        match e {
+            // sled shows the OS error in its debug form; say it plainly.
+            sled::Error::Io(io) => StoreError::Io(io.to_string()),
+            e => StoreError::Io(e.to_string()),
+        }
     }
 }
 
@@ -68,6 +72,7 @@ impl Opened {
             reason,
         };
         private_dir(dir).map_err(|e| open_err(e.to_string()))?;
+        remove_unfinished_snapshots(dir);
         // A coordinator restarted right after a kill may find the old
         // process still exiting: its lock goes with it, so wait a moment.
         let deadline = std::time::Instant::now() + LOCK_WAIT;
@@ -82,7 +87,7 @@ impl Opened {
                     }
                     std::thread::sleep(std::time::Duration::from_millis(100));
                 }
-                Err(e) => return Err(open_err(e.to_string())),
+                Err(e) => return Err(open_err(StoreError::from(e).to_string())),
             }
         };
         // The directory entries of sled's files must be durable too.
@@ -449,12 +454,52 @@ impl SledStore {
     }
 }
 
-/// Opens the store in `dir` again, once every [`REOPEN_EVERY`], until it
-/// works.
+/// Free space below which opening the store again is not tried: sled
+/// writes while it opens, and on a full disk leaves unfinished files.
+const REOPEN_FREE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Bytes free for this user on the file system of `dir`.
+// The field types differ between platforms; on some they already are u64.
+#[allow(clippy::useless_conversion)]
+fn free_bytes(dir: &Path) -> Option<u64> {
+    let stat = nix::sys::statvfs::statvfs(dir).ok()?;
+    Some(u64::from(stat.blocks_available()).saturating_mul(u64::from(stat.fragment_size())))
+}
+
+/// sled builds a snapshot in `snap.*.generating` and renames it when done;
+/// one left behind (the disk filled up while it was written) makes the
+/// next open fail, and is never needed: remove it.
+fn remove_unfinished_snapshots(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => tracing::warn!(file = %name, "removed an unfinished store snapshot"),
+                Err(e) => {
+                    tracing::warn!(file = %name, error = %e, "cannot remove an unfinished store snapshot")
+                }
+            }
+        }
+    }
+}
+
+/// Opens the store in `dir` again, once every [`REOPEN_EVERY`] that the
+/// disk has room, until it works.
 fn reopen(state: &Mutex<State>, dir: &Path, retention: u64) {
     let mut logged = std::time::Instant::now();
     loop {
         std::thread::sleep(REOPEN_EVERY);
+        if free_bytes(dir).is_some_and(|free| free < REOPEN_FREE_BYTES) {
+            if logged.elapsed() >= std::time::Duration::from_secs(10) {
+                logged = std::time::Instant::now();
+                tracing::error!(dir = %dir.display(), "the store's disk is still full: waiting for free space");
+            }
+            continue;
+        }
         match Opened::open(dir, retention) {
             Ok(opened) => {
                 let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
@@ -477,6 +522,10 @@ fn reopen(state: &Mutex<State>, dir: &Path, retention: u64) {
 }
 
 impl Store for SledStore {
+    fn writable(&self) -> bool {
+        self.lock().opened.is_some()
+    }
+
     fn load(&self) -> Result<Recovered, StoreError> {
         self.with(Opened::load)
     }
@@ -744,5 +793,24 @@ mod durability_tests {
         let size = serde_json::to_vec(&g).unwrap().len();
         assert!(size * 17 < 128 * 1024 || size < MAX_VALUE, "{size}");
         assert!(size < MAX_VALUE / 2, "a full group is {size} bytes");
+    }
+}
+
+#[cfg(test)]
+mod reopen_tests {
+    use super::*;
+
+    #[test]
+    fn an_unfinished_snapshot_left_by_a_full_disk_does_not_stop_the_store_opening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path(), 10).unwrap();
+            store.fence().unwrap();
+        }
+        // What sled leaves when the disk fills while it writes a snapshot.
+        std::fs::write(dir.path().join("snap.00000000000004B2.generating"), b"").unwrap();
+        let store = SledStore::open(dir.path(), 10).expect("opens");
+        assert!(store.writable());
+        assert!(!dir.path().join("snap.00000000000004B2.generating").exists());
     }
 }

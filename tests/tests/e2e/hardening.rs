@@ -206,7 +206,9 @@ fn oversized_client_text_is_cut_at_the_edge() {
         assert!(
             matches!(
                 refused.code(),
-                tonic::Code::InvalidArgument | tonic::Code::ResourceExhausted
+                tonic::Code::InvalidArgument
+                    | tonic::Code::ResourceExhausted
+                    | tonic::Code::OutOfRange
             ),
             "{refused:?}"
         );
@@ -249,17 +251,18 @@ fn oversized_client_text_is_cut_at_the_edge() {
         assert!(epoch > 0, "n3 was never assigned the role");
         s.send(pb::agent_message::Kind::Heartbeat(pb::Heartbeat {
             seq: 1000,
+            // Together just under the 256 KiB a message may be.
             checks: vec![pb::CheckStatus {
-                name: huge.clone(),
+                name: huge[..120_000].to_owned(),
                 passing: true,
                 groups: vec![],
-                detail: huge.clone(),
+                detail: huge[..120_000].to_owned(),
             }],
             roles: vec![claim("solo", pb::Role::Primary, epoch)],
         }))
         .await;
         s.send(pb::agent_message::Kind::Goodbye(pb::Goodbye {
-            reason: huge.clone(),
+            reason: huge[..250_000].to_owned(),
         }))
         .await;
         s.drain(Duration::from_millis(500)).await;
@@ -433,4 +436,43 @@ fn a_hook_that_prints_without_end_bounds_the_agents_memory_and_log() {
     );
     let peak = peak_rss_kb(agent.pid().as_raw());
     assert!(peak < 64 * 1024, "the agent's memory peaked at {peak} kB");
+}
+
+#[test]
+fn clients_without_a_certificate_cannot_crowd_out_agents_and_operators() {
+    let config = tempfile::tempdir().unwrap();
+    let path = config.path().join("limits.toml");
+    std::fs::write(&path, "[limits]\nmax_connections = 30\n").unwrap();
+    let mut c = Cluster::start_secure(&["--config", path.to_str().unwrap()]);
+    let before = group_of_two(&mut c);
+    // Twice the cap in TLS connections without a client certificate that
+    // stay busy (HTTP/2 pings every second), so none of them is idle.
+    let url = c.url();
+    let anonymous = proto::client::ClientTls {
+        ca: Some(c.pki.as_ref().unwrap().ca()),
+        cert: None,
+        key: None,
+    };
+    let rt = runtime();
+    let crowd: Vec<_> = rt.block_on(async {
+        let mut crowd = Vec::new();
+        for _ in 0..60 {
+            let endpoint = proto::client::endpoint(&url, &anonymous, Duration::from_secs(5))
+                .unwrap()
+                .http2_keep_alive_interval(Duration::from_secs(1));
+            if let Ok(channel) = endpoint.connect().await {
+                crowd.push(channel);
+            }
+        }
+        crowd
+    });
+    // An operator with a certificate gets in, and so does a restarted agent.
+    c.wait_until("the operator gets in past the crowd", || {
+        c.ctl(&["group", "list"]).status.success().then_some(())
+    });
+    c.kill_agent("n2");
+    c.start_agent("n2");
+    c.wait_connected("g", &["n2"]);
+    assert_undisturbed(&c, before);
+    drop(crowd);
 }
