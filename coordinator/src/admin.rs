@@ -114,6 +114,36 @@ impl AdminApi {
     }
 }
 
+/// Groups in one answer at most: a group of 64 members with long names is
+/// about 20 KB, so a page stays far below a client's 4 MiB limit.
+const MAX_GROUPS_PER_PAGE: usize = 100;
+/// Nodes in one answer at most (a node is well under 2 KB).
+const MAX_NODES_PER_PAGE: usize = 500;
+
+/// Where a page starts and how long it is, from a request's token and
+/// size. The token is the last name of the previous page.
+fn page(token: &str, size: u32, max: usize) -> Result<(Option<String>, usize), Status> {
+    let after = if token.is_empty() {
+        None
+    } else {
+        proto::names::validate_node_id(token)
+            .map_err(|_| Status::invalid_argument("page_token is not one this coordinator gave"))?;
+        Some(token.to_owned())
+    };
+    let size = usize::try_from(size).unwrap_or(max);
+    let limit = if size == 0 { max } else { size.min(max) };
+    Ok((after, limit))
+}
+
+/// The token of the page after one of `got` entries ending at `last`:
+/// empty when this one was not full (the last page).
+fn next_token(got: usize, limit: usize, last: Option<&String>) -> String {
+    match last {
+        Some(last) if got >= limit => last.clone(),
+        _ => String::new(),
+    }
+}
+
 /// The bearer token a request carries (`authorization: Bearer TOKEN`, the
 /// scheme in any case), trimmed.
 fn bearer<T>(request: &Request<T>) -> Option<String> {
@@ -139,13 +169,18 @@ impl pb::admin_service_server::AdminService for AdminApi {
         &self,
         request: Request<pb::ListGroupsRequest>,
     ) -> Result<Response<pb::ListGroupsResponse>, Status> {
+        let actor = self.actor(&request);
+        let r = request.into_inner();
+        let (after, limit) = page(&r.page_token, r.page_size, MAX_GROUPS_PER_PAGE)?;
         let groups = self
             .api
-            .groups(&self.actor(&request))
+            .groups(&actor, after, limit)
             .await
             .map_err(api_status)?;
+        let next_page_token = next_token(groups.len(), limit, groups.last().map(|g| &g.name));
         Ok(Response::new(pb::ListGroupsResponse {
             groups: groups.into_iter().map(group_to_proto).collect(),
+            next_page_token,
         }))
     }
 
@@ -236,13 +271,18 @@ impl pb::admin_service_server::AdminService for AdminApi {
         &self,
         request: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        let actor = self.actor(&request);
+        let r = request.into_inner();
+        let (after, limit) = page(&r.page_token, r.page_size, MAX_NODES_PER_PAGE)?;
         let nodes = self
             .api
-            .nodes(&self.actor(&request))
+            .nodes(&actor, after, limit)
             .await
             .map_err(api_status)?;
+        let next_page_token = next_token(nodes.len(), limit, nodes.last().map(|n| &n.node));
         Ok(Response::new(pb::ListNodesResponse {
             nodes: nodes.into_iter().map(node_to_proto).collect(),
+            next_page_token,
         }))
     }
 

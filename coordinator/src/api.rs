@@ -97,9 +97,9 @@ impl fmt::Display for Actor {
 /// The role a command needs, and its name for a refusal.
 fn needed(command: &AdminCommand) -> (Access, &'static str) {
     match command {
-        AdminCommand::ListGroups => (Access::Viewer, "group list"),
+        AdminCommand::ListGroups { .. } => (Access::Viewer, "group list"),
         AdminCommand::GetGroup { .. } => (Access::Viewer, "group show"),
-        AdminCommand::ListNodes => (Access::Viewer, "node list"),
+        AdminCommand::ListNodes { .. } => (Access::Viewer, "node list"),
         AdminCommand::Promote { .. } => (Access::Operator, "group promote"),
         AdminCommand::Takeover { .. } => (Access::Operator, "group takeover"),
         AdminCommand::Restore { .. } => (Access::Operator, "group restore"),
@@ -211,8 +211,17 @@ impl Api {
             .await
     }
 
-    pub async fn groups(&self, actor: &Actor) -> Result<Vec<GroupView>, ApiError> {
-        match self.execute(actor, AdminCommand::ListGroups).await? {
+    /// A page of groups in name order: after `after`, at most `limit`.
+    pub async fn groups(
+        &self,
+        actor: &Actor,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<GroupView>, ApiError> {
+        match self
+            .execute(actor, AdminCommand::ListGroups { after, limit })
+            .await?
+        {
             AdminReply::Groups(groups) => Ok(groups),
             other => Err(unexpected(&other)),
         }
@@ -228,8 +237,17 @@ impl Api {
         }
     }
 
-    pub async fn nodes(&self, actor: &Actor) -> Result<Vec<NodeView>, ApiError> {
-        match self.execute(actor, AdminCommand::ListNodes).await? {
+    /// A page of nodes in name order: after `after`, at most `limit`.
+    pub async fn nodes(
+        &self,
+        actor: &Actor,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<NodeView>, ApiError> {
+        match self
+            .execute(actor, AdminCommand::ListNodes { after, limit })
+            .await?
+        {
             AdminReply::Nodes(nodes) => Ok(nodes),
             other => Err(unexpected(&other)),
         }

@@ -266,11 +266,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print_group(out, &g);
         }
         Command::Group(GroupCommand::List) => {
-            let groups = client
-                .list_groups(pb::ListGroupsRequest {})
-                .await?
-                .into_inner()
-                .groups;
+            // Page by page, until the coordinator says it was the last.
+            let mut groups = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let page = client
+                    .list_groups(pb::ListGroupsRequest {
+                        page_size: 0,
+                        page_token: page_token.clone(),
+                    })
+                    .await?
+                    .into_inner();
+                groups.extend(page.groups);
+                if page.next_page_token.is_empty() || page.next_page_token == page_token {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
             print(
                 out,
                 output::groups_json(&groups),
@@ -344,11 +356,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print_group(out, &g);
         }
         Command::Node(NodeCommand::List) => {
-            let nodes = client
-                .list_nodes(pb::ListNodesRequest {})
-                .await?
-                .into_inner()
-                .nodes;
+            let mut nodes = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let page = client
+                    .list_nodes(pb::ListNodesRequest {
+                        page_size: 0,
+                        page_token: page_token.clone(),
+                    })
+                    .await?
+                    .into_inner();
+                nodes.extend(page.nodes);
+                if page.next_page_token.is_empty() || page.next_page_token == page_token {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
             print(out, output::nodes_json(&nodes), output::nodes_table(&nodes));
         }
         // Handled above, without a coordinator.

@@ -29,10 +29,11 @@ impl Engine {
                 members,
                 policy,
             } => self.create_group(name, members, &policy, actor, now, out),
-            AdminCommand::ListGroups => Ok(AdminReply::Groups(
+            AdminCommand::ListGroups { after, limit } => Ok(AdminReply::Groups(
                 self.groups
-                    .values()
-                    .map(|g| group_view(g, &self.nodes, now))
+                    .range::<String, _>(after_bound(after.as_ref()))
+                    .take(limit)
+                    .map(|(_, g)| group_view(g, &self.nodes, now))
                     .collect(),
             )),
             AdminCommand::GetGroup { name } => self
@@ -72,7 +73,11 @@ impl Engine {
             AdminCommand::UpdatePolicy { group, policy } => {
                 self.update_policy(&group, &policy, actor, now, out)
             }
-            AdminCommand::ListNodes => Ok(AdminReply::Nodes(self.node_views(now))),
+            AdminCommand::ListNodes { after, limit } => Ok(AdminReply::Nodes(self.node_views(
+                after.as_ref(),
+                limit,
+                now,
+            ))),
         };
         out.replies.push((reply, result));
     }
@@ -758,4 +763,15 @@ fn describe_changes(old: &Policy, new: &Policy) -> String {
 
 fn invalid(e: impl std::fmt::Display) -> AdminError {
     AdminError::InvalidArgument(e.to_string())
+}
+
+/// The range of names after `after` (all of them without one).
+pub(super) fn after_bound(
+    after: Option<&String>,
+) -> (std::ops::Bound<&String>, std::ops::Bound<&String>) {
+    use std::ops::Bound;
+    match after {
+        Some(name) => (Bound::Excluded(name), Bound::Unbounded),
+        None => (Bound::Unbounded, Bound::Unbounded),
+    }
 }

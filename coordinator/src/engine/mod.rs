@@ -151,7 +151,12 @@ pub enum AdminCommand {
         members: Vec<String>,
         policy: PolicyPatch,
     },
-    ListGroups,
+    /// A page of groups in name order: those after `after`, at most
+    /// `limit`.
+    ListGroups {
+        after: Option<String>,
+        limit: usize,
+    },
     GetGroup {
         name: String,
     },
@@ -201,7 +206,11 @@ pub enum AdminCommand {
         group: String,
         node: String,
     },
-    ListNodes,
+    /// A page of nodes in name order (as for groups).
+    ListNodes {
+        after: Option<String>,
+        limit: usize,
+    },
 }
 
 // One reply per admin call: its size does not matter.

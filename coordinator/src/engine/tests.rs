@@ -1281,7 +1281,7 @@ fn a_session_that_never_heartbeats_is_closed_after_the_startup_timeout() {
     assert!(sim.log.iter().all(|e| e.closes.is_empty()));
     let out = sim.advance(secs(2));
     assert_eq!(out.closes, vec![77]);
-    assert!(!sim.engine.node_views(sim.now)[0].connected);
+    assert!(!sim.engine.node_views(None, usize::MAX, sim.now)[0].connected);
 }
 
 #[test]
@@ -1361,7 +1361,7 @@ fn a_second_instance_of_a_connected_node_is_refused_and_reported() {
     assert!(view.alarm.unwrap_or_default().contains("duplicate"));
     let node = sim
         .engine
-        .node_views(sim.now)
+        .node_views(None, usize::MAX, sim.now)
         .into_iter()
         .find(|n| n.node == "rec-1")
         .unwrap();
@@ -1623,7 +1623,7 @@ fn a_session_silent_for_twice_its_lease_is_closed() {
     assert!(!sim.log.iter().any(|e| e.closes.contains(&session)));
     sim.run_for(secs(2), &["rec-1", "rec-2"]);
     assert!(sim.log.iter().any(|e| e.closes.contains(&session)));
-    assert!(!sim.engine.node_views(sim.now)[2].connected);
+    assert!(!sim.engine.node_views(None, usize::MAX, sim.now)[2].connected);
 }
 
 #[test]

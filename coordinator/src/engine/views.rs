@@ -76,9 +76,11 @@ impl Engine {
             .map(|g| group_view(g, &self.nodes, now))
     }
 
-    pub fn node_views(&self, now: Now) -> Vec<NodeView> {
+    /// A page of node views in name order: after `after`, at most `limit`.
+    pub fn node_views(&self, after: Option<&String>, limit: usize, now: Now) -> Vec<NodeView> {
         self.nodes
-            .iter()
+            .range::<String, _>(super::admin::after_bound(after))
+            .take(limit)
             .map(|(id, n)| {
                 let connected = n.session.is_some();
                 NodeView {

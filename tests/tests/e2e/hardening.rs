@@ -476,3 +476,31 @@ fn clients_without_a_certificate_cannot_crowd_out_agents_and_operators() {
     assert_undisturbed(&c, before);
     drop(crowd);
 }
+
+#[test]
+fn lists_of_any_length_come_in_pages_that_fit() {
+    use proto::v1 as pb;
+    use proto::v1::admin_service_client::AdminServiceClient;
+    let c = Cluster::start();
+    // 1,000 groups of 64 members with 63-character names: one answer with
+    // all of them would be far above a client's 4 MiB message limit.
+    let url = c.url();
+    runtime().block_on(async {
+        let mut admin = AdminServiceClient::connect(url).await.unwrap();
+        for g in 0..1000 {
+            let members = (0..64).map(|m| format!("{g:0>31}-{m:0>31}")).collect();
+            admin
+                .create_group(pb::CreateGroupRequest {
+                    name: format!("{g:x>63}"),
+                    members,
+                    policy: None,
+                })
+                .await
+                .unwrap();
+        }
+    });
+    let groups = c.ctl_json(&["group", "list"]);
+    assert_eq!(groups.as_array().unwrap().len(), 1000);
+    let nodes = c.ctl_json(&["node", "list"]);
+    assert_eq!(nodes.as_array().unwrap().len(), 64_000);
+}
