@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -29,6 +29,19 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// written at most this often.
 const LOG_EVERY: Duration = Duration::from_secs(10);
 
+/// What a connection proved of who it is, least first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub(crate) enum Trust {
+    /// No client certificate.
+    Anonymous = 0,
+    /// A certificate that allows only reading (a viewer), or names nobody.
+    Reader = 1,
+    /// An agent's certificate, an operator's or an admin's; and every
+    /// connection in plaintext, where nothing tells them apart.
+    Trusted = 2,
+}
+
 /// The bounds of one listener.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Bounds {
@@ -42,7 +55,7 @@ pub(crate) struct Bounds {
     /// request is over in milliseconds and must get in).
     pub(crate) evictable_after: Duration,
     /// Whether a connection is trusted from the start (plaintext: nothing
-    /// to tell them apart), or only once it shows a client certificate.
+    /// to tell them apart), or only once it shows its certificate.
     pub(crate) trust_all: bool,
 }
 
@@ -68,9 +81,9 @@ struct Conn {
     /// never.
     last_read: AtomicU64,
     closing: AtomicBool,
-    /// It proved who it is (a client certificate); a connection that did
-    /// not makes room first when the listener is full.
-    trusted: AtomicBool,
+    /// How much it proved of who it is ([`Trust`]); when the listener is
+    /// full, the least trusted make room first.
+    trust: AtomicU8,
     reader: AtomicWaker,
     writer: AtomicWaker,
 }
@@ -173,23 +186,25 @@ impl Connections {
         self.evict_idlest(&mut open, self.now())
     }
 
-    /// Makes room: the idlest connection that did not prove who it is,
-    /// else the idlest trusted one silent for `evictable_after`.
+    /// Makes room: the idlest of the least trusted connections, except
+    /// that a trusted one goes only when silent for `evictable_after`.
     fn evict_idlest(&self, open: &mut HashMap<u64, Arc<Conn>>, now: u64) -> bool {
-        let idlest = |trusted: bool| {
+        let idlest = |trust: Trust| {
             open.iter()
-                .filter(|(_, c)| c.trusted.load(Ordering::Relaxed) == trusted)
+                .filter(|(_, c)| c.trust.load(Ordering::Relaxed) == trust as u8)
                 .min_by_key(|(_, c)| c.last_heard())
                 .map(|(id, c)| (*id, c.last_heard()))
         };
-        let victim = match idlest(false) {
-            Some((id, _)) => Some(id),
-            None => idlest(true)
-                .filter(|(_, heard)| {
-                    now.saturating_sub(*heard) >= millis(self.bounds.evictable_after)
-                })
-                .map(|(id, _)| id),
-        };
+        let victim = idlest(Trust::Anonymous)
+            .or_else(|| idlest(Trust::Reader))
+            .map(|(id, _)| id)
+            .or_else(|| {
+                idlest(Trust::Trusted)
+                    .filter(|(_, heard)| {
+                        now.saturating_sub(*heard) >= millis(self.bounds.evictable_after)
+                    })
+                    .map(|(id, _)| id)
+            });
         match victim.and_then(|id| open.remove(&id)) {
             Some(conn) => {
                 conn.close();
@@ -230,7 +245,11 @@ impl Connections {
             opened: now,
             last_read: AtomicU64::new(0),
             closing: AtomicBool::new(false),
-            trusted: AtomicBool::new(self.bounds.trust_all),
+            trust: AtomicU8::new(if self.bounds.trust_all {
+                Trust::Trusted as u8
+            } else {
+                Trust::Anonymous as u8
+            }),
             reader: AtomicWaker::new(),
             writer: AtomicWaker::new(),
         });
@@ -259,9 +278,9 @@ pub(crate) struct Tracked<S> {
 }
 
 impl<S> Tracked<S> {
-    /// The client proved who it is (a verified client certificate).
-    pub(crate) fn trust(&self) {
-        self.conn.trusted.store(true, Ordering::Relaxed);
+    /// What the client proved of who it is (its verified certificate).
+    pub(crate) fn trust(&self, trust: Trust) {
+        self.conn.trust.store(trust as u8, Ordering::Relaxed);
     }
 }
 

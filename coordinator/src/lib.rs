@@ -164,7 +164,7 @@ pub async fn run(
     let sessions = session::AgentSessions::new(handle.clone(), shutdown.clone(), auth.clone());
     let router = tonic::transport::Server::builder()
         .max_concurrent_streams(Some(limits::MAX_STREAMS_PER_CONNECTION))
-        .layer(request_deadline::RequestDeadlineLayer)
+        .layer(request_deadline::RequestDeadlineLayer::new())
         .add_service(health_service)
         .add_service(reflection)
         .add_service(

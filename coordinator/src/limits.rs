@@ -35,6 +35,17 @@ pub(crate) const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 /// buffer after this.
 pub(crate) const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Calls other than agent sessions whose request is still arriving, across
+/// all connections: with [`MAX_MESSAGE_BYTES`] this bounds what clients can
+/// make the coordinator buffer (64 MiB); more are refused
+/// (RESOURCE_EXHAUSTED) until some finish. An operator's call arrives in
+/// microseconds.
+pub(crate) const MAX_REQUESTS_ARRIVING: usize = 256;
+
+/// Agent sessions waiting for their Hello, across all connections (the
+/// same bound for partial Hellos); more are refused and the agents retry.
+pub(crate) const MAX_SESSIONS_STARTING: usize = 256;
+
 /// Concurrent gRPC streams on one connection: an agent uses one, an
 /// operator's failoverctl a few; a client opening thousands to hold memory
 /// is told to wait (HTTP/2 flow control).
@@ -45,14 +56,14 @@ pub(crate) const MAX_STREAMS_PER_CONNECTION: u32 = 16;
 /// shown as `\u{..}` so a client cannot forge log lines or drive an
 /// operator's terminal.
 pub(crate) fn clip(text: String, max: usize) -> String {
-    if text.len() <= max && !text.chars().any(char::is_control) {
+    if text.len() <= max && !text.chars().any(unsafe_to_show) {
         return text;
     }
     let mut shown = String::new();
     // Bytes of `text` that made it into `shown`.
     let mut used = 0;
     for c in text.chars() {
-        let piece = if c.is_control() {
+        let piece = if unsafe_to_show(c) {
             c.escape_unicode().to_string()
         } else {
             c.to_string()
@@ -67,6 +78,18 @@ pub(crate) fn clip(text: String, max: usize) -> String {
         shown.push_str(&format!("… ({} bytes cut)", text.len() - used));
     }
     shown
+}
+
+/// Characters that would break a line or turn text around on a terminal
+/// or in a log viewer: controls, line and paragraph separators, and the
+/// bidirectional overrides and isolates.
+fn unsafe_to_show(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+                | '\u{200e}' | '\u{200f}' | '\u{061c}'
+        )
 }
 
 /// Says when a log line that a client can trigger at will may be written
@@ -146,6 +169,10 @@ mod tests {
     #[test]
     fn control_characters_are_shown_escaped_and_count_against_the_bound() {
         assert_eq!(clip("a\nb\u{1b}[2J".into(), 100), "a\\u{a}b\\u{1b}[2J");
+        assert_eq!(
+            clip("x\u{2028}y\u{202e}".into(), 100),
+            "x\\u{2028}y\\u{202e}"
+        );
         let cut = clip("\n".repeat(1000), 20);
         assert!(cut.starts_with("\\u{a}\\u{a}\\u{a}\\u{a}"), "{cut}");
         assert!(!cut.contains('\n'));

@@ -24,7 +24,7 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::connections::{Connections, FIRST_BYTES_TIMEOUT, Tracked};
+use crate::connections::{Connections, FIRST_BYTES_TIMEOUT, Tracked, Trust};
 use crate::limits::LogEvery;
 use crate::tls::TlsState;
 
@@ -112,8 +112,8 @@ pub(crate) fn tls_incoming(
             let why = match handshake.await {
                 Ok(Ok(stream)) => {
                     let (tracked, session) = stream.get_ref();
-                    if session.peer_certificates().is_some_and(|c| !c.is_empty()) {
-                        tracked.trust();
+                    if let Some(cert) = session.peer_certificates().and_then(|c| c.first()) {
+                        tracked.trust(trust_of(cert));
                     }
                     return Some(stream);
                 }
@@ -188,6 +188,20 @@ where
         }
     });
     ReceiverStream::new(rx)
+}
+
+/// How far a verified client certificate is trusted to hold a connection:
+/// agents, operators and admins fully; viewers and certificates that name
+/// nobody less (a crowd of them must not keep agents out).
+fn trust_of(cert: &[u8]) -> Trust {
+    use proto::identity::{Named, named_by};
+    match named_by(cert) {
+        Ok(Some(Named::Node(_))) => Trust::Trusted,
+        Ok(Some(Named::Operator { role, .. })) if role == "operator" || role == "admin" => {
+            Trust::Trusted
+        }
+        _ => Trust::Reader,
+    }
 }
 
 fn out_of_descriptors(e: &io::Error) -> bool {

@@ -1,10 +1,11 @@
-//! A deadline on receiving a request: a call whose request message has not
-//! fully arrived within [`REQUEST_TIMEOUT`] of its start fails, and what
-//! was buffered of it is dropped — so a client that sends large messages
-//! halfway and stops cannot make the coordinator hold them. Streams whose
-//! requests last as long as the call (agent sessions, reflection) are not
-//! bounded here; a session must send its Hello within `connect_timeout`.
-//! Answers may take as long as they need (a switchover waits for hooks).
+//! A deadline and a budget on receiving requests: a call whose request has
+//! not fully arrived within [`REQUEST_TIMEOUT`] of its start fails, and
+//! what was buffered of it is dropped; at most [`MAX_REQUESTS_ARRIVING`]
+//! requests may be arriving at once — so clients that send large messages
+//! halfway cannot make the coordinator hold them, for long or in number.
+//! Agent sessions, whose request lasts as long as the call, are bounded in
+//! `session.rs` instead (their Hello). Answers may take as long as they
+//! need (a switchover waits for hooks).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -12,28 +13,43 @@ use std::task::{Context, Poll};
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::Sleep;
 
-use crate::limits::REQUEST_TIMEOUT;
+use std::sync::Arc;
 
-/// Requests to these paths stream for the whole call.
-const STREAMING: [&str; 2] = [
-    "/failover.v1.AgentService/Session",
-    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-];
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct RequestDeadlineLayer;
+use crate::limits::{MAX_REQUESTS_ARRIVING, REQUEST_TIMEOUT};
+
+/// Requests to this path stream for the whole call.
+const SESSION: &str = "/failover.v1.AgentService/Session";
+
+#[derive(Debug, Clone)]
+pub(crate) struct RequestDeadlineLayer {
+    arriving: Arc<Semaphore>,
+}
+
+impl RequestDeadlineLayer {
+    pub(crate) fn new() -> RequestDeadlineLayer {
+        RequestDeadlineLayer {
+            arriving: Arc::new(Semaphore::new(MAX_REQUESTS_ARRIVING)),
+        }
+    }
+}
 
 impl<S> tower::Layer<S> for RequestDeadlineLayer {
     type Service = RequestDeadline<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RequestDeadline { inner }
+        RequestDeadline {
+            inner,
+            arriving: self.arriving.clone(),
+        }
     }
 }
 
 #[derive(Debug, Clone)]
 pub(crate) struct RequestDeadline<S> {
     inner: S,
+    arriving: Arc<Semaphore>,
 }
 
 impl<S, ResBody> tower::Service<http::Request<tonic::body::Body>> for RequestDeadline<S>
@@ -49,25 +65,32 @@ where
     }
 
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
-        if STREAMING.contains(&request.uri().path()) {
+        if request.uri().path() == SESSION {
             return self.inner.call(request);
         }
+        let permit = self.arriving.clone().try_acquire_owned().ok();
         let request = request.map(|body| {
             tonic::body::Body::new(Deadline {
                 inner: body,
                 sleep: Box::pin(tokio::time::sleep(REQUEST_TIMEOUT)),
                 done: false,
+                refused: permit.is_none(),
+                permit,
             })
         });
         self.inner.call(request)
     }
 }
 
-/// A request body that fails if it has not ended by its deadline.
+/// A request body that fails if it has not ended by its deadline, holding
+/// its place in the budget until it ends.
 struct Deadline {
     inner: tonic::body::Body,
     sleep: Pin<Box<Sleep>>,
     done: bool,
+    /// No place in the budget was free: the request fails at once.
+    refused: bool,
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 impl Body for Deadline {
@@ -78,15 +101,24 @@ impl Body for Deadline {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        if self.refused {
+            self.refused = false;
+            self.done = true;
+            return Poll::Ready(Some(Err(tonic::Status::resource_exhausted(format!(
+                "{MAX_REQUESTS_ARRIVING} requests are arriving at once: try again"
+            )))));
+        }
         if !self.done && self.sleep.as_mut().poll(cx).is_ready() {
             self.done = true;
+            self.permit = None;
             return Poll::Ready(Some(Err(tonic::Status::deadline_exceeded(format!(
                 "the request did not arrive within {REQUEST_TIMEOUT:?}"
             )))));
         }
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(None) = polled {
+        if let Poll::Ready(None | Some(Err(_))) = polled {
             self.done = true;
+            self.permit = None;
         }
         polled
     }
@@ -118,6 +150,8 @@ mod tests {
             inner: tonic::body::Body::new(http_body_util::StreamBody::new(half)),
             sleep: Box::pin(tokio::time::sleep(REQUEST_TIMEOUT)),
             done: false,
+            refused: false,
+            permit: None,
         };
         let first = body.frame().await.unwrap().unwrap();
         assert!(first.is_data());

@@ -25,8 +25,8 @@ use crate::auth::Auth;
 use crate::convert::checks_from_proto;
 use crate::engine::{ClaimedRole, Hello, HookReport, Input};
 use crate::limits::{
-    LogEvery, MAX_CLAIMS, MAX_DETAIL, MAX_LABEL, MAX_REASON, Pace, SESSION_MESSAGES_PER_SECOND,
-    clip,
+    LogEvery, MAX_CLAIMS, MAX_DETAIL, MAX_LABEL, MAX_REASON, MAX_SESSIONS_STARTING, Pace,
+    SESSION_MESSAGES_PER_SECOND, clip,
 };
 use crate::runtime::Handle;
 use proto::identity::{NODE_URI, Named, named_by};
@@ -42,6 +42,9 @@ pub(crate) struct AgentSessions {
     auth: Arc<Auth>,
     /// Refusals a client can cause at will are logged at most this often.
     refusals: Arc<LogEvery>,
+    /// Sessions waiting for their Hello: each may hold a partial message,
+    /// so their number is bounded.
+    starting: Arc<tokio::sync::Semaphore>,
 }
 
 impl AgentSessions {
@@ -51,6 +54,7 @@ impl AgentSessions {
             shutdown,
             auth,
             refusals: Arc::new(LogEvery::new(Duration::from_secs(1))),
+            starting: Arc::new(tokio::sync::Semaphore::new(MAX_SESSIONS_STARTING)),
         }
     }
 }
@@ -101,6 +105,11 @@ impl pb::agent_service_server::AgentService for AgentSessions {
         } else {
             None
         };
+        let Ok(starting) = self.starting.clone().try_acquire_owned() else {
+            return Err(Status::resource_exhausted(format!(
+                "{MAX_SESSIONS_STARTING} agent sessions are waiting for their Hello: try again"
+            )));
+        };
         let inbound = request.into_inner();
         let (outbound, rx) = mpsc::channel(OUTBOUND_CAPACITY);
         // Answer with the response stream at once: the agent's call returns
@@ -110,6 +119,7 @@ impl pb::agent_service_server::AgentService for AgentSessions {
             certified,
             connect_timeout: self.handle.connect_timeout(),
             refusals: self.refusals.clone(),
+            starting,
         };
         tokio::spawn(run_session(
             self.handle.clone(),
@@ -129,6 +139,8 @@ struct Opening {
     certified: Option<String>,
     connect_timeout: Duration,
     refusals: Arc<LogEvery>,
+    /// Held until the Hello has arrived.
+    starting: tokio::sync::OwnedSemaphorePermit,
 }
 
 async fn run_session(
@@ -143,8 +155,11 @@ async fn run_session(
         certified,
         connect_timeout,
         refusals,
+        starting,
     } = opening;
-    let hello = match read_hello(&mut inbound, connect_timeout).await {
+    let hello = read_hello(&mut inbound, connect_timeout).await;
+    drop(starting);
+    let hello = match hello {
         Ok(hello) => hello,
         Err(status) => {
             if refusals.due() {

@@ -453,15 +453,25 @@ fn clients_without_a_certificate_cannot_crowd_out_agents_and_operators() {
         cert: None,
         key: None,
     };
+    // And as many with a viewer's certificate: reading is all it may do,
+    // so it holds a connection less firmly than an agent or an operator.
+    let (cert, key) = c.pki.as_ref().unwrap().operator("eve", "viewer");
+    let viewer = proto::client::ClientTls {
+        cert: Some(cert),
+        key: Some(key),
+        ..anonymous.clone()
+    };
     let rt = runtime();
     let crowd: Vec<_> = rt.block_on(async {
         let mut crowd = Vec::new();
-        for _ in 0..60 {
-            let endpoint = proto::client::endpoint(&url, &anonymous, Duration::from_secs(5))
-                .unwrap()
-                .http2_keep_alive_interval(Duration::from_secs(1));
-            if let Ok(channel) = endpoint.connect().await {
-                crowd.push(channel);
+        for tls in [&anonymous, &viewer] {
+            for _ in 0..60 {
+                let endpoint = proto::client::endpoint(&url, tls, Duration::from_secs(5))
+                    .unwrap()
+                    .http2_keep_alive_interval(Duration::from_secs(1));
+                if let Ok(channel) = endpoint.connect().await {
+                    crowd.push(channel);
+                }
             }
         }
         crowd
