@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use crate::api::{Actor, Api, Credential};
 use crate::auth::{Access, Auth, RESERVED_NAMES};
+use crate::connections::{Connections, Trust};
 use crate::convert::{Drain, Undrain, event_to_proto, group_to_proto, node_to_proto};
 use crate::engine::{AdminCommand, AdminError};
 use crate::error::{admin_status, api_status};
@@ -26,14 +27,23 @@ pub(crate) struct AdminApi {
     /// Ends event watches at shutdown.
     shutdown: CancellationToken,
     auth: Arc<Auth>,
+    /// The gRPC listener's connections: a call with a valid bearer token
+    /// makes its connection hold as firmly as its role allows.
+    connections: Arc<Connections>,
 }
 
 impl AdminApi {
-    pub(crate) fn new(api: Api, shutdown: CancellationToken, auth: Arc<Auth>) -> Self {
+    pub(crate) fn new(
+        api: Api,
+        shutdown: CancellationToken,
+        auth: Arc<Auth>,
+        connections: Arc<Connections>,
+    ) -> Self {
         AdminApi {
             api,
             shutdown,
             auth,
+            connections,
         }
     }
 
@@ -75,6 +85,13 @@ impl AdminApi {
         if let Some(token) = bearer(request) {
             match self.auth.token_holder(&token) {
                 Some((name, access)) => {
+                    if let Some(peer) = request.remote_addr() {
+                        let trust = match access {
+                            Access::Viewer => Trust::Reader,
+                            Access::Operator | Access::Admin => Trust::Trusted,
+                        };
+                        self.connections.trust_peer(peer, trust);
+                    }
                     return Actor::Operator {
                         name,
                         access,

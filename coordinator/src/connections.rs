@@ -75,6 +75,8 @@ pub(crate) struct Connections {
 
 /// What the registry knows of one connection.
 struct Conn {
+    /// The client's address, to find the connection a call came on.
+    peer: Option<std::net::SocketAddr>,
     /// Milliseconds since the registry started.
     opened: u64,
     /// When bytes were last read from the client, in the same unit; 0 if
@@ -179,6 +181,16 @@ impl Connections {
         }
     }
 
+    /// A call on the connection from `peer` proved this much of who its
+    /// client is (a bearer token): the connection holds at least as
+    /// firmly from now on.
+    pub(crate) fn trust_peer(&self, peer: std::net::SocketAddr, trust: Trust) {
+        let open = self.lock();
+        if let Some(conn) = open.values().find(|c| c.peer == Some(peer)) {
+            conn.trust.fetch_max(trust as u8, Ordering::Relaxed);
+        }
+    }
+
     /// Closes the connection silent longest, if it has been silent long
     /// enough that it cannot be a live agent. Whether one was closed.
     pub(crate) fn make_room(&self) -> bool {
@@ -242,6 +254,7 @@ impl Connections {
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let conn = Arc::new(Conn {
+            peer: tcp.peer_addr().ok(),
             opened: now,
             last_read: AtomicU64::new(0),
             closing: AtomicBool::new(false),

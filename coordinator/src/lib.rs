@@ -161,6 +161,9 @@ pub async fn run(
         .build_v1()
         .context("building the reflection service")?;
 
+    let (grpc_bounds, http_bounds) = fit_descriptors(&config.limits, tls.is_none());
+    let grpc_connections = connections::Connections::new("gRPC", grpc_bounds);
+    let http_connections = connections::Connections::new("HTTP", http_bounds);
     let sessions = session::AgentSessions::new(handle.clone(), shutdown.clone(), auth.clone());
     let router = tonic::transport::Server::builder()
         .max_concurrent_streams(Some(limits::MAX_STREAMS_PER_CONNECTION))
@@ -175,14 +178,12 @@ pub async fn run(
                 api::Api::new(handle, config.limits.max_watchers),
                 shutdown.clone(),
                 auth,
+                grpc_connections.clone(),
             ))
             .max_decoding_message_size(limits::MAX_MESSAGE_BYTES),
         );
     let readiness = http::Readiness::default();
     let routes = http::router(readiness.clone(), metrics);
-    let (grpc_bounds, http_bounds) = fit_descriptors(&config.limits, tls.is_none());
-    let grpc_connections = connections::Connections::new("gRPC", grpc_bounds);
-    let http_connections = connections::Connections::new("HTTP", http_bounds);
     let stopped = shutdown.clone();
     let (grpc_task, http_task) = match &tls {
         Some(tls) => {

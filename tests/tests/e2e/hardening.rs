@@ -514,3 +514,75 @@ fn lists_of_any_length_come_in_pages_that_fit() {
     let nodes = c.ctl_json(&["node", "list"]);
     assert_eq!(nodes.as_array().unwrap().len(), 64_000);
 }
+
+#[test]
+fn an_operator_with_a_token_keeps_its_watch_through_a_crowd() {
+    let dir = tempfile::tempdir().unwrap();
+    let made = tests::tls::pki(&["token", "--name", "tina", "--role", "operator"]);
+    let lines: Vec<&str> = made.lines().collect();
+    let (token, entry) = (lines[1].trim(), lines[3..].join("\n"));
+    let tokens = dir.path().join("tokens.toml");
+    std::fs::write(&tokens, format!("{entry}\n")).unwrap();
+    let token_file = dir.path().join("tina.token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let config = dir.path().join("limits.toml");
+    std::fs::write(&config, "[limits]\nmax_connections = 30\n").unwrap();
+    let mut c = Cluster::start_secure(&[
+        "--auth-tokens",
+        tokens.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    group_of_two(&mut c);
+    // The operator follows the events with a token (no certificate).
+    let mut watch = c
+        .ctl_command_as(&["--token-file", token_file.to_str().unwrap()])
+        .args(["events", "--follow", "-o", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = watch.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let next_change = |c: &Cluster, delay: &str| {
+        c.ctl_ok(&["group", "set", "g", "--failback-delay", delay]);
+        c.wait_until("the watch shows the change", || {
+            rx.try_iter()
+                .any(|l| l.contains("policy_changed"))
+                .then_some(())
+        });
+    };
+    next_change(&c, "61s");
+    // A crowd of busy clients without certificates, twice the cap.
+    let url = c.url();
+    let anonymous = proto::client::ClientTls {
+        ca: Some(c.pki.as_ref().unwrap().ca()),
+        cert: None,
+        key: None,
+    };
+    let crowd: Vec<_> = runtime().block_on(async {
+        let mut crowd = Vec::new();
+        for _ in 0..60 {
+            let endpoint = proto::client::endpoint(&url, &anonymous, Duration::from_secs(5))
+                .unwrap()
+                .http2_keep_alive_interval(Duration::from_secs(1));
+            if let Ok(channel) = endpoint.connect().await {
+                crowd.push(channel);
+            }
+        }
+        crowd
+    });
+    // The watch is still there and still shows what happens.
+    next_change(&c, "62s");
+    assert!(watch.try_wait().unwrap().is_none(), "the watch ended");
+    let _ = watch.kill();
+    let _ = watch.wait();
+    drop(crowd);
+}
