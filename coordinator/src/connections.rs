@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::limits::LogEvery;
+use crate::limits::Counted;
 
 /// How long a new connection has to send its first bytes (a TLS
 /// ClientHello, the HTTP/2 preface, a request line).
@@ -67,10 +67,8 @@ pub(crate) struct Connections {
     started: Instant,
     next_id: AtomicU64,
     open: Mutex<HashMap<u64, Arc<Conn>>>,
-    refused: AtomicU64,
-    closed: AtomicU64,
-    refused_log: LogEvery,
-    closed_log: LogEvery,
+    refused: Counted,
+    closed: Counted,
 }
 
 /// What the registry knows of one connection.
@@ -110,10 +108,8 @@ impl Connections {
             started: Instant::now(),
             next_id: AtomicU64::new(1),
             open: Mutex::new(HashMap::new()),
-            refused: AtomicU64::new(0),
-            closed: AtomicU64::new(0),
-            refused_log: LogEvery::new(LOG_EVERY),
-            closed_log: LogEvery::new(LOG_EVERY),
+            refused: Counted::new(LOG_EVERY),
+            closed: Counted::new(LOG_EVERY),
         })
     }
 
@@ -165,19 +161,17 @@ impl Connections {
                 true
             }
         });
-        if closed > 0 {
-            let total = self.closed.fetch_add(closed, Ordering::Relaxed) + closed;
-            if self.closed_log.due() {
-                self.closed.store(0, Ordering::Relaxed);
-                tracing::info!(
-                    listener = self.name,
-                    closed = total,
-                    "closed {total} {} connections that sent nothing within {FIRST_BYTES_TIMEOUT:?} \
+        if closed > 0
+            && let Some(total) = self.closed.add(closed)
+        {
+            tracing::info!(
+                listener = self.name,
+                closed = total,
+                "closed {total} {} connections that sent nothing within {FIRST_BYTES_TIMEOUT:?} \
                      of opening or for {:?} (since the last such line)",
-                    self.name,
-                    self.bounds.idle
-                );
-            }
+                self.name,
+                self.bounds.idle
+            );
         }
     }
 
@@ -234,12 +228,7 @@ impl Connections {
         let mut open = self.lock();
         if open.len() >= self.bounds.max && !self.evict_idlest(&mut open, now) {
             drop(open);
-            let refused = self
-                .refused
-                .fetch_add(1, Ordering::Relaxed)
-                .saturating_add(1);
-            if self.refused_log.due() {
-                self.refused.store(0, Ordering::Relaxed);
+            if let Some(refused) = self.refused.add(1) {
                 tracing::warn!(
                     listener = self.name,
                     max = self.bounds.max,

@@ -126,6 +126,34 @@ impl LogEvery {
     }
 }
 
+/// Events anyone can cause (refused connections, failed handshakes),
+/// counted, with a log line due at most once per period saying how many
+/// since the last one.
+pub(crate) struct Counted {
+    count: std::sync::atomic::AtomicU64,
+    log: LogEvery,
+}
+
+impl Counted {
+    pub(crate) fn new(period: Duration) -> Counted {
+        Counted {
+            count: std::sync::atomic::AtomicU64::new(0),
+            log: LogEvery::new(period),
+        }
+    }
+
+    /// Counts `n` more; `Some(total since the last line)` when a line is
+    /// due.
+    pub(crate) fn add(&self, n: u64) -> Option<u64> {
+        use std::sync::atomic::Ordering;
+        let total = self.count.fetch_add(n, Ordering::Relaxed).saturating_add(n);
+        self.log.due().then(|| {
+            self.count.store(0, Ordering::Relaxed);
+            total
+        })
+    }
+}
+
 /// A token bucket: [`Pace::wait`] returns at once while the sender keeps
 /// to the rate (with bursts up to one second's worth), and otherwise
 /// waits until it may go on.

@@ -25,7 +25,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::connections::{Connections, FIRST_BYTES_TIMEOUT, Tracked, Trust};
-use crate::limits::LogEvery;
+use crate::limits::Counted;
 use crate::tls::TlsState;
 
 /// Ready connections waiting for the server to take them.
@@ -47,31 +47,6 @@ pub(crate) type Secure = TlsStream<Tracked<TcpStream>>;
 
 /// Connections ready for a server.
 pub(crate) type Incoming<T> = ReceiverStream<Result<T, io::Error>>;
-
-/// Events counted since the last log line about them.
-struct Counted {
-    count: std::sync::atomic::AtomicU64,
-    log: LogEvery,
-}
-
-impl Counted {
-    fn new() -> Arc<Counted> {
-        Arc::new(Counted {
-            count: std::sync::atomic::AtomicU64::new(0),
-            log: LogEvery::new(LOG_EVERY),
-        })
-    }
-
-    /// Counts one; `Some(total)` when a line is due.
-    fn count(&self) -> Option<u64> {
-        use std::sync::atomic::Ordering;
-        let count = self.count.fetch_add(1, Ordering::Relaxed).saturating_add(1);
-        self.log.due().then(|| {
-            self.count.store(0, Ordering::Relaxed);
-            count
-        })
-    }
-}
 
 /// Which server a listener feeds (they offer different ALPN protocols).
 #[derive(Debug, Clone, Copy)]
@@ -99,7 +74,7 @@ pub(crate) fn tls_incoming(
     kind: Kind,
     shutdown: CancellationToken,
 ) -> Incoming<Secure> {
-    let failures = Counted::new();
+    let failures = Arc::new(Counted::new(LOG_EVERY));
     incoming(listener, connections, shutdown, move |tcp, peer| {
         let config = match kind {
             Kind::Grpc => tls.grpc(),
@@ -120,7 +95,7 @@ pub(crate) fn tls_incoming(
                 Ok(Err(e)) => e.to_string(),
                 Err(_) => format!("no handshake within {FIRST_BYTES_TIMEOUT:?}"),
             };
-            if let Some(failed) = failures.count() {
+            if let Some(failed) = failures.add(1) {
                 tracing::warn!(
                     %peer,
                     failed,
@@ -148,7 +123,7 @@ where
     let (tx, rx) = mpsc::channel(BACKLOG);
     connections.sweep(shutdown.clone());
     tokio::spawn(async move {
-        let errors = Counted::new();
+        let errors = Counted::new(LOG_EVERY);
         loop {
             let accepted = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -160,7 +135,7 @@ where
                     // Out of descriptors: the idlest connection makes room
                     // for the ones that matter (agents, operators, probes).
                     let made_room = out_of_descriptors(&e) && connections.make_room();
-                    if let Some(failed) = errors.count() {
+                    if let Some(failed) = errors.add(1) {
                         tracing::warn!(
                             error = %e,
                             failed,

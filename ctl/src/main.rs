@@ -199,6 +199,26 @@ fn print_group(output: Output, g: &pb::GroupStatus) {
     print(output, output::group_json(g), output::group_table(g));
 }
 
+/// Every entry of a listing the coordinator answers in pages: `fetch`
+/// gets the page after a token (empty: the first) and the next token
+/// (empty: that was the last).
+async fn all_pages<T, Fut>(mut fetch: impl FnMut(String) -> Fut) -> Result<Vec<T>, tonic::Status>
+where
+    Fut: Future<Output = Result<(Vec<T>, String), tonic::Status>>,
+{
+    let mut all = Vec::new();
+    let mut token = String::new();
+    loop {
+        let (page, next) = fetch(token.clone()).await?;
+        all.extend(page);
+        // A token that does not move on would loop forever.
+        if next.is_empty() || next == token {
+            return Ok(all);
+        }
+        token = next;
+    }
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Pki(pki) = &cli.command {
         return match pki {
@@ -266,23 +286,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print_group(out, &g);
         }
         Command::Group(GroupCommand::List) => {
-            // Page by page, until the coordinator says it was the last.
-            let mut groups = Vec::new();
-            let mut page_token = String::new();
-            loop {
-                let page = client
-                    .list_groups(pb::ListGroupsRequest {
-                        page_size: 0,
-                        page_token: page_token.clone(),
-                    })
-                    .await?
-                    .into_inner();
-                groups.extend(page.groups);
-                if page.next_page_token.is_empty() || page.next_page_token == page_token {
-                    break;
+            let groups = all_pages(|page_token| {
+                let mut client = client.clone();
+                async move {
+                    let page = client
+                        .list_groups(pb::ListGroupsRequest {
+                            page_size: 0,
+                            page_token,
+                        })
+                        .await?
+                        .into_inner();
+                    Ok((page.groups, page.next_page_token))
                 }
-                page_token = page.next_page_token;
-            }
+            })
+            .await?;
             print(
                 out,
                 output::groups_json(&groups),
@@ -356,22 +373,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print_group(out, &g);
         }
         Command::Node(NodeCommand::List) => {
-            let mut nodes = Vec::new();
-            let mut page_token = String::new();
-            loop {
-                let page = client
-                    .list_nodes(pb::ListNodesRequest {
-                        page_size: 0,
-                        page_token: page_token.clone(),
-                    })
-                    .await?
-                    .into_inner();
-                nodes.extend(page.nodes);
-                if page.next_page_token.is_empty() || page.next_page_token == page_token {
-                    break;
+            let nodes = all_pages(|page_token| {
+                let mut client = client.clone();
+                async move {
+                    let page = client
+                        .list_nodes(pb::ListNodesRequest {
+                            page_size: 0,
+                            page_token,
+                        })
+                        .await?
+                        .into_inner();
+                    Ok((page.nodes, page.next_page_token))
                 }
-                page_token = page.next_page_token;
-            }
+            })
+            .await?;
             print(out, output::nodes_json(&nodes), output::nodes_table(&nodes));
         }
         // Handled above, without a coordinator.

@@ -708,6 +708,17 @@ impl Cluster {
         serde_json::from_str(&self.ctl_ok(&full)).expect("failoverctl prints JSON")
     }
 
+    /// The retained events of one kind, all groups.
+    pub fn events_of_kind(&self, kind: &str) -> Vec<Value> {
+        self.ctl_json(&["events", "--limit", "0"])
+            .as_array()
+            .expect("array")
+            .iter()
+            .filter(|e| e["kind"] == kind)
+            .cloned()
+            .collect()
+    }
+
     /// `group show NAME -o json`.
     pub fn group(&self, name: &str) -> Value {
         self.ctl_json(&["group", "show", name])

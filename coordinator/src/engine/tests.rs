@@ -1761,6 +1761,21 @@ fn a_failed_promote_hook_is_retried_with_backoff_when_nobody_else_can_serve() {
     );
 }
 
+/// The writes of every step from `first` on could not be committed: the
+/// engine takes them back.
+fn forget_steps_since(sim: &mut Sim, durable: &Durable, first: usize) -> Effects {
+    let writes = sim.log[first..]
+        .iter()
+        .flat_map(|e| e.writes.clone())
+        .collect();
+    let out = Effects {
+        writes,
+        ..Effects::default()
+    };
+    sim.engine
+        .forget_unwritten(durable, out, "disk full", sim.now)
+}
+
 /// What the store would hold had every step so far been written.
 fn durable_so_far(sim: &Sim) -> Durable {
     let mut durable = Durable::default();
@@ -1778,14 +1793,7 @@ fn a_promotion_that_could_not_be_written_is_forgotten_and_tried_again_after_a_fu
     sim.disconnect("rec-1");
     sim.run_for(WAIT + Duration::from_millis(500), &["rec-2", "rec-3"]);
     assert_eq!(sim.primary("recorders"), (Some("rec-2".into()), 2));
-    let failed: Vec<Write> = sim.log.iter().flat_map(|e| e.writes.clone()).collect();
-    let out = Effects {
-        writes: failed,
-        ..Effects::default()
-    };
-    let out = sim
-        .engine
-        .forget_unwritten(&durable, out, "disk full", sim.now);
+    let out = forget_steps_since(&mut sim, &durable, 0);
     assert!(out.writes.is_empty(), "going back writes nothing");
     // Back to what is on disk, and nobody is promoted before a full wait:
     // the lease rec-1 holds on disk is assumed live, as at a start.
@@ -1806,17 +1814,7 @@ fn admin_changes_that_could_not_be_written_leave_no_trace() {
     sim.admin(AdminCommand::DeleteGroup {
         name: "recorders".into(),
     });
-    let failed: Vec<Write> = sim.log[log_len..]
-        .iter()
-        .flat_map(|e| e.writes.clone())
-        .collect();
-    let out = Effects {
-        writes: failed,
-        ..Effects::default()
-    };
-    let out = sim
-        .engine
-        .forget_unwritten(&durable, out, "disk full", sim.now);
+    let out = forget_steps_since(&mut sim, &durable, log_len);
     // The deleted group is back as it was, the created one is gone, and so
     // is the node only it named.
     let after = sim.view("recorders");

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use proto::v1 as pb;
-use serde_json::Value;
 use tests::checker::{self, Inflicted};
 use tests::proxy::Mode;
 use tests::raw::{self, RawSession, claim};
@@ -23,16 +22,6 @@ fn no_overlap(c: &Cluster, inflicted: &[Inflicted]) {
         verdict.violations,
         c.logs()
     );
-}
-
-fn events_of(c: &Cluster, kind: &str) -> Vec<Value> {
-    c.ctl_json(&["events"])
-        .as_array()
-        .expect("array")
-        .iter()
-        .filter(|e| e["kind"] == kind)
-        .cloned()
-        .collect()
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -52,7 +41,7 @@ fn a_duplicate_agent_is_refused_reported_and_exits_while_the_original_keeps_the_
 
     let dup = c.start_duplicate_agent("rec-2", "dup");
     c.wait_until("a duplicate_node event", || {
-        (!events_of(&c, "duplicate_node").is_empty()).then_some(())
+        (!c.events_of_kind("duplicate_node").is_empty()).then_some(())
     });
     let g = c.group("recorders");
     assert!(
@@ -153,7 +142,7 @@ fn kill_9_and_an_immediate_restart_never_overlap() {
         }],
     );
     assert!(
-        events_of(&c, "duplicate_node").is_empty(),
+        c.events_of_kind("duplicate_node").is_empty(),
         "a restart is not a duplicate"
     );
 }
@@ -331,12 +320,12 @@ fn an_epoch_claim_of_u64_max_is_refused_and_changes_nothing() {
         s.drain(Duration::from_millis(300)).await;
     });
     c.wait_until("an epoch_claim_refused event", || {
-        (!events_of(&c, "epoch_claim_refused").is_empty()).then_some(())
+        (!c.events_of_kind("epoch_claim_refused").is_empty()).then_some(())
     });
     let g = c.group("g");
     assert_eq!((g["primary"].as_str(), epoch(&g)), (Some("n1"), 1));
     assert_eq!(g["phase"], "active");
-    assert!(events_of(&c, "epoch_raised").is_empty());
+    assert!(c.events_of_kind("epoch_raised").is_empty());
     // The primary keeps acting: no fencing, no new hook.
     assert!(!c.hooks().iter().any(|h| h.role == "fenced"));
 }

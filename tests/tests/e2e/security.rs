@@ -6,7 +6,6 @@ use std::net::TcpStream;
 use std::process::Command;
 
 use proto::v1 as pb;
-use serde_json::Value;
 use tests::raw::{self, RawSession, Target, claim};
 use tests::tls::{Pki, pem_certificate, served_certificate};
 use tests::{Cluster, bin, epoch};
@@ -32,16 +31,6 @@ fn operator(c: &Cluster, name: &str, role: &str) -> Vec<String> {
 
 fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
-}
-
-fn events(c: &Cluster, kind: &str) -> Vec<Value> {
-    c.ctl_json(&["events"])
-        .as_array()
-        .expect("array")
-        .iter()
-        .filter(|e| e["kind"] == kind)
-        .cloned()
-        .collect()
 }
 
 fn secure_pair() -> Cluster {
@@ -110,7 +99,7 @@ fn each_role_may_do_what_it_allows_and_is_told_what_it_lacks() {
     assert!(c.ctl(&["group", "show", "g"]).status.success());
 
     // Events name the authenticated operator.
-    let moved = events(&c, "stepping_down");
+    let moved = c.events_of_kind("stepping_down");
     assert!(
         moved.iter().any(|e| e["actor"] == "olga"),
         "the switchover is not recorded as olga's: {moved:?}"
@@ -170,7 +159,7 @@ fn tokens_authenticate_operators_and_bad_tokens_are_refused() {
         refused.stderr
     );
     assert!(
-        events(&c, "stepping_down")
+        c.events_of_kind("stepping_down")
             .iter()
             .any(|e| e["actor"] == "tina"),
         "the switchover is not recorded as tina's"
@@ -255,7 +244,7 @@ fn a_node_certificate_for_n2_claiming_n1_is_refused_and_n1_keeps_its_role() {
         log.contains("names node n2").then_some(())
     });
     let refused = c.wait_until("an identity_refused event", || {
-        events(&c, "identity_refused").into_iter().next()
+        c.events_of_kind("identity_refused").into_iter().next()
     });
     assert!(
         refused["reason"].as_str().unwrap_or("").contains("n2"),
