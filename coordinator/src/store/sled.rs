@@ -189,8 +189,10 @@ impl Opened {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let mut new = false;
+        let mut present = std::collections::HashSet::new();
         for entry in entries {
             let entry = entry?;
+            present.insert(entry.file_name());
             if synced.contains(&entry.file_name()) {
                 continue;
             }
@@ -198,6 +200,9 @@ impl Opened {
             synced.insert(entry.file_name());
             new = true;
         }
+        // Blobs sled deleted are forgotten, so the set never outgrows the
+        // directory.
+        synced.retain(|name| present.contains(name));
         if new {
             File::open(&dir)?.sync_all()?;
         }
