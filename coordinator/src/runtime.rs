@@ -22,8 +22,8 @@ use tonic::Status;
 
 use crate::convert::to_proto;
 use crate::engine::{
-    AdminCommand, AdminError, AdminResult, DuplicateRefusal, Durable, Effects, Engine, Input, Now,
-    ReplyId, SessionId, Write,
+    AdminCommand, AdminError, AdminResult, Durable, Effects, Engine, Input, Now, ReplyId,
+    SessionId, SessionRefusal, Write,
 };
 use crate::limits::LogEvery;
 use crate::metrics::{EventLabels, Metrics, secs};
@@ -425,7 +425,7 @@ impl Runtime {
         }
         for (session, refusal) in refusals {
             if let Some(s) = self.sessions.remove(&session) {
-                let _ = s.outbound.try_send(Err(duplicate_status(&refusal)));
+                let _ = s.outbound.try_send(Err(refusal_status(&refusal)));
                 s.cancel.cancel();
             }
         }
@@ -479,11 +479,15 @@ impl Runtime {
     }
 }
 
-/// The status that ends a refused duplicate session. The agent reads the
-/// silence limit to know how long to keep trying before it gives up.
-fn duplicate_status(refusal: &DuplicateRefusal) -> Status {
+/// The status that ends a refused session. A duplicate's carries the
+/// silence limit, which the agent reads to know how long to keep trying
+/// before it gives up; any other refusal is retried with backoff.
+fn refusal_status(refusal: &SessionRefusal) -> Status {
+    let Some(limit) = refusal.silence_limit else {
+        return Status::resource_exhausted(refusal.message.clone());
+    };
     let mut status = Status::already_exists(refusal.message.clone());
-    if let Ok(value) = refusal.silence_limit.as_millis().to_string().parse() {
+    if let Ok(value) = limit.as_millis().to_string().parse() {
         status
             .metadata_mut()
             .insert(proto::SILENCE_LIMIT_METADATA, value);

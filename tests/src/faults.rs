@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use crate::checker::{self, Inflicted};
 use crate::proxy::Mode;
-use crate::{Cluster, member, member_order};
+use crate::{Cluster, SmallDisk, member, member_order};
 
 /// Beyond `failover_timeout × (1 + rho)`, how long a group may take to have
 /// exactly one primary again after a fault heals: an agent reconnects
@@ -38,6 +38,10 @@ const GROUPS: [(&str, [&str; 3]); 2] = [
     ("alpha", ["n-1", "n-2", "n-3"]),
     ("beta", ["n-3", "n-1", "n-2"]),
 ];
+/// The coordinator's data directory: far more than a run writes, small
+/// enough to fill in a moment.
+const DISK_SIZE: &str = "128m";
+
 /// A member with no agent, added and removed by admin faults.
 const SPARE: &str = "n-4";
 
@@ -138,6 +142,8 @@ struct Raced {
 
 struct Run {
     c: Cluster,
+    /// The coordinator's data directory, a small file system to fill up.
+    disk: SmallDisk,
     rng: StdRng,
     config: FaultConfig,
     inflicted: Vec<Inflicted>,
@@ -151,16 +157,19 @@ struct Run {
 impl Run {
     fn start(config: FaultConfig) -> Run {
         let mut c = if config.tls {
-            Cluster::start_secure(&[])
+            Cluster::prepare_secure(&[])
         } else {
-            Cluster::start()
+            Cluster::prepare()
         };
+        let disk = c.use_small_disk(DISK_SIZE);
+        c.start_coordinator();
         for (i, node) in NODES.iter().enumerate() {
             c.start_agent_proxied(node, config.seed * 10 + i as u64);
         }
         c.wait_nodes(&NODES);
         let mut run = Run {
             c,
+            disk,
             rng: StdRng::seed_from_u64(config.seed),
             config,
             inflicted: Vec::new(),
@@ -256,6 +265,7 @@ impl Run {
             80..85 => self.hostile_session(),
             85..90 if self.config.tls => self.impostor_session(),
             85..90 => self.hostile_session(),
+            90..94 => self.disk_full(),
             _ => self.admin(),
         }
         self.restart_exited_agents();
@@ -272,6 +282,28 @@ impl Run {
                 self.c.start_agent(node);
             }
         }
+    }
+
+    /// The coordinator's disk fills up for a while, and an operator's
+    /// change comes meanwhile. The coordinator must keep running and keep
+    /// renewing the primaries' leases (the checker sees any fencing as dark
+    /// time); the change is refused, or, if the store still found room for
+    /// it, acknowledged and kept like any other; writes work again once
+    /// space returns (the next faults' changes need them).
+    fn disk_full(&mut self) {
+        self.count("disk_full");
+        self.disk.fill();
+        self.admin_change();
+        self.hold(1.0..4.0);
+        if self.c.coordinator_exited() {
+            self.report
+                .violations
+                .push("the coordinator exited when its disk was full".into());
+            self.disk.free();
+            self.c.start_coordinator();
+            return;
+        }
+        self.disk.free();
     }
 
     /// A second agent process claims a node id: a cloned machine, an
@@ -568,6 +600,11 @@ impl Run {
 
     fn admin(&mut self) {
         self.count("admin");
+        self.admin_change();
+    }
+
+    /// A random operator's change, modelled if it was acknowledged.
+    fn admin_change(&mut self) {
         match self.rng.random_range(0..5) {
             0 => {
                 // Planned switchover to a random other member.

@@ -94,32 +94,31 @@ pub struct Proc {
     pub log: PathBuf,
 }
 
-/// Mounts a tmpfs of size `$3` on the data directory `$1` (inside the
-/// mount namespace `unshare` made), then runs the coordinator (`$4...`).
-/// A helper, alive at most 10 minutes, fills or frees that file system
-/// when `fill` or `free` is written to the FIFO in the control directory
-/// `$2`, and says it is done by creating `filled` or `freed` there.
+/// Holds a small file system at the data directory `$1` (a tmpfs of size
+/// `$3` in the mount namespace this script runs in, which the coordinator
+/// enters at each start, so the data outlives restarts and nothing outside
+/// changes). Fills it up or frees it when `fill` or `free` is written to
+/// the FIFO in the control directory `$2`, and says it is done by creating
+/// `filled` or `freed` there. Runs until killed.
 const SMALL_DISK_SCRIPT: &str = r#"#!/bin/sh
 set -e
-data="$1"; control="$2"; size="$3"; shift 3
+data="$1"; control="$2"; size="$3"
 mkdir -p "$data"
 mount -t tmpfs -o "size=$size,mode=700" tmpfs "$data"
-timeout 600 sh -c '
-  data="$1"; control="$2"
-  while read -r command < "$control/fifo"; do
-    case "$command" in
-      fill) dd if=/dev/zero of="$data/ballast" bs=64k 2>/dev/null || true; touch "$control/filled" ;;
-      free) rm -f "$data/ballast"; touch "$control/freed" ;;
-      stop) exit 0 ;;
-    esac
-  done' helper "$data" "$control" &
-exec "$@"
+touch "$control/mounted"
+while read -r command < "$control/fifo"; do
+  case "$command" in
+    fill) dd if=/dev/zero of="$data/ballast" bs=64k 2>/dev/null || true; touch "$control/filled" ;;
+    free) rm -f "$data/ballast"; touch "$control/freed" ;;
+  esac
+done
 "#;
 
-/// The small file system of a coordinator started with
-/// [`Cluster::start_on_small_disk`].
+/// The small file system of a coordinator ([`Cluster::use_small_disk`]):
+/// the process that holds its mount namespace, ended when this is dropped.
 pub struct SmallDisk {
     control: PathBuf,
+    _holder: Proc,
 }
 
 impl SmallDisk {
@@ -127,14 +126,7 @@ impl SmallDisk {
         let done = self.control.join(done);
         let _ = std::fs::remove_file(&done);
         std::fs::write(self.control.join("fifo"), format!("{command}\n")).expect("fifo");
-        let deadline = Instant::now() + PATIENCE;
-        while !done.exists() {
-            assert!(
-                Instant::now() < deadline,
-                "the disk helper did not {command}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for_file(&done, command);
     }
 
     /// Fills the file system to the last byte.
@@ -148,18 +140,11 @@ impl SmallDisk {
     }
 }
 
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        // The helper is blocked opening the FIFO: open it without blocking
-        // (it has a reader) and tell it to stop.
-        use std::os::unix::fs::OpenOptionsExt;
-        if let Ok(mut fifo) = std::fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(nix::libc::O_NONBLOCK)
-            .open(self.control.join("fifo"))
-        {
-            let _ = std::io::Write::write_all(&mut fifo, b"stop\n");
-        }
+fn wait_for_file(path: &Path, what: &str) {
+    let deadline = Instant::now() + PATIENCE;
+    while !path.exists() {
+        assert!(Instant::now() < deadline, "the disk helper did not {what}");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -295,8 +280,7 @@ impl Cluster {
         cluster
     }
 
-    /// A coordinator whose data directory is a file system of `size` (a
-    /// tmpfs in a mount namespace of its own, so nothing outside changes),
+    /// A coordinator whose data directory is a file system of `size`,
     /// with a [`SmallDisk`] to fill it up and free it again.
     pub fn start_on_small_disk(size: &str) -> (Cluster, SmallDisk) {
         Cluster::start_on_small_disk_with(size, &[])
@@ -306,28 +290,46 @@ impl Cluster {
     /// the coordinator.
     pub fn start_on_small_disk_with(size: &str, env: &[(&str, &str)]) -> (Cluster, SmallDisk) {
         let mut cluster = Cluster::prepare();
-        let control = cluster.path("disk");
+        let disk = cluster.use_small_disk(size);
+        cluster.start_coordinator_with(env);
+        (cluster, disk)
+    }
+
+    /// Gives every later start of the coordinator a data directory that is
+    /// a file system of `size` (a tmpfs in a mount namespace of its own,
+    /// kept by a holder process, so the data outlives restarts and nothing
+    /// outside changes).
+    pub fn use_small_disk(&mut self, size: &str) -> SmallDisk {
+        let control = self.path("disk");
         std::fs::create_dir_all(&control).expect("control dir");
-        let fifo = control.join("fifo");
-        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("fifo");
+        nix::unistd::mkfifo(&control.join("fifo"), nix::sys::stat::Mode::S_IRWXU).expect("fifo");
         let script = control.join("small-disk.sh");
         std::fs::write(&script, SMALL_DISK_SCRIPT).expect("script");
         set_executable(&script);
         let root = nix::unistd::Uid::effective().is_root();
-        let mut wrapper: Vec<String> = vec!["unshare".into()];
+        let mut holder = Command::new("unshare");
         if !root {
-            wrapper.extend(["--user".into(), "--map-root-user".into()]);
+            holder.args(["--user", "--map-root-user"]);
         }
-        wrapper.extend([
-            "--mount".into(),
-            script.display().to_string(),
-            cluster.path("data").display().to_string(),
-            control.display().to_string(),
-            size.into(),
-        ]);
-        cluster.coordinator_wrapper = wrapper;
-        cluster.start_coordinator_with(env);
-        (cluster, SmallDisk { control })
+        holder
+            .arg("--mount")
+            .arg(&script)
+            .arg(self.path("data"))
+            .arg(&control)
+            .arg(size);
+        let holder = Proc::spawn(holder, control.join("holder.log"));
+        wait_for_file(&control.join("mounted"), "mount its file system");
+        let mut wrapper: Vec<String> =
+            vec!["nsenter".into(), "-t".into(), holder.pid().to_string()];
+        if !root {
+            wrapper.extend(["--user".into(), "--preserve-credentials".into()]);
+        }
+        wrapper.extend(["--mount".into(), "--".into()]);
+        self.coordinator_wrapper = wrapper;
+        SmallDisk {
+            control,
+            _holder: holder,
+        }
     }
 
     /// A coordinator started with `--config FILE`, the file holding
@@ -346,6 +348,13 @@ impl Cluster {
     /// present node certificates, and `ctl` acts as operator `root`
     /// (admin). `args` are extra coordinator flags (`--auth-tokens FILE`).
     pub fn start_secure(args: &[&str]) -> Cluster {
+        let mut cluster = Cluster::prepare_secure(args);
+        cluster.start_coordinator();
+        cluster
+    }
+
+    /// [`Cluster::start_secure`] without starting the coordinator yet.
+    pub fn prepare_secure(args: &[&str]) -> Cluster {
         let mut cluster = Cluster::prepare();
         let pki = Pki::init(&cluster.path("pki"));
         let (cert, key) = pki.coordinator();
@@ -362,12 +371,11 @@ impl Cluster {
         .chain(args.iter().map(|a| (*a).to_owned()))
         .collect();
         cluster.pki = Some(pki);
-        cluster.start_coordinator();
         cluster
     }
 
     /// The temporary directory and the recording hook; no processes yet.
-    fn prepare() -> Cluster {
+    pub fn prepare() -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let hook = dir.path().join("hook.sh");
         std::fs::write(

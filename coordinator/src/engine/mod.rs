@@ -293,14 +293,15 @@ pub enum Write {
     Event(EventRecord),
 }
 
-/// Why a new session was turned away: another instance of its node is
-/// connected and alive.
+/// Why a new session was turned away after its Hello.
 #[derive(Debug, Clone, PartialEq)]
-pub struct DuplicateRefusal {
+pub struct SessionRefusal {
     pub message: String,
-    /// How long the connected instance may stay silent before it counts as
-    /// gone (the refused agent keeps trying at least twice this long).
-    pub silence_limit: Duration,
+    /// Another instance of its node is connected and alive: how long that
+    /// one may stay silent before it counts as gone (the refused agent keeps
+    /// trying at least twice this long). `None`: no room for a node that is
+    /// in no group (`MAX_UNASSIGNED_SESSIONS`); try again later.
+    pub silence_limit: Option<Duration>,
 }
 
 /// Everything the runtime must do after one step of the engine, in order:
@@ -311,7 +312,7 @@ pub struct Effects {
     pub sends: Vec<(SessionId, ToAgent)>,
     pub closes: Vec<SessionId>,
     /// Sessions refused after their Hello: ended with this error.
-    pub refusals: Vec<(SessionId, DuplicateRefusal)>,
+    pub refusals: Vec<(SessionId, SessionRefusal)>,
     pub replies: Vec<(ReplyId, AdminResult)>,
     /// Promotions made in this step, for the failover-time metrics.
     pub promotions: Vec<PromotionNote>,
@@ -354,6 +355,9 @@ pub struct Engine {
     nodes: Nodes,
     /// Which node each live session belongs to.
     sessions: HashMap<SessionId, String>,
+    /// When a Hello was last refused for want of room for nodes in no
+    /// group (logged at most once per `REFUSAL_MEMORY`).
+    unassigned_refusal_logged: Option<Instant>,
     /// `(instant, group)` for every group with a deadline ahead (a lease
     /// end or a wake-up): the only moments at which time alone can change
     /// a decision.
@@ -456,6 +460,7 @@ impl Engine {
             groups: BTreeMap::new(),
             nodes: Nodes::new(),
             sessions: HashMap::new(),
+            unassigned_refusal_logged: None,
             timers: BTreeSet::new(),
             session_timers: BTreeSet::new(),
             epoch_floors: recovered.epoch_floors,
@@ -669,6 +674,13 @@ const MIN_HOOK_RETRY: Duration = Duration::from_secs(1);
 /// A duplicate agent that has not been refused for this long is forgotten
 /// (its alarm clears).
 const DUPLICATE_MEMORY: Duration = Duration::from_secs(15);
+
+/// Sessions of nodes that are in no group, at most: an agent may connect
+/// before an operator adds its node, but nobody needs thousands of those,
+/// while a peer without credentials could otherwise open a session per
+/// made-up node id on every stream it may open. Members' sessions are
+/// bounded by the members (one session per node).
+pub(crate) const MAX_UNASSIGNED_SESSIONS: usize = 1024;
 
 /// Refusals (identities, epoch claims) are recorded at most this often per
 /// node (and group), so a hostile peer cannot flood the event log.

@@ -17,7 +17,9 @@ impl Engine {
         out: &mut Effects,
     ) {
         let node_id = hello.node.clone();
-        if self.refuse_duplicate(session, &hello, now, out) {
+        if self.refuse_duplicate(session, &hello, now, out)
+            || self.refuse_unassigned(session, &hello, now, out)
+        {
             return;
         }
         let interval = self.heartbeat_interval_for(&node_id);
@@ -142,6 +144,53 @@ impl Engine {
         }
     }
 
+    /// Refuses a Hello from a node that is in no group while
+    /// `MAX_UNASSIGNED_SESSIONS` such sessions are open. Returns whether it
+    /// refused.
+    fn refuse_unassigned(
+        &mut self,
+        session: SessionId,
+        hello: &Hello,
+        now: Now,
+        out: &mut Effects,
+    ) -> bool {
+        let in_a_group = |node: &str| self.nodes.get(node).is_some_and(|n| !n.groups.is_empty());
+        if in_a_group(&hello.node) {
+            return false;
+        }
+        let open = self
+            .sessions
+            .values()
+            .filter(|node| !in_a_group(node))
+            .count();
+        if open < MAX_UNASSIGNED_SESSIONS {
+            return false;
+        }
+        let log = self
+            .unassigned_refusal_logged
+            .is_none_or(|at| now.mono.saturating_duration_since(at) >= REFUSAL_MEMORY);
+        if log {
+            self.unassigned_refusal_logged = Some(now.mono);
+            tracing::warn!(
+                node = %hello.node,
+                from = %hello.address,
+                "{MAX_UNASSIGNED_SESSIONS} agents of nodes that are in no group are connected: refusing more until one leaves or is added to a group"
+            );
+        }
+        out.refusals.push((
+            session,
+            SessionRefusal {
+                message: format!(
+                    "node {} is in no group and {MAX_UNASSIGNED_SESSIONS} such agents are connected: \
+                     add it to a group (failoverctl group add-member) or try later",
+                    hello.node
+                ),
+                silence_limit: None,
+            },
+        ));
+        true
+    }
+
     /// Refuses a Hello from a second agent instance while the node's
     /// current session is alive (heard from within its silence limit), and
     /// reports a `duplicate_node` once the connected instance has shown it
@@ -217,9 +266,9 @@ impl Engine {
         }
         out.refusals.push((
             session,
-            DuplicateRefusal {
+            SessionRefusal {
                 message: message.clone(),
-                silence_limit: limit,
+                silence_limit: Some(limit),
             },
         ));
         if report {

@@ -1372,6 +1372,34 @@ fn a_second_instance_of_a_connected_node_is_refused_and_reported() {
 }
 
 #[test]
+fn sessions_of_nodes_in_no_group_are_bounded_and_members_still_connect() {
+    let mut sim = three_members();
+    sim.disconnect("rec-3");
+    for i in 0..MAX_UNASSIGNED_SESSIONS {
+        let stray = format!("stray-{i}");
+        let session = sim.open_session(&stray, vec![]);
+        assert!(!refused(sim.log.last().unwrap(), session), "{stray}");
+    }
+    let one_more = sim.open_session("stray-extra", vec![]);
+    let out = sim.log.last().unwrap();
+    let refusal = out.refusals.iter().find(|(s, _)| *s == one_more);
+    assert!(
+        refusal
+            .is_some_and(|(_, r)| r.silence_limit.is_none() && r.message.contains("in no group")),
+        "{refusal:?}"
+    );
+    assert!(!sim.engine.sessions.contains_key(&one_more));
+    // A member is never crowded out by strangers.
+    let member = sim.connect("rec-3");
+    assert!(!refused(sim.log.last().unwrap(), member));
+    assert!(sim.engine.sessions.contains_key(&member));
+    // Once a stranger leaves, another may come.
+    sim.step(Input::SessionClosed { session: 4 });
+    let later = sim.open_session("stray-later", vec![]);
+    assert!(!refused(sim.log.last().unwrap(), later));
+}
+
+#[test]
 fn the_same_instance_reconnecting_replaces_its_old_session_and_keeps_its_lease() {
     let mut sim = three_members();
     let old = sim.sessions["rec-1"];
