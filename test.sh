@@ -3,10 +3,15 @@
 # decision core and the agent, and the real-process tests (real coordinator,
 # agents, failoverctl and hook scripts on loopback).
 #
-# Needs only the Rust toolchain (cargo, rustfmt, clippy); protobuf code is
-# generated in pure Rust, so no protoc.
+# Needs the Rust toolchain (cargo, rustfmt, clippy); protobuf code is
+# generated in pure Rust, so no protoc. The tests of coordinator replicas
+# start a real etcd: deploy/install-test-tools.sh installs it (apt-get)
+# when it is missing.
 set -euo pipefail
 cd "$(dirname "$0")"
+
+echo "==> test tools (etcd)"
+deploy/install-test-tools.sh
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check

@@ -1,5 +1,7 @@
 //! Compiles proto/failover/v1/failover.proto with protox (pure Rust, no
-//! system protoc) and writes the encoded descriptor set for gRPC reflection.
+//! system protoc) and writes the encoded descriptor set for gRPC reflection;
+//! compiles the clients of the part of etcd's API the coordinator uses
+//! (proto/etcd/rpc.proto) the same way.
 
 use prost::Message;
 
@@ -16,5 +18,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .compile_fds(descriptors)?;
+    let etcd = "proto/etcd/rpc.proto";
+    println!("cargo:rerun-if-changed={etcd}");
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(false)
+        .compile_fds(protox::compile([etcd], ["proto"])?)?;
     Ok(())
 }

@@ -33,6 +33,19 @@ fn is_refusal(e: &anyhow::Error) -> bool {
         .is_some_and(|s| s.code() == tonic::Code::PermissionDenied)
 }
 
+/// The leader a coordinator replica that does not lead sent us to, if it
+/// is reached the same way (`https://` stays `https://`).
+fn leader_hint(e: &anyhow::Error, url: &str) -> Option<String> {
+    let status = e.downcast_ref::<tonic::Status>()?;
+    let leader = status
+        .metadata()
+        .get(proto::LEADER_METADATA)?
+        .to_str()
+        .ok()?;
+    let scheme = |u: &str| u.split_once("://").map(|(s, _)| s.to_owned());
+    (leader != url && scheme(leader) == scheme(url)).then(|| leader.to_owned())
+}
+
 fn refusal_message(e: &anyhow::Error) -> String {
     e.downcast_ref::<tonic::Status>()
         .map_or_else(|| format!("{e:#}"), |s| s.message().to_owned())
@@ -57,14 +70,27 @@ pub async fn connect(
     tokio::time::sleep(delay).await;
     let mut retry = FIRST_RETRY.min(max_retry);
     loop {
+        // Whether this pass over the list slept at all: replicas that
+        // point elsewhere are passed by at once, but a whole pass of them
+        // (views out of step during an election) waits like a failure.
+        let mut waited = false;
         for url in &urls {
-            let opened = tokio::time::timeout(OPEN_TIMEOUT, open(url, &tls))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(anyhow::anyhow!(
-                        "no answer within {OPEN_TIMEOUT:?} (the connection was accepted, nothing more)"
-                    ))
-                });
+            let opened = open_within(url, &tls).await;
+            let hint = opened.as_ref().err().and_then(|e| leader_hint(e, url));
+            let opened = match hint {
+                // Its only URL (a Service name, a load balancer), or one
+                // of its own: go to the leader at once. Any other address
+                // is not trusted blindly: the next URL of the list is.
+                Some(leader) if urls.len() == 1 || urls.contains(&leader) => {
+                    tracing::info!(%url, %leader, "this coordinator replica does not lead: going to the leader");
+                    open_within(&leader, &tls).await
+                }
+                Some(leader) => {
+                    tracing::info!(%url, %leader, "this coordinator replica does not lead: trying the next address");
+                    continue;
+                }
+                None => opened,
+            };
             match opened {
                 Ok(connection) => return connection,
                 Err(e) if is_refusal(&e) => {
@@ -72,6 +98,7 @@ pub async fn connect(
                     // agent (its certificate): no point hurrying back.
                     tracing::error!(%url, "refused by the coordinator: {} (trying again in {REFUSED_RETRY:?})", refusal_message(&e));
                     tokio::time::sleep(REFUSED_RETRY).await;
+                    waited = true;
                 }
                 Err(e) => {
                     // Full jitter keeps a fleet of agents from reconnecting
@@ -80,6 +107,7 @@ pub async fn connect(
                     let error = proto::client::explain(url, &format!("{e:#}"));
                     tracing::warn!(%url, error, retry_in = ?wait, "cannot open a session with the coordinator");
                     tokio::time::sleep(wait).await;
+                    waited = true;
                     retry = retry.saturating_mul(2).min(max_retry);
                 }
             }
@@ -87,7 +115,23 @@ pub async fn connect(
         if urls.is_empty() {
             std::future::pending::<()>().await;
         }
+        if !waited {
+            let wait = rand::rng().random_range(Duration::ZERO..=retry);
+            tokio::time::sleep(wait).await;
+            retry = retry.saturating_mul(2).min(max_retry);
+        }
     }
+}
+
+/// Opens a session with `url`, giving up after [`OPEN_TIMEOUT`].
+async fn open_within(url: &str, tls: &ClientTls) -> anyhow::Result<Connection> {
+    tokio::time::timeout(OPEN_TIMEOUT, open(url, tls))
+        .await
+        .unwrap_or_else(|_| {
+            Err(anyhow::anyhow!(
+                "no answer within {OPEN_TIMEOUT:?} (the connection was accepted, nothing more)"
+            ))
+        })
 }
 
 async fn open(url: &str, tls: &ClientTls) -> anyhow::Result<Connection> {

@@ -303,6 +303,15 @@ impl pb::admin_service_server::AdminService for AdminApi {
         }))
     }
 
+    async fn cluster_status(
+        &self,
+        request: Request<pb::ClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        let actor = self.actor(&request);
+        let status = self.api.cluster_status(&actor).await.map_err(api_status)?;
+        Ok(Response::new(status))
+    }
+
     async fn list_events(
         &self,
         request: Request<pb::ListEventsRequest>,

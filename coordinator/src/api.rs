@@ -18,7 +18,9 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
 
 use crate::auth::Access;
+use crate::cluster::Cluster;
 use crate::engine::{AdminCommand, AdminError, AdminReply, GroupView, NodeView};
+use crate::leadership::NotLeader;
 use crate::model::EventRecord;
 use crate::policy::PolicyPatch;
 use crate::runtime::Handle;
@@ -131,6 +133,9 @@ pub enum ApiError {
     /// An event watcher fell too far behind and missed events.
     #[error("this watcher fell behind and missed {missed} events; watch again")]
     Lagged { missed: u64 },
+    /// Another coordinator replica leads.
+    #[error(transparent)]
+    NotLeader(#[from] NotLeader),
     /// Too many event watches are open.
     #[error(
         "too many event watches are open ({max}, [limits] max_watchers); try again later, or \
@@ -152,20 +157,35 @@ pub const MAX_EVENTS_PER_ANSWER: usize = 1000;
 /// The coordinator's API.
 #[derive(Clone)]
 pub struct Api {
-    handle: Handle,
+    cluster: Cluster,
     watchers: Arc<Semaphore>,
     max_watchers: usize,
 }
 
 impl Api {
-    /// The API over `handle`, allowing `max_watchers` event watches at
-    /// once.
-    pub fn new(handle: Handle, max_watchers: usize) -> Api {
+    /// The API over the leading runtime, allowing `max_watchers` event
+    /// watches at once.
+    pub(crate) fn new(cluster: Cluster, max_watchers: usize) -> Api {
         Api {
-            handle,
+            cluster,
             watchers: Arc::new(Semaphore::new(max_watchers)),
             max_watchers,
         }
+    }
+
+    /// The leading runtime, or who leads instead.
+    fn handle(&self) -> Result<Handle, ApiError> {
+        Ok(self.cluster.leadership.handle()?)
+    }
+
+    /// Which replica leads, every replica, the store's health: any
+    /// replica answers.
+    pub(crate) async fn cluster_status(
+        &self,
+        actor: &Actor,
+    ) -> Result<proto::v1::ClusterStatusResponse, ApiError> {
+        actor.may(Access::Viewer, "cluster status")?;
+        Ok(self.cluster.status().await)
     }
 
     /// Runs one operator's command.
@@ -176,7 +196,7 @@ impl Api {
     ) -> Result<AdminReply, ApiError> {
         let (needs, what) = needed(&command);
         actor.may(needs, what)?;
-        Ok(self.handle.admin(actor.to_string(), command).await?)
+        Ok(self.handle()?.admin(actor.to_string(), command).await?)
     }
 
     /// Runs a command whose answer is a group.
@@ -267,7 +287,7 @@ impl Api {
             0 => MAX_EVENTS_PER_ANSWER,
             n => n.min(MAX_EVENTS_PER_ANSWER),
         };
-        Ok(self.handle.events(group, limit).await?)
+        Ok(self.handle()?.events(group, limit).await?)
     }
 
     /// The retained events that match — the most recent `limit`, 0 = all —
@@ -291,17 +311,16 @@ impl Api {
                 max: self.max_watchers,
             })?;
         // Subscribe before reading the backlog so nothing falls between.
-        let live = self.handle.subscribe_events();
+        let handle = self.handle()?;
+        let live = handle.subscribe_events();
         let after = match limit {
             0 => 0,
-            n => self
-                .handle
+            n => handle
                 .events(group.clone(), n)
                 .await?
                 .first()
                 .map_or(0, |e| e.seq.saturating_sub(1)),
         };
-        let handle = self.handle.clone();
         let filter = group.clone();
         // The backlog: pages until one comes back empty; remembers the last
         // event it gave, so the live part starts after it.

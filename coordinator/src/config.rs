@@ -17,8 +17,10 @@ use crate::policy::Policy;
     about = "Keeps failover groups and promotes their primaries"
 )]
 pub struct Args {
+    #[command(subcommand)]
+    pub command: Option<Subcommand>,
     /// TOML configuration file (see deploy/coordinator.example.toml).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", global = true)]
     pub config: Option<PathBuf>,
     /// gRPC listen address for agents and operators [default: 127.0.0.1:7400].
     #[arg(long, value_name = "ADDR")]
@@ -27,7 +29,7 @@ pub struct Args {
     #[arg(long, value_name = "ADDR")]
     pub http_listen: Option<SocketAddr>,
     /// Directory of the embedded store [default: ./failover-data].
-    #[arg(long, value_name = "DIR")]
+    #[arg(global = true, long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// TLS: this coordinator's certificate chain (PEM); with --tls-key.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
@@ -38,6 +40,31 @@ pub struct Args {
     /// TLS: the CA that signs agents' and operators' certificates (PEM).
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
+    /// Where groups are kept: the embedded store (one coordinator), or an
+    /// etcd cluster shared by coordinator replicas [default: sled].
+    #[arg(global = true, long, value_enum)]
+    pub store: Option<StoreKind>,
+    /// etcd client URLs, comma-separated (with --store etcd).
+    #[arg(global = true, long, value_name = "URL,...", value_delimiter = ',')]
+    pub etcd_endpoints: Vec<String>,
+    /// Prefix of every key in etcd, so clusters can share one etcd
+    /// [default: /failover/].
+    #[arg(global = true, long, value_name = "PREFIX")]
+    pub etcd_prefix: Option<String>,
+    /// TLS to etcd: the CA that signed etcd's certificates (PEM).
+    #[arg(global = true, long, value_name = "FILE")]
+    pub etcd_ca: Option<PathBuf>,
+    /// TLS to etcd: this coordinator's client certificate (PEM); with
+    /// --etcd-key.
+    #[arg(global = true, long, value_name = "FILE", requires = "etcd_key")]
+    pub etcd_cert: Option<PathBuf>,
+    /// TLS to etcd: the client certificate's key (PEM).
+    #[arg(global = true, long, value_name = "FILE", requires = "etcd_cert")]
+    pub etcd_key: Option<PathBuf>,
+    /// The URL agents and operators reach this replica by, given to them
+    /// by the other replicas [default: from --listen].
+    #[arg(long, value_name = "URL")]
+    pub advertise_url: Option<String>,
     /// Operators' bearer tokens, hashed (TOML; see README "Security").
     #[arg(long, value_name = "FILE")]
     pub auth_tokens: Option<PathBuf>,
@@ -47,6 +74,36 @@ pub struct Args {
     /// Check the configuration, print it, and exit.
     #[arg(long)]
     pub check_config: bool,
+}
+
+/// What to do instead of serving.
+#[derive(Debug, clap::Subcommand)]
+pub enum Subcommand {
+    /// Write every group (members, settings, epoch, primary) and every
+    /// deleted group's epoch floor from the configured store as JSON: a
+    /// backup, or the way to another store. The embedded store must not be
+    /// in use (stop its coordinator first); etcd may be.
+    Export {
+        /// Write here (created private) instead of to stdout.
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Write an export into the configured store, which must hold no
+    /// group. Then start (or restart) the coordinators on it.
+    Import {
+        /// The export (JSON).
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// The embedded store in `data_dir`: one coordinator.
+    #[default]
+    Sled,
+    /// An etcd cluster: any number of coordinator replicas, one leads.
+    Etcd,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ValueEnum, Default)]
@@ -63,6 +120,12 @@ pub struct Config {
     pub listen: SocketAddr,
     pub http_listen: SocketAddr,
     pub data_dir: PathBuf,
+    pub store: StoreKind,
+    /// `[etcd]`: the cluster, with `store = "etcd"`.
+    pub etcd: EtcdConfig,
+    /// The URL other replicas send agents and operators to when this one
+    /// leads; `None`: made from `listen`.
+    pub advertise_url: Option<String>,
     /// Bound on agent clock rate drift (`rho`); leases are waited out for
     /// `ttl * (1 + clock_drift)`.
     pub clock_drift: f64,
@@ -75,6 +138,38 @@ pub struct Config {
     pub auth: AuthConfig,
     pub log: LogConfig,
     pub limits: LimitsConfig,
+}
+
+/// `[etcd]`: the etcd cluster coordinator replicas share.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EtcdConfig {
+    /// Client URLs of the etcd members (`http://` or `https://`).
+    pub endpoints: Vec<String>,
+    /// Prefix of every key, e.g. `/failover/`.
+    pub prefix: String,
+    /// TLS to etcd: the CA, and this coordinator's client certificate.
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// The leader's etcd lease: how long a leader that stopped renewing it
+    /// (killed, cut off) keeps others from leading. Whole seconds, at
+    /// least 2.
+    #[serde(with = "proto::duration::serde")]
+    pub leader_lease: std::time::Duration,
+}
+
+impl Default for EtcdConfig {
+    fn default() -> Self {
+        EtcdConfig {
+            endpoints: Vec::new(),
+            prefix: "/failover/".into(),
+            ca: None,
+            cert: None,
+            key: None,
+            leader_lease: std::time::Duration::from_secs(3),
+        }
+    }
 }
 
 /// `[limits]`: how much of the coordinator any set of clients can hold.
@@ -174,6 +269,9 @@ impl Default for Config {
             listen: std::net::SocketAddr::from(([127, 0, 0, 1], 7400)),
             http_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 7401)),
             data_dir: PathBuf::from("./failover-data"),
+            store: StoreKind::Sled,
+            etcd: EtcdConfig::default(),
+            advertise_url: None,
             clock_drift: 0.01,
             event_retention: 10_000,
             defaults: Policy::default(),
@@ -215,8 +313,40 @@ impl Config {
         if let Some(v) = &args.auth_tokens {
             config.auth.tokens = Some(v.clone());
         }
+        if let Some(v) = args.store {
+            config.store = v;
+        }
+        if !args.etcd_endpoints.is_empty() {
+            config.etcd.endpoints = args.etcd_endpoints.clone();
+        }
+        if let Some(v) = &args.etcd_prefix {
+            config.etcd.prefix = v.clone();
+        }
+        if let Some(v) = &args.etcd_ca {
+            config.etcd.ca = Some(v.clone());
+        }
+        if let (Some(cert), Some(key)) = (&args.etcd_cert, &args.etcd_key) {
+            config.etcd.cert = Some(cert.clone());
+            config.etcd.key = Some(key.clone());
+        }
+        if let Some(v) = &args.advertise_url {
+            config.advertise_url = Some(v.clone());
+        }
         config.validate()?;
         Ok(config)
+    }
+
+    /// The URL other replicas send clients to when this one leads.
+    pub(crate) fn advertised(&self, listening: std::net::SocketAddr) -> String {
+        if let Some(url) = &self.advertise_url {
+            return url.clone();
+        }
+        let scheme = if self.tls_files().is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{listening}")
     }
 
     /// The TLS files, when TLS is on.
@@ -237,13 +367,20 @@ impl Config {
         let path = |p: &Path| format!("{:?}", p.display().to_string());
         let mut text = format!(
             "listen = \"{}\"\nhttp_listen = \"{}\"\ndata_dir = {}\nclock_drift = {}\n\
-             event_retention = {}\n",
+             event_retention = {}\nstore = \"{}\"\n",
             self.listen,
             self.http_listen,
             path(&self.data_dir),
             self.clock_drift,
-            self.event_retention
+            self.event_retention,
+            match self.store {
+                StoreKind::Sled => "sled",
+                StoreKind::Etcd => "etcd",
+            }
         );
+        if let Some(url) = &self.advertise_url {
+            text.push_str(&format!("advertise_url = {url:?}\n"));
+        }
         match &self.tls {
             None => text.push_str("# no [tls]: plaintext (loopback only)\n"),
             Some(Tls::Off) => text.push_str("tls = \"off\"\n"),
@@ -260,6 +397,20 @@ impl Config {
         }
         if let Some(tokens) = &self.auth.tokens {
             text.push_str(&format!("\n[auth]\ntokens = {}\n", path(tokens)));
+        }
+        if self.store == StoreKind::Etcd {
+            let e = &self.etcd;
+            text.push_str(&format!(
+                "\n[etcd]\nendpoints = {:?}\nprefix = {:?}\nleader_lease = \"{}\"\n",
+                e.endpoints,
+                e.prefix,
+                humantime::format_duration(e.leader_lease)
+            ));
+            for (name, file) in [("ca", &e.ca), ("cert", &e.cert), ("key", &e.key)] {
+                if let Some(file) = file {
+                    text.push_str(&format!("{name} = {}\n", path(file)));
+                }
+            }
         }
         let format = match self.log.format {
             LogFormat::Text => "text",
@@ -280,6 +431,57 @@ impl Config {
         text
     }
 
+    fn validate_etcd(&self) -> anyhow::Result<()> {
+        let e = &self.etcd;
+        if self.store == StoreKind::Sled {
+            if !e.endpoints.is_empty() {
+                bail!(
+                    "etcd endpoints are given but the store is sled: add --store etcd (store = \"etcd\")"
+                );
+            }
+            return Ok(());
+        }
+        if e.endpoints.is_empty() {
+            bail!("--store etcd needs --etcd-endpoints URL,... ([etcd] endpoints)");
+        }
+        for url in &e.endpoints {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                bail!(
+                    "etcd endpoint {url:?}: write it as a URL, http://HOST:2379 or https://HOST:2379"
+                );
+            }
+            if url.starts_with("https://") && e.ca.is_none() {
+                bail!(
+                    "etcd endpoint {url} is https:// but no CA is given: --etcd-ca FILE ([etcd] ca)"
+                );
+            }
+        }
+        if e.cert.is_some() != e.key.is_some() {
+            bail!("[etcd] cert and key go together");
+        }
+        if !e.prefix.starts_with('/') || !e.prefix.ends_with('/') || e.prefix.len() > 128 {
+            bail!(
+                "etcd prefix {:?}: start and end it with '/', e.g. /failover/ (at most 128 characters)",
+                e.prefix
+            );
+        }
+        let lease = e.leader_lease;
+        if lease.subsec_nanos() != 0 || !(2..=60).contains(&lease.as_secs()) {
+            bail!(
+                "[etcd] leader_lease must be whole seconds between 2s and 60s, got {}",
+                humantime::format_duration(lease)
+            );
+        }
+        if let Some(url) = &self.advertise_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            bail!(
+                "advertise_url {url:?}: write it as a URL agents can reach, e.g. https://coordinator-0.example:7400"
+            );
+        }
+        Ok(())
+    }
+
     pub fn from_file(path: &Path) -> anyhow::Result<Config> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config file {}", path.display()))?;
@@ -297,6 +499,7 @@ impl Config {
         if self.event_retention == 0 {
             bail!("event_retention must be at least 1");
         }
+        self.validate_etcd()?;
         self.defaults
             .validate()
             .context("invalid [defaults] in the configuration")?;

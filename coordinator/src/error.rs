@@ -4,6 +4,7 @@ use tonic::Status;
 
 use crate::api::ApiError;
 use crate::engine::AdminError;
+use crate::leadership::NotLeader;
 use crate::store::StoreError;
 
 pub(crate) fn admin_status(e: AdminError) -> Status {
@@ -29,5 +30,18 @@ pub(crate) fn api_status(e: ApiError) -> Status {
         ApiError::Denied(m) => Status::permission_denied(m),
         ApiError::Lagged { .. } => Status::data_loss(e.to_string()),
         ApiError::Busy { .. } => Status::resource_exhausted(e.to_string()),
+        ApiError::NotLeader(e) => not_leader_status(&e),
     }
+}
+
+/// UNAVAILABLE, naming the leader in the message and, for clients to
+/// follow, in [`proto::LEADER_METADATA`].
+pub(crate) fn not_leader_status(e: &NotLeader) -> Status {
+    let mut status = Status::unavailable(e.to_string());
+    if let Some(url) = e.leader_url()
+        && let Ok(value) = url.parse()
+    {
+        status.metadata_mut().insert(proto::LEADER_METADATA, value);
+    }
+    status
 }

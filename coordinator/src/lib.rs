@@ -8,14 +8,19 @@
 mod admin;
 pub mod api;
 mod auth;
+pub mod backup;
+mod cluster;
 pub mod config;
 mod connections;
 mod convert;
+mod election;
 pub mod engine;
 mod error;
+mod etcd;
 #[cfg(test)]
 mod fuzz_tests;
 mod http;
+mod leadership;
 mod limits;
 mod listener;
 mod metrics;
@@ -34,15 +39,17 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
+use proto::client::ClientTls;
 use proto::v1::admin_service_server::AdminServiceServer;
 use proto::v1::agent_service_server::AgentServiceServer;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, StoreKind};
 use crate::engine::{Engine, EngineConfig};
 use crate::runtime::Runtime;
-use crate::store::{SledStore, Store};
+use crate::store::{EtcdLocation, EtcdStore, SledStore, Store, StoreError};
 
 /// How long shutdown waits for open streams to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -76,11 +83,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     // The store first: a second coordinator on the same data directory
     // stops here, before it says anything else.
-    let data_dir = config.data_dir.clone();
-    let retention = config.event_retention;
-    let store = tokio::task::spawn_blocking(move || SledStore::open(&data_dir, retention))
-        .await
-        .context("store open panicked")??;
+    let opened = open_store(&config).await?;
     // One TLS crypto provider for everything: ring.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let tls = match config.tls_files() {
@@ -119,22 +122,6 @@ pub async fn run(
             "authentication is OFF: anyone who reaches this coordinator may act as any node and as an admin (configure [tls] client_ca and/or [auth] tokens)"
         );
     }
-    let store: Arc<dyn Store> = Arc::new(store);
-    let recovered = store.load()?;
-    let fence = store.fence()?;
-    let groups = recovered.groups.len();
-    let durable = engine::Durable::of(&recovered);
-    let engine = Engine::new(
-        EngineConfig {
-            coordinator_id: coordinator_id(),
-            clock_drift: config.clock_drift,
-            default_heartbeat_interval: config.defaults.heartbeat_interval,
-            default_policy: config.defaults.clone(),
-        },
-        recovered,
-        runtime::now(),
-    );
-
     let Listeners {
         grpc: grpc_listener,
         http: http_listener,
@@ -143,10 +130,61 @@ pub async fn run(
     let http_addr = http_listener.local_addr()?;
 
     let metrics = metrics::Metrics::new();
-    let (runtime, handle) = Runtime::new(engine, durable, store, fence, metrics.clone());
-    // The runtime stops last: open sessions still need it to close.
-    let runtime_stop = CancellationToken::new();
-    let runtime_task = tokio::spawn(runtime.run(runtime_stop.clone()));
+    let readiness = http::Readiness::default();
+    let me = election::Replica {
+        id: coordinator_id(),
+        url: config.advertised(grpc_addr),
+    };
+    let (leadership, mut leading, store_text, election) = match opened {
+        Opened::Sled(store) => {
+            let (runtime, handle, groups) =
+                start_term(&config, &me.id, Arc::new(store), &metrics).await?;
+            // The runtime stops last: open sessions still need it to close.
+            let stop = CancellationToken::new();
+            let task = tokio::spawn(runtime.run(stop.clone()));
+            readiness.set(true);
+            let text = format!("sled in {} ({groups} groups)", config.data_dir.display());
+            (
+                leadership::Leadership::always(handle),
+                Leading::Alone { task, stop },
+                text,
+                None,
+            )
+        }
+        Opened::Etcd(store) => {
+            let (part, seen) = watch::channel(leadership::Part::Following(None));
+            let text = format!(
+                "etcd {} under {} (replica {} at {})",
+                config.etcd.endpoints.join(","),
+                config.etcd.prefix,
+                me.id,
+                me.url
+            );
+            let election = Arc::new(election::Election::new(
+                store.etcd().clone(),
+                &config.etcd.prefix,
+                me.clone(),
+                config.etcd.leader_lease,
+                config.clock_drift,
+            ));
+            let task = tokio::spawn(lead_while_elected(Replicas {
+                config: config.clone(),
+                store: Arc::from(store),
+                election: election.clone(),
+                id: me.id.clone(),
+                part,
+                readiness: readiness.clone(),
+                metrics: metrics.clone(),
+                shutdown: shutdown.clone(),
+            }));
+            (
+                leadership::Leadership::new(seen),
+                Leading::Replicas { task },
+                text,
+                Some(election),
+            )
+        }
+    };
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -164,7 +202,12 @@ pub async fn run(
     let (grpc_bounds, http_bounds) = fit_descriptors(&config.limits, tls.is_none());
     let grpc_connections = connections::Connections::new("gRPC", grpc_bounds);
     let http_connections = connections::Connections::new("HTTP", http_bounds);
-    let sessions = session::AgentSessions::new(handle.clone(), shutdown.clone(), auth.clone());
+    let sessions = session::AgentSessions::new(leadership.clone(), shutdown.clone(), auth.clone());
+    let cluster = cluster::Cluster {
+        me,
+        leadership,
+        election,
+    };
     let router = tonic::transport::Server::builder()
         .max_concurrent_streams(Some(limits::MAX_STREAMS_PER_CONNECTION))
         .layer(request_deadline::RequestDeadlineLayer::new())
@@ -175,14 +218,13 @@ pub async fn run(
         )
         .add_service(
             AdminServiceServer::new(admin::AdminApi::new(
-                api::Api::new(handle, config.limits.max_watchers),
+                api::Api::new(cluster, config.limits.max_watchers),
                 shutdown.clone(),
                 auth,
                 grpc_connections.clone(),
             ))
             .max_decoding_message_size(limits::MAX_MESSAGE_BYTES),
         );
-    let readiness = http::Readiness::default();
     let routes = http::router(readiness.clone(), metrics);
     let stopped = shutdown.clone();
     let (grpc_task, http_task) = match &tls {
@@ -228,16 +270,19 @@ pub async fn run(
         grpc = %grpc_addr,
         http = %http_addr,
         tls = tls.is_some(),
-        data_dir = %config.data_dir.display(),
-        groups,
+        store = %store_text,
         "coordinator serving"
     );
-    readiness.set(true);
 
-    let mut runtime_task = runtime_task;
-    let failure = tokio::select! {
-        _ = shutdown.cancelled() => None,
-        result = &mut runtime_task => Some(result),
+    let failure = match &mut leading {
+        Leading::Alone { task, .. } => tokio::select! {
+            _ = shutdown.cancelled() => None,
+            result = task => Some(result.context("coordinator runtime panicked").and_then(|r| r.map_err(anyhow::Error::from))),
+        },
+        Leading::Replicas { task } => tokio::select! {
+            _ = shutdown.cancelled() => None,
+            result = task => Some(result.context("the leadership loop panicked").and_then(|r| r)),
+        },
     };
     readiness.set(false);
     health
@@ -253,14 +298,180 @@ pub async fn run(
     {
         tracing::warn!("open streams did not finish within {SHUTDOWN_GRACE:?}; stopping anyway");
     }
-    runtime_stop.cancel();
-    let result = match failure {
-        Some(result) => result,
-        None => runtime_task.await,
+    let result = match (failure, leading) {
+        (Some(result), _) => result,
+        (None, Leading::Alone { task, stop }) => {
+            stop.cancel();
+            task.await
+                .context("coordinator runtime panicked")
+                .and_then(|r| r.map_err(anyhow::Error::from))
+        }
+        (None, Leading::Replicas { task }) => task
+            .await
+            .context("the leadership loop panicked")
+            .and_then(|r| r),
     };
-    result.context("coordinator runtime panicked")??;
+    result?;
     tracing::info!("coordinator stopped");
     Ok(())
+}
+
+/// The store the configuration names, opened.
+enum Opened {
+    Sled(SledStore),
+    Etcd(Box<EtcdStore>),
+}
+
+async fn open_store(config: &Config) -> anyhow::Result<Opened> {
+    let retention = config.event_retention;
+    Ok(match config.store {
+        StoreKind::Sled => {
+            let data_dir = config.data_dir.clone();
+            let store = tokio::task::spawn_blocking(move || SledStore::open(&data_dir, retention))
+                .await
+                .context("store open panicked")??;
+            Opened::Sled(store)
+        }
+        StoreKind::Etcd => {
+            let location = EtcdLocation {
+                endpoints: config.etcd.endpoints.clone(),
+                tls: ClientTls {
+                    ca: config.etcd.ca.clone(),
+                    cert: config.etcd.cert.clone(),
+                    key: config.etcd.key.clone(),
+                },
+                prefix: config.etcd.prefix.clone(),
+            };
+            // etcd may still be starting (all services come up together):
+            // keep trying, saying why.
+            loop {
+                let location = location.clone();
+                let opened =
+                    tokio::task::spawn_blocking(move || EtcdStore::open(&location, retention))
+                        .await
+                        .context("store open panicked")?;
+                match opened {
+                    Ok(store) => break Opened::Etcd(Box::new(store)),
+                    Err(e @ StoreError::Unavailable(_)) => {
+                        tracing::warn!(error = %e, "cannot reach etcd yet; trying again in 1s");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+    })
+}
+
+/// Who runs the runtime: this process alone (embedded store), or whichever
+/// replica is elected (etcd).
+enum Leading {
+    Alone {
+        task: tokio::task::JoinHandle<Result<(), StoreError>>,
+        stop: CancellationToken,
+    },
+    Replicas {
+        task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    },
+}
+
+/// Takes the store for one runtime: a new fencing term first, then
+/// everything in it, so anything a previous holder still tries to write is
+/// either read here or refused. The engine waits out every lease an agent
+/// may hold, as after a restart.
+async fn start_term(
+    config: &Config,
+    id: &str,
+    store: Arc<dyn Store>,
+    metrics: &Arc<metrics::Metrics>,
+) -> anyhow::Result<(Runtime, runtime::Handle, usize)> {
+    let reading = store.clone();
+    let (fence, recovered) = tokio::task::spawn_blocking(move || {
+        let fence = reading.fence()?;
+        Ok::<_, StoreError>((fence, reading.load()?))
+    })
+    .await
+    .context("reading the store panicked")??;
+    let groups = recovered.groups.len();
+    let durable = engine::Durable::of(&recovered);
+    let engine = Engine::new(
+        EngineConfig {
+            coordinator_id: id.to_owned(),
+            clock_drift: config.clock_drift,
+            default_heartbeat_interval: config.defaults.heartbeat_interval,
+            default_policy: config.defaults.clone(),
+        },
+        recovered,
+        runtime::now(),
+    );
+    let (runtime, handle) = Runtime::new(engine, durable, store, fence, metrics.clone());
+    Ok((runtime, handle, groups))
+}
+
+/// What the leadership loop of a replica needs.
+struct Replicas {
+    config: Config,
+    store: Arc<EtcdStore>,
+    election: Arc<election::Election>,
+    /// This replica's id.
+    id: String,
+    part: watch::Sender<leadership::Part>,
+    readiness: http::Readiness,
+    metrics: Arc<metrics::Metrics>,
+    shutdown: CancellationToken,
+}
+
+/// A replica's life: campaign; when elected, run the runtime for as long
+/// as the leadership is certain; then campaign again. Ends at shutdown
+/// (handing the leadership back at once).
+async fn lead_while_elected(r: Replicas) -> anyhow::Result<()> {
+    loop {
+        let following = |leader: Option<election::Replica>| {
+            // Ready while it can send clients to a leader.
+            r.readiness.set(leader.is_some());
+            r.metrics.leader.set(0);
+            r.part.send_replace(leadership::Part::Following(leader));
+        };
+        let term = tokio::select! {
+            term = r.election.campaign(following) => term,
+            _ = r.shutdown.cancelled() => return Ok(()),
+        };
+        let store: Arc<dyn Store> = r.store.clone();
+        let (runtime, handle, groups) = match start_term(&r.config, &r.id, store, &r.metrics).await
+        {
+            Ok(started) => started,
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "elected, but cannot take the store; handing the leadership back");
+                r.election.resign(term).await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let (until_tx, until) = watch::channel(term.deadline);
+        let stop = CancellationToken::new();
+        let mut task = tokio::spawn(runtime.leading_until(until).run(stop.clone()));
+        r.part.send_replace(leadership::Part::Leading(handle));
+        r.readiness.set(true);
+        r.metrics.leader.set(1);
+        r.metrics.leader_changes.inc();
+        tracing::warn!(groups, "this replica leads now");
+        let (why, finished) = tokio::select! {
+            why = r.election.hold(&term, &until_tx) => (why, false),
+            result = &mut task => (format!("its runtime stopped: {:?}", result), true),
+            _ = r.shutdown.cancelled() => ("shutting down".to_owned(), false),
+        };
+        r.part.send_replace(leadership::Part::Following(None));
+        r.metrics.leader.set(0);
+        stop.cancel();
+        if !finished {
+            let _ = task.await;
+        }
+        r.election.resign(term).await;
+        if r.shutdown.is_cancelled() {
+            return Ok(());
+        }
+        tracing::error!("this replica stopped leading: {why}");
+    }
 }
 
 /// What `--check-config` finds wrong with the files the configuration

@@ -5,7 +5,7 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
-use coordinator::config::{Args, Config, LogFormat};
+use coordinator::config::{Args, Config, LogFormat, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -18,6 +18,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(command) = &args.command {
+        return match backup_command(command, &config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+                ExitCode::FAILURE
+            }
+        };
+    }
     if args.check_config {
         let problems = coordinator::check_files(&config);
         if !problems.is_empty() {
@@ -54,6 +63,52 @@ fn main() -> ExitCode {
             // Logging is set up: one line on stderr, in the log's format.
             tracing::error!("{e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `export` and `import`.
+fn backup_command(command: &Subcommand, config: &Config) -> anyhow::Result<()> {
+    use anyhow::Context;
+    match command {
+        Subcommand::Export { output } => {
+            let doc = coordinator::backup::export(config)?;
+            let text = serde_json::to_string_pretty(&doc)?;
+            match output {
+                Some(path) => {
+                    // It holds the instance ids that prove an agent holds a
+                    // role: readable by this user only.
+                    use std::os::unix::fs::OpenOptionsExt;
+                    let mut file = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .mode(0o600)
+                        .open(path)
+                        .with_context(|| format!("cannot write {}", path.display()))?;
+                    file.write_all(text.as_bytes())?;
+                    file.sync_all()?;
+                    eprintln!(
+                        "exported {} groups and {} epoch floors to {}",
+                        doc.groups.len(),
+                        doc.epoch_floors.len(),
+                        path.display()
+                    );
+                }
+                None => {
+                    let _ = writeln!(std::io::stdout(), "{text}");
+                }
+            }
+            Ok(())
+        }
+        Subcommand::Import { file } => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let doc = coordinator::backup::parse(&text)
+                .with_context(|| format!("{} cannot be imported", file.display()))?;
+            let count = coordinator::backup::import(config, doc)?;
+            eprintln!("imported {count} groups");
+            Ok(())
         }
     }
 }

@@ -34,6 +34,10 @@ pub(crate) struct Metrics {
     /// 1 while the store takes writes, 0 while a write failed and it is
     /// being opened again.
     pub store_writable: Gauge,
+    /// 1 while this process leads (always, with the embedded store).
+    pub leader: Gauge,
+    /// Times this process became the leader.
+    pub leader_changes: Counter,
     pub heartbeats: Counter,
     pub promotions: Counter,
     pub events: Family<EventLabels, Counter>,
@@ -56,6 +60,8 @@ impl Metrics {
         let m = Metrics {
             sessions: Gauge::default(),
             store_writable: Gauge::default(),
+            leader: Gauge::default(),
+            leader_changes: Counter::default(),
             heartbeats: Counter::default(),
             promotions: Counter::default(),
             events: Family::default(),
@@ -74,6 +80,17 @@ impl Metrics {
             "store_writable",
             "1 while the store takes writes; 0 while changes are refused because a write failed",
             m.store_writable.clone(),
+        );
+        m.leader.set(1);
+        registry.register(
+            "leader",
+            "1 while this coordinator leads (always with the embedded store); 0 on a replica that follows",
+            m.leader.clone(),
+        );
+        registry.register(
+            "leader_terms",
+            "Times this coordinator replica became the leader",
+            m.leader_changes.clone(),
         );
         registry.register("heartbeats", "Heartbeats received", m.heartbeats.clone());
         registry.register(

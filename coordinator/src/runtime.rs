@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use proto::v1::CoordinatorMessage;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
@@ -65,7 +65,7 @@ enum Request {
 
 /// Cloneable handle through which sessions and admin calls reach the actor.
 #[derive(Clone)]
-pub struct Handle {
+pub(crate) struct Handle {
     requests: mpsc::Sender<Request>,
     next_session: Arc<AtomicU64>,
     /// The engine's current pre-Hello timeout, in milliseconds.
@@ -75,17 +75,22 @@ pub struct Handle {
 }
 
 impl Handle {
-    pub fn new_session_id(&self) -> SessionId {
+    pub(crate) fn new_session_id(&self) -> SessionId {
         self.next_session.fetch_add(1, Ordering::Relaxed)
     }
 
     /// How long a new session may take to send its Hello.
-    pub fn connect_timeout(&self) -> Duration {
+    pub(crate) fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms.load(Ordering::Relaxed))
     }
 
     /// Registers a session's outbound stream and hands its Hello to the engine.
-    pub async fn open_session(&self, input: Input, outbound: Outbound, cancel: CancellationToken) {
+    pub(crate) async fn open_session(
+        &self,
+        input: Input,
+        outbound: Outbound,
+        cancel: CancellationToken,
+    ) {
         let _ = self
             .requests
             .send(Request::OpenSession {
@@ -96,11 +101,11 @@ impl Handle {
             .await;
     }
 
-    pub async fn input(&self, input: Input) {
+    pub(crate) async fn input(&self, input: Input) {
         let _ = self.requests.send(Request::Input(input)).await;
     }
 
-    pub async fn admin(&self, actor: String, command: AdminCommand) -> AdminResult {
+    pub(crate) async fn admin(&self, actor: String, command: AdminCommand) -> AdminResult {
         let (reply, answer) = oneshot::channel();
         let request = Request::Admin {
             actor,
@@ -113,12 +118,12 @@ impl Handle {
     }
 
     /// New events, as they are committed.
-    pub fn subscribe_events(&self) -> broadcast::Receiver<EventRecord> {
+    pub(crate) fn subscribe_events(&self) -> broadcast::Receiver<EventRecord> {
         self.events.subscribe()
     }
 
     /// Retained events, read straight from the store.
-    pub async fn events(
+    pub(crate) async fn events(
         &self,
         group: Option<String>,
         limit: usize,
@@ -130,7 +135,7 @@ impl Handle {
     }
 
     /// A page of retained events after `after`, oldest first.
-    pub async fn events_after(
+    pub(crate) async fn events_after(
         &self,
         group: Option<String>,
         after: u64,
@@ -169,6 +174,9 @@ pub(crate) struct Runtime {
     failure_log: LogEvery,
     /// See [`CRASH_POINT_VAR`].
     crash_after_promotion_commit: bool,
+    /// Among replicas: until when this one certainly leads (moved on by
+    /// `election.rs`). `None`: the embedded store, always leading.
+    leading_until: Option<watch::Receiver<Instant>>,
 }
 
 impl Runtime {
@@ -206,6 +214,7 @@ impl Runtime {
             failure_log: LogEvery::new(Duration::from_secs(10)),
             crash_after_promotion_commit: std::env::var(CRASH_POINT_VAR)
                 .is_ok_and(|v| v == "after-promotion-commit"),
+            leading_until: None,
         };
         if runtime.crash_after_promotion_commit {
             tracing::warn!(
@@ -213,6 +222,21 @@ impl Runtime {
             );
         }
         (runtime, handle)
+    }
+
+    /// Among replicas: announce nothing once `leading_until` has passed.
+    pub(crate) fn leading_until(mut self, until: watch::Receiver<Instant>) -> Runtime {
+        self.leading_until = Some(until);
+        self
+    }
+
+    /// Whether this process may tell agents and operators anything now:
+    /// a lease grant sent later than the leadership is certain could
+    /// outlast what the next leader waits for.
+    fn may_announce(&self) -> bool {
+        self.leading_until
+            .as_ref()
+            .is_none_or(|until| Instant::now() < *until.borrow())
     }
 
     /// Runs until `shutdown` is cancelled. A batch the store cannot write
@@ -255,16 +279,25 @@ impl Runtime {
                 self.metrics.batch_inputs.observe(inputs as f64);
             }
             self.engine.tick(now, &mut out);
-            self.apply(out, now).await?;
+            if let Err(e) = self.apply(out, now).await {
+                self.end_sessions();
+                return Err(e);
+            }
             self.connect_timeout_ms.store(
                 self.engine.connect_timeout().as_millis() as u64,
                 Ordering::Relaxed,
             );
         }
+        self.end_sessions();
+        Ok(())
+    }
+
+    /// Ends every session (their agents reconnect, to whichever
+    /// coordinator leads next).
+    fn end_sessions(&mut self) {
         for (_, s) in self.sessions.drain() {
             s.cancel.cancel();
         }
-        Ok(())
     }
 
     fn accept(&mut self, request: Request, now: Now, out: &mut Effects) {
@@ -343,8 +376,8 @@ impl Runtime {
                     self.store_works_again();
                     batch
                 }
-                Err(e @ StoreError::Fenced { .. }) => {
-                    tracing::error!(error = %e, "another coordinator took the store over: stopping");
+                Err(e @ (StoreError::Fenced { .. } | StoreError::Partial(_))) => {
+                    tracing::error!(error = %e, "this coordinator may not write any more: stopping");
                     for (id, _) in out.replies {
                         if let Some(tx) = self.replies.remove(&id) {
                             let _ = tx.send(Err(AdminError::Aborted(e.to_string())));
@@ -392,6 +425,25 @@ impl Runtime {
                     .inc();
                 let _ = self.events.send(event);
             }
+        }
+        if !self.may_announce() {
+            // Committed, not told: as after a crash right after the commit.
+            // The leadership loop ends this runtime; the next leader reads
+            // the batch and waits out every lease.
+            if self.failure_log.due() {
+                tracing::error!(
+                    "this replica's leadership is no longer certain: announcing nothing more"
+                );
+            }
+            for (id, _) in replies {
+                if let Some(tx) = self.replies.remove(&id) {
+                    let _ = tx.send(Err(AdminError::Unavailable(
+                        "this coordinator replica stopped leading; ask again (the new leader answers)"
+                            .into(),
+                    )));
+                }
+            }
+            return Ok(());
         }
         for (session, message) in sends {
             let Some(s) = self.sessions.get(&session) else {

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use crate::auth::Auth;
 use crate::convert::checks_from_proto;
 use crate::engine::{ClaimedRole, Hello, HookReport, Input};
+use crate::leadership::Leadership;
 use crate::limits::{
     LogEvery, MAX_CLAIMS, MAX_DETAIL, MAX_LABEL, MAX_REASON, MAX_SESSIONS_STARTING, Pace,
     SESSION_MESSAGES_PER_SECOND, clip,
@@ -36,7 +37,7 @@ use proto::vocab::{HookOutcome, Role};
 const OUTBOUND_CAPACITY: usize = 1024;
 
 pub(crate) struct AgentSessions {
-    handle: Handle,
+    leadership: Leadership,
     /// Cancelled at shutdown; each session's token is a child of it.
     shutdown: CancellationToken,
     auth: Arc<Auth>,
@@ -48,9 +49,13 @@ pub(crate) struct AgentSessions {
 }
 
 impl AgentSessions {
-    pub(crate) fn new(handle: Handle, shutdown: CancellationToken, auth: Arc<Auth>) -> Self {
+    pub(crate) fn new(
+        leadership: Leadership,
+        shutdown: CancellationToken,
+        auth: Arc<Auth>,
+    ) -> Self {
         AgentSessions {
-            handle,
+            leadership,
             shutdown,
             auth,
             refusals: Arc::new(LogEvery::new(Duration::from_secs(1))),
@@ -105,6 +110,10 @@ impl pb::agent_service_server::AgentService for AgentSessions {
         } else {
             None
         };
+        let handle = self
+            .leadership
+            .handle()
+            .map_err(|e| crate::error::not_leader_status(&e))?;
         let Ok(starting) = self.starting.clone().try_acquire_owned() else {
             return Err(Status::resource_exhausted(format!(
                 "{MAX_SESSIONS_STARTING} agent sessions are waiting for their Hello: try again"
@@ -117,12 +126,12 @@ impl pb::agent_service_server::AgentService for AgentSessions {
         let opening = Opening {
             address,
             certified,
-            connect_timeout: self.handle.connect_timeout(),
+            connect_timeout: handle.connect_timeout(),
             refusals: self.refusals.clone(),
             starting,
         };
         tokio::spawn(run_session(
-            self.handle.clone(),
+            handle,
             inbound,
             outbound,
             opening,

@@ -8,10 +8,12 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::settings::PolicyArgs;
 
-#[derive(Debug, Parser)]
+#[derive(Debug, Clone, Parser)]
 #[command(name = "failoverctl", version, about = "Operate failover groups")]
 pub(crate) struct Cli {
-    /// Coordinator gRPC URL.
+    /// Coordinator gRPC URL; with replicas, several comma-separated (the
+    /// first that answers is asked, and a replica that does not lead sends
+    /// failoverctl to the one that does).
     #[arg(
         long,
         global = true,
@@ -45,7 +47,7 @@ pub(crate) enum Output {
     Json,
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub(crate) enum Command {
     /// Create, inspect and change failover groups.
     #[command(subcommand)]
@@ -55,13 +57,23 @@ pub(crate) enum Command {
     Node(NodeCommand),
     /// Show the event log.
     Events(EventsArgs),
+    /// Coordinator replicas: which one leads, and the store's health.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// A small certificate authority for labs and tests: a CA, the
     /// coordinator's, nodes' and operators' certificates, and tokens.
     #[command(subcommand)]
     Pki(PkiCommand),
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
+pub(crate) enum ClusterCommand {
+    /// The store, the replicas (which one leads) and each etcd endpoint's
+    /// health. Any replica answers.
+    Status,
+}
+
+#[derive(Debug, Clone, Subcommand)]
 pub(crate) enum PkiCommand {
     /// Create a CA and the coordinator's certificate in DIR: ca.pem,
     /// ca-key.pem, coordinator.pem, coordinator-key.pem (names localhost,
@@ -132,7 +144,7 @@ pub(crate) enum PkiCommand {
     },
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub(crate) enum GroupCommand {
     /// Create a group; the first connected member in order becomes primary.
     Add(GroupAddArgs),
@@ -171,7 +183,7 @@ pub(crate) enum GroupCommand {
     Member(MemberCommand),
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub(crate) struct GroupAddArgs {
     pub name: String,
     /// A member node id; repeat in priority order (first = highest).
@@ -181,7 +193,7 @@ pub(crate) struct GroupAddArgs {
     pub policy: PolicyArgs,
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub(crate) enum MemberCommand {
     /// Add NODE to group NAME (at the end, or at --position).
     Add {
@@ -208,13 +220,13 @@ pub(crate) enum MemberCommand {
     Undrain { name: String, node: String },
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub(crate) enum NodeCommand {
     /// List nodes: members of groups and connected agents.
     List,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub(crate) struct EventsArgs {
     /// Only events of this group.
     #[arg(long)]

@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use cli::{Cli, Command, GroupCommand, MemberCommand, NodeCommand, Output, PkiCommand};
+use cli::{
+    Cli, ClusterCommand, Command, GroupCommand, MemberCommand, NodeCommand, Output, PkiCommand,
+};
 use futures::StreamExt;
 use proto::client::{ClientTls, endpoint};
 use proto::v1 as pb;
@@ -44,7 +46,7 @@ fn main() -> ExitCode {
         }
     };
     let url = cli.coordinator.clone();
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run_at_leader(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", one_line(&e, &url));
@@ -98,8 +100,54 @@ fn status_line(status: &tonic::Status, url: &str) -> String {
 /// from its file) on every call.
 type Client = AdminServiceClient<InterceptedService<Channel, Bearer>>;
 
+/// Runs the command; if a coordinator replica that does not lead refused
+/// it, runs it again at the leader it named (once: the refusal changed
+/// nothing).
+async fn run_at_leader(cli: Cli) -> anyhow::Result<()> {
+    let retry = cli.clone();
+    match run(cli).await {
+        Err(e) => match leader_hint(&e) {
+            Some(leader) => {
+                eprintln!(
+                    "note: the coordinator replica asked does not lead; asking the leader at {leader}"
+                );
+                let mut at_leader = retry;
+                at_leader.coordinator = leader;
+                run(at_leader).await
+            }
+            None => Err(e),
+        },
+        ok => ok,
+    }
+}
+
+/// The leader a refusing replica named.
+fn leader_hint(e: &anyhow::Error) -> Option<String> {
+    let status = e.downcast_ref::<tonic::Status>()?;
+    let leader = status.metadata().get(proto::LEADER_METADATA)?;
+    leader.to_str().ok().map(str::to_owned)
+}
+
+/// Connects to the first of the comma-separated URLs that answers.
 async fn connect(cli: &Cli) -> anyhow::Result<Client> {
-    let url = cli.coordinator.as_str();
+    let urls: Vec<&str> = cli
+        .coordinator
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect();
+    let mut last = None;
+    for url in &urls {
+        match connect_to(cli, url).await {
+            Ok(client) => return Ok(client),
+            Err(e) if urls.len() > 1 => last = Some(e.context(url.to_string())),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("--coordinator names no URL")))
+}
+
+async fn connect_to(cli: &Cli, url: &str) -> anyhow::Result<Client> {
     let tls = ClientTls {
         ca: cli.tls_ca.clone(),
         cert: cli.tls_cert.clone(),
@@ -391,6 +439,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         // Handled above, without a coordinator.
         Command::Pki(_) => {}
+        Command::Cluster(ClusterCommand::Status) => {
+            let status = client
+                .cluster_status(pb::ClusterStatusRequest {})
+                .await?
+                .into_inner();
+            print(
+                out,
+                output::cluster_json(&status),
+                output::cluster_table(&status),
+            );
+        }
         Command::Events(args) => {
             let request = pb::ListEventsRequest {
                 group: args.group.unwrap_or_default(),

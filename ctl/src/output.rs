@@ -273,3 +273,66 @@ pub(crate) fn event_line(e: &pb::Event) -> String {
         e.seq, e.group, e.kind, e.epoch, e.actor, e.reason
     )
 }
+
+/// `cluster status -o json`: `store`, `leader` (its address, or null),
+/// `replicas` (`id`, `address`, `role`), `endpoints` (etcd members).
+pub(crate) fn cluster_json(s: &pb::ClusterStatusResponse) -> Value {
+    json!({
+        "store": s.store,
+        "leader": s.leader.as_ref().map(|l| l.url.clone()),
+        "leader_id": s.leader.as_ref().map(|l| l.id.clone()),
+        "answered_by": s.answered_by.as_ref().map(|r| r.url.clone()),
+        "replicas": s.replicas.iter().map(|r| json!({
+            "id": r.id,
+            "address": r.url,
+            "role": if r.leader { "leader" } else { "follower" },
+        })).collect::<Vec<_>>(),
+        "endpoints": s.endpoints.iter().map(|e| json!({
+            "url": e.url,
+            "healthy": e.healthy,
+            "version": e.version,
+            "leader": e.leader,
+            "error": e.error,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+pub(crate) fn cluster_table(s: &pb::ClusterStatusResponse) -> String {
+    let mut out = format!(
+        "store: {}\nleader: {}\n\n{:<40} {:<45} ROLE\n",
+        s.store,
+        s.leader
+            .as_ref()
+            .map_or("none elected".to_owned(), |l| format!(
+                "{} ({})",
+                l.url, l.id
+            )),
+        "REPLICA",
+        "ADDRESS"
+    );
+    for r in &s.replicas {
+        let role = if r.leader { "leader" } else { "follower" };
+        out.push_str(&format!("{:<40} {:<45} {role}\n", r.id, r.url));
+    }
+    if !s.endpoints.is_empty() {
+        out.push_str(&format!(
+            "\n{:<40} {:<10} {:<10} {:<12} ERROR\n",
+            "ETCD ENDPOINT", "HEALTH", "VERSION", "RAFT LEADER"
+        ));
+        for e in &s.endpoints {
+            out.push_str(&format!(
+                "{:<40} {:<10} {:<10} {:<12} {}\n",
+                e.url,
+                if e.healthy { "healthy" } else { "UNHEALTHY" },
+                if e.version.is_empty() {
+                    "-"
+                } else {
+                    &e.version
+                },
+                if e.leader { "yes" } else { "no" },
+                if e.error.is_empty() { "-" } else { &e.error },
+            ));
+        }
+    }
+    out
+}

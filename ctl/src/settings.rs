@@ -14,7 +14,7 @@ use crate::cli::{parse_duration, parse_duration_or_zero};
 
 /// Per-group settings; absent flags keep the current value (or, for
 /// `group add`, the coordinator's default).
-#[derive(Debug, Args, Default)]
+#[derive(Debug, Clone, Args, Default)]
 pub(crate) struct PolicyArgs {
     /// How often agents report, e.g. 500ms [10ms..60s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]

@@ -16,6 +16,7 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub mod checker;
+pub mod etcd;
 pub mod faults;
 pub mod proxy;
 pub mod raw;
@@ -264,6 +265,20 @@ pub struct Cluster {
     /// follows), e.g. one that gives it a small file system of its own.
     pub coordinator_wrapper: Vec<String>,
     coordinator_starts: u32,
+    /// With [`Cluster::start_replicated`]: the etcd cluster, and the
+    /// coordinator replicas (then `coordinator` is unused).
+    pub etcd: Option<etcd::EtcdCluster>,
+    pub replicas: Vec<Replica>,
+}
+
+/// One coordinator replica of a replicated cluster.
+pub struct Replica {
+    pub proc: Option<Proc>,
+    /// Its links to the etcd members, to cut it off from etcd.
+    pub etcd: Proxy,
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    starts: u32,
 }
 
 impl Cluster {
@@ -403,12 +418,93 @@ impl Cluster {
             coordinator_args: Vec::new(),
             coordinator_wrapper: Vec::new(),
             coordinator_starts: 0,
+            etcd: None,
+            replicas: Vec::new(),
         }
     }
 
+    /// `replicas` coordinator replicas sharing a real etcd cluster of
+    /// `members` members, all on loopback.
+    pub fn start_replicated(replicas: usize, members: usize) -> Cluster {
+        let mut cluster = Cluster::prepare();
+        let etcd = etcd::EtcdCluster::start(cluster.path("etcd"), members);
+        cluster.coordinator_args = vec!["--store".into(), "etcd".into()];
+        for i in 0..replicas {
+            cluster.replicas.push(Replica {
+                proc: None,
+                etcd: Proxy::start_many(&etcd.client_addrs(), i as u64),
+                grpc: SocketAddr::from(([127, 0, 0, 1], 0)),
+                http: SocketAddr::from(([127, 0, 0, 1], 0)),
+                starts: 0,
+            });
+        }
+        cluster.etcd = Some(etcd);
+        for i in 0..replicas {
+            cluster.start_replica(i);
+        }
+        cluster
+    }
+
+    /// Starts (or restarts) replica `i` on its ports and waits until it is
+    /// ready (it leads, or knows who does).
+    pub fn start_replica(&mut self, i: usize) {
+        let (grpc, http) = (self.replicas[i].grpc, self.replicas[i].http);
+        self.replicas[i].starts += 1;
+        let log = self.path(&format!("replica-{i}-{}.log", self.replicas[i].starts));
+        let endpoints: Vec<String> = self.replicas[i]
+            .etcd
+            .addrs
+            .iter()
+            .map(|a| format!("http://{a}"))
+            .collect();
+        let endpoints = endpoints.join(",");
+        let proc = self.spawn_coordinator(grpc, http, &["--etcd-endpoints", &endpoints], &[], log);
+        let (grpc, http) = self.serving_at(&proc, grpc, http);
+        let replica = &mut self.replicas[i];
+        replica.grpc = grpc;
+        replica.http = http;
+        replica.proc = Some(proc);
+        self.wait_until(&format!("replica {i} is ready"), || {
+            (http_get(http, "/readyz").map(|(code, _)| code) == Some(200)).then_some(())
+        });
+    }
+
+    /// `kill -9` of replica `i`.
+    pub fn kill_replica(&mut self, i: usize) {
+        if let Some(mut proc) = self.replicas[i].proc.take() {
+            proc.signal(Signal::SIGKILL);
+            proc.wait_exit();
+        }
+    }
+
+    /// The URL of replica `i`.
+    pub fn replica_url(&self, i: usize) -> String {
+        self.url_of(self.replicas[i].grpc)
+    }
+
+    /// The replica that leads, as `cluster status` says (asking them all).
+    pub fn leader(&self) -> Option<usize> {
+        let status = self.ctl(&["cluster", "status", "-o", "json"]);
+        let json: Value = serde_json::from_str(&status.stdout).ok()?;
+        let leader = json["leader"].as_str()?;
+        (0..self.replicas.len()).find(|i| self.replica_url(*i) == leader)
+    }
+
+    /// Waits until some replica leads, and says which.
+    pub fn wait_leader(&self) -> usize {
+        self.wait_until("a replica leads", || self.leader())
+    }
+
     /// The coordinator's gRPC URL (`https://` in a secure cluster).
+    /// The coordinator's URL; with replicas, all of theirs comma-separated.
     pub fn url(&self) -> String {
-        self.url_of(self.grpc)
+        if self.replicas.is_empty() {
+            return self.url_of(self.grpc);
+        }
+        (0..self.replicas.len())
+            .map(|i| self.replica_url(i))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     fn url_of(&self, addr: SocketAddr) -> String {
@@ -454,6 +550,27 @@ impl Cluster {
     pub fn start_coordinator_with(&mut self, env: &[(&str, &str)]) {
         assert!(self.coordinator.is_none(), "coordinator already running");
         self.coordinator_starts += 1;
+        let log = self.path(&format!("coordinator-{}.log", self.coordinator_starts));
+        let proc = self.spawn_coordinator(self.grpc, self.http, &[], env, log);
+        // The first start learns the ports it bound; restarts reuse them.
+        let (grpc, http) = self.serving_at(&proc, self.grpc, self.http);
+        self.coordinator = Some(proc);
+        self.grpc = grpc;
+        self.http = http;
+        self.wait_until("the coordinator is ready", || {
+            (self.http_get("/readyz").map(|(code, _)| code) == Some(200)).then_some(())
+        });
+    }
+
+    /// Starts a coordinator process on `grpc` and `http` (port 0: any).
+    fn spawn_coordinator(
+        &self,
+        grpc: SocketAddr,
+        http: SocketAddr,
+        args: &[&str],
+        env: &[(&str, &str)],
+        log: PathBuf,
+    ) -> Proc {
         let mut command = match self.coordinator_wrapper.split_first() {
             Some((program, args)) => {
                 let mut c = Command::new(program);
@@ -464,35 +581,40 @@ impl Cluster {
         };
         command
             .arg("--listen")
-            .arg(self.grpc.to_string())
+            .arg(grpc.to_string())
             .arg("--http-listen")
-            .arg(self.http.to_string())
+            .arg(http.to_string())
             .arg("--data-dir")
             .arg(self.path("data"))
             .args(&self.coordinator_args)
+            .args(args)
             .env("RUST_LOG", "info")
             .envs(env.iter().copied());
-        let log = self.path(&format!("coordinator-{}.log", self.coordinator_starts));
-        self.coordinator = Some(Proc::spawn(command, log));
-        if self.grpc.port() == 0 {
-            // The first start: learn the ports it bound; restarts reuse them.
-            let (grpc, http) = self.wait_until("the coordinator says where it serves", || {
-                let text = self.coordinator.as_ref()?.log_text();
-                let line = text.lines().find(|l| l.contains("coordinator serving"))?;
-                let field = |name: &str| -> Option<SocketAddr> {
-                    line.split_whitespace()
-                        .find_map(|w| w.strip_prefix(name))?
-                        .parse()
-                        .ok()
-                };
-                Some((field("grpc=")?, field("http=")?))
-            });
-            self.grpc = grpc;
-            self.http = http;
+        Proc::spawn(command, log)
+    }
+
+    /// Where a coordinator started on `grpc` and `http` serves: those, or
+    /// for port 0 the ports it says it bound.
+    fn serving_at(
+        &self,
+        proc: &Proc,
+        grpc: SocketAddr,
+        http: SocketAddr,
+    ) -> (SocketAddr, SocketAddr) {
+        if grpc.port() != 0 {
+            return (grpc, http);
         }
-        self.wait_until("the coordinator is ready", || {
-            (self.http_get("/readyz").map(|(code, _)| code) == Some(200)).then_some(())
-        });
+        self.wait_until("the coordinator says where it serves", || {
+            let text = proc.log_text();
+            let line = text.lines().find(|l| l.contains("coordinator serving"))?;
+            let field = |name: &str| -> Option<SocketAddr> {
+                line.split_whitespace()
+                    .find_map(|w| w.strip_prefix(name))?
+                    .parse()
+                    .ok()
+            };
+            Some((field("grpc=")?, field("http=")?))
+        })
     }
 
     /// `kill -9` of the coordinator.
@@ -537,8 +659,15 @@ impl Cluster {
     ) -> PathBuf {
         let path = self.path(&format!("{actor}.toml"));
         let coordinator = match self.proxies.get(actor) {
-            Some(proxy) => self.url_of(proxy.addr),
-            None => self.url(),
+            Some(proxy) => format!(
+                "{:?}",
+                proxy
+                    .addrs
+                    .iter()
+                    .map(|a| self.url_of(*a))
+                    .collect::<Vec<_>>()
+            ),
+            None => format!("{:?}", self.url().split(',').collect::<Vec<_>>()),
         };
         let tls = match &self.pki {
             Some(pki) => {
@@ -555,7 +684,7 @@ impl Cluster {
         std::fs::write(
             &path,
             format!(
-                "node_id = \"{node}\"\ncoordinator = \"{coordinator}\"\nrole_log = \"{}\"\n\n\
+                "node_id = \"{node}\"\ncoordinator = {coordinator}\nrole_log = \"{}\"\n\n\
                  {tls}[hooks]\non_role_change = \"{}\"\ntimeout = \"10s\"\n{extra}",
                 self.role_log(actor).display(),
                 self.path("hook.sh").display()
@@ -574,8 +703,13 @@ impl Cluster {
     /// own (created on first use), for network faults.
     pub fn start_agent_proxied(&mut self, node: &str, seed: u64) {
         if !self.proxies.contains_key(node) {
+            let upstreams: Vec<SocketAddr> = if self.replicas.is_empty() {
+                vec![self.grpc]
+            } else {
+                self.replicas.iter().map(|r| r.grpc).collect()
+            };
             self.proxies
-                .insert(node.to_owned(), Proxy::start(self.grpc, seed));
+                .insert(node.to_owned(), Proxy::start_many(&upstreams, seed));
         }
         self.start_agent(node);
     }
@@ -651,7 +785,12 @@ impl Cluster {
     /// A failoverctl command line aimed at this cluster's coordinator with
     /// the cluster's admin credentials, to add arguments to.
     pub fn ctl_command(&self) -> Command {
-        let credentials = match &self.pki {
+        self.ctl_command_at(&self.url())
+    }
+
+    /// The flags that make failoverctl the cluster's admin.
+    fn admin_credentials(&self) -> Vec<String> {
+        match &self.pki {
             Some(pki) => {
                 let (cert, key) = pki.operator("root", "admin");
                 vec![
@@ -662,9 +801,7 @@ impl Cluster {
                 ]
             }
             None => Vec::new(),
-        };
-        let credentials: Vec<&str> = credentials.iter().map(String::as_str).collect();
-        self.ctl_command_as(&credentials)
+        }
     }
 
     /// Runs failoverctl with the given credential flags (`--tls-cert`,
@@ -682,10 +819,22 @@ impl Cluster {
     /// A failoverctl command line with the given credential flags instead
     /// of the cluster's admin (the CA is always given in a secure cluster).
     pub fn ctl_command_as(&self, credentials: &[&str]) -> Command {
+        self.ctl_command_to(&self.url(), credentials)
+    }
+
+    /// A failoverctl command line with the cluster's admin credentials
+    /// aimed at `url` only (one replica).
+    pub fn ctl_command_at(&self, url: &str) -> Command {
+        let credentials = self.admin_credentials();
+        let credentials: Vec<&str> = credentials.iter().map(String::as_str).collect();
+        self.ctl_command_to(url, &credentials)
+    }
+
+    fn ctl_command_to(&self, url: &str, credentials: &[&str]) -> Command {
         let mut command = Command::new(bin("failoverctl"));
         command
             .arg("--coordinator")
-            .arg(self.url())
+            .arg(url)
             .env_remove("FAILOVER_TLS_CA")
             .env_remove("FAILOVER_TLS_CERT")
             .env_remove("FAILOVER_TLS_KEY")

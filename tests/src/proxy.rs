@@ -29,7 +29,10 @@ pub enum Mode {
 }
 
 pub struct Proxy {
+    /// Where the first upstream is reached through the proxy.
     pub addr: SocketAddr,
+    /// Where each upstream is reached, in the order given.
+    pub addrs: Vec<SocketAddr>,
     mode: watch::Sender<Mode>,
     /// Dropping the runtime stops the proxy and closes its connections.
     _runtime: tokio::runtime::Runtime,
@@ -38,19 +41,31 @@ pub struct Proxy {
 impl Proxy {
     /// Starts a proxy on a free loopback port, forwarding to `upstream`.
     pub fn start(upstream: SocketAddr, seed: u64) -> Proxy {
+        Proxy::start_many(&[upstream], seed)
+    }
+
+    /// One proxy in front of several upstreams (a port for each), all in
+    /// the same mode: one node's links to every coordinator replica, or
+    /// one replica's to every etcd member.
+    pub fn start_many(upstreams: &[SocketAddr], seed: u64) -> Proxy {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .expect("proxy runtime");
-        let listener = runtime
-            .block_on(TcpListener::bind("127.0.0.1:0"))
-            .expect("proxy listens");
-        let addr = listener.local_addr().expect("proxy address");
         let (mode, rx) = watch::channel(Mode::Pass);
-        runtime.spawn(accept(listener, upstream, rx, seed));
+        let mut addrs = Vec::new();
+        for (i, upstream) in upstreams.iter().enumerate() {
+            let listener = runtime
+                .block_on(TcpListener::bind("127.0.0.1:0"))
+                .expect("proxy listens");
+            addrs.push(listener.local_addr().expect("proxy address"));
+            let seed = seed.wrapping_add((i as u64) << 32);
+            runtime.spawn(accept(listener, *upstream, rx.clone(), seed));
+        }
         Proxy {
-            addr,
+            addr: addrs[0],
+            addrs,
             mode,
             _runtime: runtime,
         }

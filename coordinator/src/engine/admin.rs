@@ -12,7 +12,7 @@ use super::*;
 /// Most members a group may have. Failover groups are small; the bound also
 /// keeps each stored record far below the size at which sled would move it
 /// to a separate (unsynced) blob file.
-pub(super) const MAX_MEMBERS: usize = 64;
+pub(crate) const MAX_MEMBERS: usize = 64;
 
 impl Engine {
     pub(super) fn on_admin(

@@ -25,6 +25,8 @@ mod sessions;
 mod tests;
 mod views;
 
+pub(crate) use admin::MAX_MEMBERS;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 

@@ -28,6 +28,15 @@ pub(crate) trait Subject {
     /// Overwrites group `name`'s stored record with bytes that are no
     /// record (the store in `dir` is closed).
     fn corrupt_group(dir: &Path, name: &str);
+
+    /// The full name of the implementation's test that calls
+    /// [`crash_child`].
+    const CRASH_CHILD: &'static str;
+
+    /// Environment the crash test's child process needs to find the store.
+    fn child_env() -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
 }
 
 /// Environment variable that makes [`crash_child`] commit and abort.
@@ -57,7 +66,7 @@ fn group(name: &str, epoch: u64) -> GroupRecord {
     }
 }
 
-fn event(seq: u64, group: &str) -> EventRecord {
+pub(crate) fn event(seq: u64, group: &str) -> EventRecord {
     EventRecord {
         seq,
         unix_ms: seq,
@@ -117,8 +126,9 @@ fn a_batch_is_applied_whole_and_reads_back<T: Subject>() {
 fn survives_a_crash<T: Subject>() {
     let dir = tempfile::tempdir().unwrap();
     let status = Command::new(std::env::current_exe().unwrap())
-        .args(["crash_child", "--nocapture", "--test-threads=1"])
+        .args([T::CRASH_CHILD, "--exact", "--nocapture", "--test-threads=1"])
         .env(CRASH_DIR_VAR, dir.path())
+        .envs(T::child_env())
         .output()
         .expect("the test binary runs");
     assert!(

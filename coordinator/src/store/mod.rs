@@ -8,6 +8,8 @@
 //! once the whole batch would survive a crash or a power loss; the runtime
 //! sends nothing of a batch before that.
 
+mod etcd;
+mod record;
 mod sled;
 
 #[cfg(test)]
@@ -20,9 +22,10 @@ use thiserror::Error;
 use crate::engine::{Recovered, Write};
 use crate::model::EventRecord;
 
-pub(crate) use self::sled::SledStore;
+pub(crate) use self::etcd::{EtcdLocation, EtcdStore};
 #[cfg(test)]
-pub(crate) use self::sled::decode;
+pub(crate) use self::record::decode;
+pub(crate) use self::sled::SledStore;
 
 /// A fencing term. Taking a new one ([`Store::fence`]) makes every commit
 /// guarded by an older one fail, so a coordinator that lost its right to
@@ -93,6 +96,10 @@ pub enum StoreError {
         acknowledged: u64,
         held: u64,
     },
+    /// A batch too large for one etcd transaction was written only in part
+    /// (the leader's term ends; the next one reads what was written).
+    #[error("a batch was written only in part: {0}")]
+    Partial(String),
     #[error("a record for {key} would be {size} bytes, above the store's limit: refused")]
     TooLarge { key: String, size: usize },
     #[error(

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
+use super::record::{be_u64, decode, decode_floor, encode, encode_floor};
 use super::{Fence, Store, StoreError};
 use crate::engine::{Recovered, Write};
 use crate::model::EventRecord;
@@ -31,11 +32,6 @@ const COMMITS_KEY: &[u8] = b"m/commits";
 /// commit. A store that holds fewer commits lost acknowledged writes (a
 /// truncated log that sled would otherwise open silently).
 const COMMITS_FILE: &str = "commits";
-/// The largest value written. sled moves log entries above a quarter of
-/// its segment (128 KiB) to blob files, and a leaf holds up to 17 values:
-/// records stay far below that (a group of 64 members is about 10 KiB),
-/// and this turns any mistake into a refused write instead of a blob.
-pub(crate) const MAX_VALUE: usize = 32 * 1024;
 /// Version of the key layout and record encoding.
 const SCHEMA: &[u8] = b"1";
 
@@ -216,7 +212,7 @@ impl Opened {
             match write {
                 Write::PutGroup(record) => {
                     let group_key = key(GROUP, record.name.as_bytes());
-                    let value = bounded(&group_key, encode(record)?)?;
+                    let value = encode(&group_key, record)?;
                     batch.insert(group_key, value);
                 }
                 Write::DeleteGroup {
@@ -225,13 +221,14 @@ impl Opened {
                     lease_ttl,
                 } => {
                     batch.remove(key(GROUP, name.as_bytes()));
-                    let ttl_ms = u64::try_from(lease_ttl.as_millis()).unwrap_or(u64::MAX);
-                    let value = [epoch_floor.to_be_bytes(), ttl_ms.to_be_bytes()].concat();
-                    batch.insert(key(FLOOR, name.as_bytes()), value);
+                    batch.insert(
+                        key(FLOOR, name.as_bytes()),
+                        encode_floor(*epoch_floor, *lease_ttl),
+                    );
                 }
                 Write::Event(event) => {
                     let event_key = key(EVENT, &event.seq.to_be_bytes());
-                    let value = bounded(&event_key, encode(event)?)?;
+                    let value = encode(&event_key, event)?;
                     batch.insert(event_key, value);
                     if let Some(old) = event.seq.checked_sub(self.event_retention) {
                         batch.remove(key(EVENT, &old.to_be_bytes()));
@@ -253,14 +250,10 @@ impl Opened {
         for item in self.db.scan_prefix(FLOOR) {
             let (key, value) = item?;
             let name = String::from_utf8_lossy(&key[FLOOR.len()..]).into_owned();
-            // 8 bytes of epoch, then (since leases were kept) 8 of lease ms.
-            let (epoch, ttl) = value.split_at(value.len().min(8));
-            recovered.epoch_floors.insert(name.clone(), be_u64(epoch));
-            if ttl.len() == 8 {
-                let ms = be_u64(ttl);
-                recovered
-                    .deleted_ttls
-                    .insert(name, std::time::Duration::from_millis(ms));
+            let (epoch, lease) = decode_floor(&value);
+            recovered.epoch_floors.insert(name.clone(), epoch);
+            if let Some(lease) = lease {
+                recovered.deleted_ttls.insert(name, lease);
             }
         }
         recovered.next_event_seq = self.last_event_seq()?.map_or(1, |s| s.saturating_add(1));
@@ -576,40 +569,8 @@ fn write_count(file: &mut File, count: u64) -> std::io::Result<()> {
     file.sync_data()
 }
 
-/// `value`, if it is small enough to stay out of sled's blob files.
-fn bounded(key: &[u8], value: Vec<u8>) -> Result<Vec<u8>, StoreError> {
-    if value.len() > MAX_VALUE {
-        return Err(StoreError::TooLarge {
-            key: String::from_utf8_lossy(key).into_owned(),
-            size: value.len(),
-        });
-    }
-    Ok(value)
-}
-
 fn key(prefix: &[u8], rest: &[u8]) -> Vec<u8> {
     [prefix, rest].concat()
-}
-
-fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(value).map_err(|e| StoreError::Io(format!("cannot encode a record: {e}")))
-}
-
-pub(crate) fn decode<T: serde::de::DeserializeOwned>(
-    key: &[u8],
-    value: &[u8],
-) -> Result<T, StoreError> {
-    serde_json::from_slice(value).map_err(|e| StoreError::Corrupt {
-        key: String::from_utf8_lossy(key).into_owned(),
-        reason: e.to_string(),
-    })
-}
-
-fn be_u64(bytes: &[u8]) -> u64 {
-    let mut buf = [0u8; 8];
-    let n = bytes.len().min(8);
-    buf[8 - n..].copy_from_slice(&bytes[bytes.len() - n..]);
-    u64::from_be_bytes(buf)
 }
 
 /// Creates `dir` (and its parents) readable by this user only, and takes
@@ -664,6 +625,8 @@ mod tests {
                 .expect("writes");
             db.flush().expect("flushes");
         }
+
+        const CRASH_CHILD: &'static str = "store::sled::tests::crash_child";
     }
 
     #[test]
@@ -796,7 +759,10 @@ mod durability_tests {
         let mut g = group("x".repeat(63).as_str(), members.clone());
         g.maintenance = members;
         let size = serde_json::to_vec(&g).unwrap().len();
-        assert!(size < MAX_VALUE / 2, "a full group is {size} bytes");
+        assert!(
+            size < super::super::record::MAX_VALUE / 2,
+            "a full group is {size} bytes"
+        );
     }
 }
 

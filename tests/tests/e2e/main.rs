@@ -10,6 +10,7 @@ mod hardening;
 mod identity;
 mod operations;
 mod policies;
+mod replicas;
 mod restart;
 mod security;
 mod source;

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs what the test suite starts besides the Rust binaries: a real etcd
+# (the replicated-coordinator tests run a 3-member cluster on loopback).
+# Debian/Ubuntu packages; run as root or with sudo. Does nothing when
+# everything is already there. ./test.sh runs it when etcd is missing.
+set -euo pipefail
+
+missing=()
+command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
+
+if [ ${#missing[@]} -eq 0 ]; then
+    exit 0
+fi
+
+as_root=()
+if [ "$(id -u)" -ne 0 ]; then
+    if ! command -v sudo >/dev/null 2>&1; then
+        echo "error: need root (or sudo) to install: ${missing[*]}" >&2
+        exit 1
+    fi
+    as_root=(sudo)
+fi
+
+echo "==> installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+"${as_root[@]}" apt-get update -qq
+"${as_root[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+# The package may start a system etcd on the default ports; the tests use
+# their own members on free ports, so it is stopped if it was started.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet etcd 2>/dev/null; then
+    "${as_root[@]}" systemctl disable --now etcd >/dev/null 2>&1 || true
+fi

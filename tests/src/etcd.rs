@@ -1,0 +1,152 @@
+//! A real etcd cluster for the tests: members on free loopback ports, each
+//! its own process and data directory, which a test can kill, freeze and
+//! start again.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use crate::{PATIENCE, Proc, free_port, http_get};
+
+/// One etcd member.
+struct Member {
+    name: String,
+    client: u16,
+    peer: u16,
+    proc: Option<Proc>,
+    starts: u32,
+}
+
+pub struct EtcdCluster {
+    dir: PathBuf,
+    members: Vec<Member>,
+}
+
+impl EtcdCluster {
+    /// Starts `n` members in `dir` and waits until the cluster answers.
+    pub fn start(dir: PathBuf, n: usize) -> EtcdCluster {
+        std::fs::create_dir_all(&dir).expect("etcd directory");
+        let members = (0..n)
+            .map(|i| Member {
+                name: format!("etcd-{i}"),
+                client: free_port(),
+                peer: free_port(),
+                proc: None,
+                starts: 0,
+            })
+            .collect();
+        let mut cluster = EtcdCluster { dir, members };
+        for i in 0..n {
+            cluster.start_member(i);
+        }
+        cluster.wait_healthy();
+        cluster
+    }
+
+    /// Every member's client address.
+    pub fn client_addrs(&self) -> Vec<std::net::SocketAddr> {
+        self.members
+            .iter()
+            .map(|m| std::net::SocketAddr::from(([127, 0, 0, 1], m.client)))
+            .collect()
+    }
+
+    /// Client URLs of every member, comma-separated.
+    pub fn endpoints(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| format!("http://127.0.0.1:{}", m.client))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    fn initial_cluster(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Starts member `i` (again: it rejoins with its data).
+    pub fn start_member(&mut self, i: usize) {
+        let initial = self.initial_cluster();
+        let dir = self.dir.clone();
+        let m = &mut self.members[i];
+        assert!(m.proc.is_none(), "{} is running", m.name);
+        m.starts += 1;
+        let client = format!("http://127.0.0.1:{}", m.client);
+        let peer = format!("http://127.0.0.1:{}", m.peer);
+        let mut command = Command::new("etcd");
+        command
+            .arg(format!("--name={}", m.name))
+            .arg(format!("--data-dir={}", dir.join(&m.name).display()))
+            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--advertise-client-urls={client}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster={initial}"))
+            .arg("--initial-cluster-state=new")
+            .arg("--initial-cluster-token=failover-test")
+            // Faster elections than the defaults, as on a LAN.
+            .arg("--heartbeat-interval=50")
+            .arg("--election-timeout=500");
+        let log = dir.join(format!("{}-{}.log", m.name, m.starts));
+        m.proc = Some(Proc::spawn(command, log));
+    }
+
+    /// `kill -9` of member `i`.
+    pub fn kill_member(&mut self, i: usize) {
+        if let Some(mut p) = self.members[i].proc.take() {
+            p.signal(Signal::SIGKILL);
+            p.wait_exit();
+        }
+    }
+
+    pub fn freeze_member(&self, i: usize) {
+        if let Some(p) = &self.members[i].proc {
+            p.signal(Signal::SIGSTOP);
+        }
+    }
+
+    pub fn thaw_member(&self, i: usize) {
+        if let Some(p) = &self.members[i].proc {
+            p.signal(Signal::SIGCONT);
+        }
+    }
+
+    /// Whether member `i` says it is healthy (it has a quorum).
+    pub fn member_healthy(&self, i: usize) -> bool {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.members[i].client));
+        http_get(addr, "/health").is_some_and(|(code, body)| code == 200 && body.contains("true"))
+    }
+
+    /// Waits until every running member is healthy.
+    pub fn wait_healthy(&self) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let running: Vec<usize> = (0..self.members.len())
+                .filter(|i| self.members[*i].proc.is_some())
+                .collect();
+            if running.iter().all(|i| self.member_healthy(*i)) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "etcd did not become healthy; logs in {}",
+                self.dir.display()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
