@@ -19,5 +19,7 @@ echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "==> build the binaries the real-process tests start"
 cargo build --workspace --bins --locked
+echo "==> Kubernetes manifests"
+deploy/check-manifests.sh
 echo "==> tests"
 cargo test --workspace --locked

@@ -1,12 +1,20 @@
 #!/usr/bin/env bash
-# Installs what the test suite starts besides the Rust binaries: a real etcd
-# (the replicated-coordinator tests run a 3-member cluster on loopback).
+# Installs what the test suite needs besides the Rust toolchain: a real etcd
+# (the replicated-coordinator tests run a 3-member cluster on loopback) and
+# Python's venv (deploy/check-manifests.sh installs kubernetes-validate
+# from PyPI into one). kubectl must be there already.
 # Debian/Ubuntu packages; run as root or with sudo. Does nothing when
 # everything is already there. ./test.sh runs it when etcd is missing.
 set -euo pipefail
 
 missing=()
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+if ! command -v python3 >/dev/null 2>&1; then
+    missing+=(python3 python3-venv)
+elif ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    missing+=(python3-venv)
+fi
 
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0

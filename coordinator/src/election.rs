@@ -148,7 +148,20 @@ impl Election {
         if answer.succeeded {
             return Ok(None);
         }
-        let leader = etcd::read_value(&answer).and_then(|v| serde_json::from_slice(&v).ok());
+        let Some(kv) = etcd::read_kv(&answer) else {
+            return Ok(Some(None));
+        };
+        if kv.lease == lease {
+            // Our own, written by an attempt whose answer was lost.
+            return Ok(None);
+        }
+        let leader: Option<Replica> = serde_json::from_slice(&kv.value).ok();
+        if leader.as_ref().is_some_and(|l| l.id == self.me.id) {
+            // Left from an earlier term of this process whose lease could
+            // not be handed back: end that lease, which removes the key.
+            self.etcd.revoke(kv.lease).await?;
+            return Ok(Some(None));
+        }
         Ok(Some(leader))
     }
 

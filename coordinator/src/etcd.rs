@@ -267,10 +267,13 @@ pub(crate) fn get_op(key: Vec<u8>) -> RequestOp {
 
 /// The value the first read of a transaction's answer found, if any.
 pub(crate) fn read_value(answer: &TxnResponse) -> Option<Vec<u8>> {
+    read_kv(answer).map(|kv| kv.value)
+}
+
+/// The key the first read of a transaction's answer found, if any.
+pub(crate) fn read_kv(answer: &TxnResponse) -> Option<KeyValue> {
     answer.responses.iter().find_map(|r| match &r.response {
-        Some(response_op::Response::ResponseRange(range)) => {
-            range.kvs.first().map(|kv| kv.value.clone())
-        }
+        Some(response_op::Response::ResponseRange(range)) => range.kvs.first().cloned(),
         _ => None,
     })
 }

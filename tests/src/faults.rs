@@ -42,6 +42,11 @@ const GROUPS: [(&str, [&str; 3]); 2] = [
 /// enough to fill in a moment.
 const DISK_SIZE: &str = "128m";
 
+const REPLICAS: usize = 3;
+const ETCD_MEMBERS: usize = 3;
+/// The replicas' leader lease (the coordinator's default).
+const LEADER_LEASE: Duration = Duration::from_secs(3);
+
 /// A member with no agent, added and removed by admin faults.
 const SPARE: &str = "n-4";
 
@@ -54,6 +59,10 @@ pub struct FaultConfig {
     pub failover_timeout: Duration,
     /// TLS with node certificates (adds the impostor fault).
     pub tls: bool,
+    /// Three coordinator replicas on a three-member etcd cluster instead
+    /// of one coordinator on sled: the coordinator faults become replica
+    /// and etcd faults.
+    pub replicas: bool,
 }
 
 impl FaultConfig {
@@ -64,6 +73,15 @@ impl FaultConfig {
             heartbeat: Duration::from_millis(100),
             failover_timeout: Duration::from_secs(1),
             tls: false,
+            replicas: false,
+        }
+    }
+
+    /// The same, with coordinator replicas on etcd.
+    pub fn replicated(seed: u64, duration: Duration) -> FaultConfig {
+        FaultConfig {
+            replicas: true,
+            ..FaultConfig::new(seed, duration)
         }
     }
 
@@ -142,8 +160,9 @@ struct Raced {
 
 struct Run {
     c: Cluster,
-    /// The coordinator's data directory, a small file system to fill up.
-    disk: SmallDisk,
+    /// The coordinator's data directory, a small file system to fill up
+    /// (with one coordinator on sled).
+    disk: Option<SmallDisk>,
     rng: StdRng,
     config: FaultConfig,
     inflicted: Vec<Inflicted>,
@@ -156,13 +175,18 @@ struct Run {
 
 impl Run {
     fn start(config: FaultConfig) -> Run {
-        let mut c = if config.tls {
-            Cluster::prepare_secure(&[])
+        let (mut c, disk) = if config.replicas {
+            (Cluster::start_replicated(REPLICAS, ETCD_MEMBERS), None)
         } else {
-            Cluster::prepare()
+            let mut c = if config.tls {
+                Cluster::prepare_secure(&[])
+            } else {
+                Cluster::prepare()
+            };
+            let disk = c.use_small_disk(DISK_SIZE);
+            c.start_coordinator();
+            (c, Some(disk))
         };
-        let disk = c.use_small_disk(DISK_SIZE);
-        c.start_coordinator();
         for (i, node) in NODES.iter().enumerate() {
             c.start_agent_proxied(node, config.seed * 10 + i as u64);
         }
@@ -242,16 +266,52 @@ impl Run {
         }
     }
 
+    /// `group show`, waiting for an answer (replicas may be electing).
+    fn group(&self, name: &str) -> serde_json::Value {
+        self.c.ctl_json_eventually(&["group", "show", name])
+    }
+
     fn primary_of_random_group(&mut self) -> String {
         let groups: Vec<String> = GROUPS.iter().map(|(g, _)| g.to_string()).collect();
         let g = &groups[self.rng.random_range(0..groups.len())];
-        match self.c.group(g)["primary"].as_str() {
+        match self.group(g)["primary"].as_str() {
             Some(p) => p.to_owned(),
             None => NODES[0].to_owned(),
         }
     }
 
     fn step(&mut self) {
+        if self.config.replicas {
+            self.replica_step();
+        } else {
+            self.single_step();
+        }
+        self.restart_exited_agents();
+        self.converge();
+    }
+
+    /// With replicas: the agent faults as with one coordinator, and the
+    /// coordinator faults become replica and etcd faults.
+    fn replica_step(&mut self) {
+        match self.rng.random_range(0..100) {
+            0..14 => self.partition(),
+            14..20 => self.delay(),
+            20..24 => self.reset(),
+            24..32 => self.freeze(),
+            32..40 => self.kill_agent(),
+            40..52 => self.kill_leader(),
+            52..58 => self.freeze_leader(),
+            58..65 => self.cut_leader_from_etcd(),
+            65..71 => self.kill_etcd_member(),
+            71..75 => self.etcd_quorum_lost(),
+            75..81 => self.restart_follower(),
+            81..86 => self.duplicate_agent(),
+            86..90 => self.hostile_session(),
+            _ => self.admin(),
+        }
+    }
+
+    fn single_step(&mut self) {
         match self.rng.random_range(0..100) {
             0..17 => self.partition(),
             17..25 => self.delay(),
@@ -268,8 +328,6 @@ impl Run {
             90..94 => self.disk_full(),
             _ => self.admin(),
         }
-        self.restart_exited_agents();
-        self.converge();
     }
 
     /// An agent that gave up (refused as a duplicate while an impostor or
@@ -292,18 +350,175 @@ impl Run {
     /// space returns (the next faults' changes need them).
     fn disk_full(&mut self) {
         self.count("disk_full");
-        self.disk.fill();
+        let Some(disk) = &self.disk else {
+            return;
+        };
+        disk.fill();
         self.admin_change();
         self.hold(1.0..4.0);
         if self.c.coordinator_exited() {
             self.report
                 .violations
                 .push("the coordinator exited when its disk was full".into());
-            self.disk.free();
+            self.free_disk();
             self.c.start_coordinator();
             return;
         }
-        self.disk.free();
+        self.free_disk();
+    }
+
+    fn free_disk(&self) {
+        if let Some(disk) = &self.disk {
+            disk.free();
+        }
+    }
+
+    /// The replica that leads now (waiting for one).
+    fn leader(&self) -> usize {
+        self.c.wait_leader()
+    }
+
+    /// Holds for `length`, watching for a replica other than `old` to
+    /// lead; when one was first seen (ns), if it was.
+    fn hold_watching_leader(&self, old: usize, length: Duration) -> Option<u128> {
+        let end = Instant::now() + length;
+        let mut seen = None;
+        while Instant::now() < end {
+            if seen.is_none() && self.c.leader().is_some_and(|l| l != old) {
+                seen = Some(crate::now_ns());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        seen
+    }
+
+    /// Waits until a replica other than `old` leads; when (ns).
+    fn new_leader_after(&self, old: usize) -> u128 {
+        self.c.wait_until("another replica leads", || {
+            self.c.leader().filter(|l| *l != old)
+        });
+        crate::now_ns()
+    }
+
+    /// A random length of a replica fault: beyond the leader lease, so
+    /// the leadership must move.
+    fn beyond_the_lease(&mut self) -> Duration {
+        LEADER_LEASE.mul_f64(self.rng.random_range(1.2..2.2))
+    }
+
+    /// kill -9 of the leading replica, racing an admin change; the
+    /// leadership moves, the killed replica comes back as a follower.
+    fn kill_leader(&mut self) {
+        self.count("kill_leader");
+        let leader = self.leader();
+        let (group, node, position) = self.random_move();
+        let mut ctl = self.c.ctl_command();
+        let args = [
+            "group",
+            "member",
+            "move",
+            &group,
+            &node,
+            "--position",
+            &position.to_string(),
+        ]
+        .map(str::to_owned);
+        let racing =
+            std::thread::spawn(move || ctl.args(&args).output().map(|o| o.status.success()));
+        std::thread::sleep(Duration::from_millis(self.rng.random_range(0..30)));
+        let down_from = crate::now_ns();
+        self.c.kill_replica(leader);
+        let acknowledged = racing
+            .join()
+            .expect("racing thread")
+            .expect("failoverctl runs");
+        let elected = self.new_leader_after(leader);
+        self.coordinator_down.push((down_from, elected));
+        self.hold(0.0..2.0);
+        self.c.start_replica(leader);
+        self.check_durable(Some(Raced {
+            group,
+            node,
+            position,
+            acknowledged,
+        }));
+    }
+
+    /// SIGSTOP of the leading replica past its lease: another leads; when
+    /// the frozen one wakes it must announce nothing more (its leadership
+    /// is no longer certain) and follow.
+    fn freeze_leader(&mut self) {
+        self.count("freeze_leader");
+        let leader = self.leader();
+        let length = self.beyond_the_lease();
+        let down_from = crate::now_ns();
+        self.c.freeze_replica(leader);
+        let elected = self.hold_watching_leader(leader, length);
+        self.c.thaw_replica(leader);
+        let elected = elected.unwrap_or_else(|| self.new_leader_after(leader));
+        self.coordinator_down.push((down_from, elected));
+        self.check_durable(None);
+    }
+
+    /// The leading replica loses etcd while agents still reach it: it must
+    /// stop leading when its leadership is no longer certain, and another
+    /// takes over.
+    fn cut_leader_from_etcd(&mut self) {
+        self.count("cut_leader_from_etcd");
+        let leader = self.leader();
+        let length = self.beyond_the_lease();
+        let down_from = crate::now_ns();
+        self.c.replicas[leader].etcd.set(Mode::Blackhole);
+        let elected = self.hold_watching_leader(leader, length);
+        self.c.replicas[leader].etcd.set(Mode::Pass);
+        let elected = elected.unwrap_or_else(|| self.new_leader_after(leader));
+        self.coordinator_down.push((down_from, elected));
+        self.check_durable(None);
+    }
+
+    /// kill -9 of one etcd member (quorum stays).
+    fn kill_etcd_member(&mut self) {
+        self.count("kill_etcd_member");
+        let member = self.rng.random_range(0..ETCD_MEMBERS);
+        let etcd = self.c.etcd.as_mut().expect("replicas");
+        etcd.kill_member(member);
+        self.hold(1.0..4.0);
+        let etcd = self.c.etcd.as_mut().expect("replicas");
+        etcd.start_member(member);
+        etcd.wait_healthy();
+    }
+
+    /// Two of three etcd members down for longer than a lease: nobody can
+    /// lead, strict primaries fence when their leases end, and all comes
+    /// back once the quorum does — never with two primaries.
+    fn etcd_quorum_lost(&mut self) {
+        self.count("etcd_quorum_lost");
+        let spared = self.rng.random_range(0..ETCD_MEMBERS);
+        let length = self.beyond_the_lease();
+        let down_from = crate::now_ns();
+        let etcd = self.c.etcd.as_mut().expect("replicas");
+        for m in (0..ETCD_MEMBERS).filter(|m| *m != spared) {
+            etcd.kill_member(m);
+        }
+        std::thread::sleep(length);
+        let etcd = self.c.etcd.as_mut().expect("replicas");
+        for m in (0..ETCD_MEMBERS).filter(|m| *m != spared) {
+            etcd.start_member(m);
+        }
+        etcd.wait_healthy();
+        self.leader();
+        self.coordinator_down.push((down_from, crate::now_ns()));
+        self.check_durable(None);
+    }
+
+    /// kill -9 and restart of a replica that does not lead: nothing moves.
+    fn restart_follower(&mut self) {
+        self.count("restart_follower");
+        let leader = self.leader();
+        let follower = (leader + self.rng.random_range(1..REPLICAS)) % REPLICAS;
+        self.c.kill_replica(follower);
+        self.hold(0.0..2.0);
+        self.c.start_replica(follower);
     }
 
     /// A second agent process claims a node id: a cloned machine, an
@@ -346,7 +561,7 @@ impl Run {
         let to = self.c.target(&node);
         let groups: Vec<(String, u64)> = GROUPS
             .iter()
-            .map(|(g, _)| (g.to_string(), crate::epoch(&self.c.group(g))))
+            .map(|(g, _)| (g.to_string(), crate::epoch(&self.group(g))))
             .collect();
         let seed = self.rng.random();
         let hostile = std::thread::spawn(move || {
@@ -408,7 +623,7 @@ impl Run {
         ];
         let groups: Vec<(String, u64)> = GROUPS
             .iter()
-            .map(|(g, _)| (g.to_string(), crate::epoch(&self.c.group(g))))
+            .map(|(g, _)| (g.to_string(), crate::epoch(&self.group(g))))
             .collect();
         let length = self.timeouts(1.5..3.0);
         let from_ns = crate::now_ns();
@@ -658,7 +873,7 @@ impl Run {
     /// that raced the kill unacknowledged may be there or not, but nothing
     /// else may differ.
     fn check_durable(&mut self, raced: Option<Raced>) {
-        let list = self.c.ctl_json(&["group", "list"]);
+        let list = self.c.ctl_json_eventually(&["group", "list"]);
         let actual: BTreeMap<String, Vec<String>> = list
             .as_array()
             .expect("array")
@@ -690,7 +905,12 @@ impl Run {
     /// (c): every group has exactly one primary, connected, and exactly that
     /// node acting as primary, within the bound.
     fn converge(&mut self) {
-        let bound = self.config.failover_timeout.mul_f64(1.01) + CONVERGENCE_SLACK;
+        let mut bound = self.config.failover_timeout.mul_f64(1.01) + CONVERGENCE_SLACK;
+        if self.config.replicas {
+            // A new leader may have been elected just before: its agents
+            // reconnect, it waits out the leases (as after a restart).
+            bound += LEADER_LEASE;
+        }
         let started = Instant::now();
         let give_up = started + bound + Duration::from_secs(30);
         loop {
@@ -725,7 +945,9 @@ impl Run {
             self.config.failover_timeout.as_nanos(),
         );
         self.model.iter().all(|(name, members)| {
-            let g = self.c.group(name);
+            let Some(g) = self.c.try_ctl_json(&["group", "show", name]) else {
+                return false;
+            };
             let Some(primary) = g["primary"].as_str() else {
                 return false;
             };

@@ -477,17 +477,46 @@ impl Cluster {
         }
     }
 
+    /// SIGSTOP of replica `i`.
+    pub fn freeze_replica(&self, i: usize) {
+        if let Some(proc) = &self.replicas[i].proc {
+            proc.signal(Signal::SIGSTOP);
+        }
+    }
+
+    /// SIGCONT of replica `i`.
+    pub fn thaw_replica(&self, i: usize) {
+        if let Some(proc) = &self.replicas[i].proc {
+            proc.signal(Signal::SIGCONT);
+        }
+    }
+
     /// The URL of replica `i`.
     pub fn replica_url(&self, i: usize) -> String {
         self.url_of(self.replicas[i].grpc)
     }
 
-    /// The replica that leads, as `cluster status` says (asking them all).
+    /// The replica that leads, as `cluster status` says: asked of each
+    /// running replica in turn (one that is frozen would hold the question
+    /// until it times out), the first that knows.
     pub fn leader(&self) -> Option<usize> {
-        let status = self.ctl(&["cluster", "status", "-o", "json"]);
-        let json: Value = serde_json::from_str(&status.stdout).ok()?;
-        let leader = json["leader"].as_str()?;
-        (0..self.replicas.len()).find(|i| self.replica_url(*i) == leader)
+        (0..self.replicas.len()).find_map(|i| {
+            let running = self.replicas[i]
+                .proc
+                .as_ref()
+                .is_some_and(|p| !p.is_stopped());
+            if !running {
+                return None;
+            }
+            let out = self
+                .ctl_command_at(&self.replica_url(i))
+                .args(["cluster", "status", "-o", "json"])
+                .output()
+                .ok()?;
+            let json: Value = serde_json::from_slice(&out.stdout).ok()?;
+            let leader = json["leader"].as_str()?;
+            (0..self.replicas.len()).find(|j| self.replica_url(*j) == leader)
+        })
     }
 
     /// Waits until some replica leads, and says which.
@@ -856,6 +885,26 @@ impl Cluster {
             self.logs()
         );
         out.stdout
+    }
+
+    /// Runs failoverctl with `-o json`: the answer, or `None` if it failed
+    /// (e.g. while replicas elect a leader).
+    pub fn try_ctl_json(&self, args: &[&str]) -> Option<Value> {
+        let mut full = args.to_vec();
+        full.extend(["-o", "json"]);
+        let out = self.ctl(&full);
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_str(&out.stdout).ok()
+    }
+
+    /// Runs failoverctl with `-o json` until it answers (replicas may be
+    /// electing a leader), within the patience.
+    pub fn ctl_json_eventually(&self, args: &[&str]) -> Value {
+        self.wait_until(&format!("failoverctl {args:?} answers"), || {
+            self.try_ctl_json(args)
+        })
     }
 
     /// Runs failoverctl with `-o json` and parses the answer.

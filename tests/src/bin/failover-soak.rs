@@ -6,6 +6,7 @@
 //!
 //!   cargo build --release --bins
 //!   target/release/failover-soak --seeds 1..20 --per-seed 2m
+//!   target/release/failover-soak --seeds 1..5 --per-seed 2m --store etcd
 // Test tooling: a harness or benchmark that cannot go on stops loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -36,6 +37,10 @@ struct Args {
     /// Run with TLS and node certificates (adds impostor sessions).
     #[arg(long)]
     tls: bool,
+    /// `etcd`: three coordinator replicas on a three-member etcd cluster
+    /// (replica and etcd faults instead of the coordinator's).
+    #[arg(long, default_value = "sled", value_parser = ["sled", "etcd"])]
+    store: String,
 }
 
 fn parse_range(s: &str) -> Result<std::ops::Range<u64>, String> {
@@ -58,6 +63,7 @@ fn main() -> ExitCode {
         config.heartbeat = args.heartbeat;
         config.failover_timeout = args.failover_timeout;
         config.tls = args.tls;
+        config.replicas = args.store == "etcd";
         let report = run(config);
         println!("{report}");
         faults += report.faults.values().sum::<u32>();

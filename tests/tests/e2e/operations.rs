@@ -138,19 +138,24 @@ fn the_shipped_example_configurations_are_valid() {
     // `failoverctl pki init`, whose file names the manifests expect.
     let pki = root.path().join("tls");
     tests::tls::pki(&["init", &pki.display().to_string()]);
-    let text = std::fs::read_to_string(deploy.join("kubernetes/coordinator.toml")).unwrap();
-    let kubernetes = root.path().join("kubernetes.toml");
-    std::fs::write(
-        &kubernetes,
-        text.replace("/etc/failover/tls/", &format!("{}/", pki.display())),
-    )
-    .unwrap();
+    let overlay = |name: &str| {
+        let path = format!("kubernetes/overlays/{name}/coordinator.toml");
+        let text = std::fs::read_to_string(deploy.join(path)).unwrap();
+        let file = root.path().join(format!("kubernetes-{name}.toml"));
+        std::fs::write(
+            &file,
+            text.replace("/etc/failover/tls/", &format!("{}/", pki.display())),
+        )
+        .unwrap();
+        file
+    };
     for (binary, file) in [
         (
             "failover-coordinator",
             deploy.join("coordinator.example.toml"),
         ),
-        ("failover-coordinator", kubernetes),
+        ("failover-coordinator", overlay("single")),
+        ("failover-coordinator", overlay("ha")),
         ("failover-agent", agent_example),
     ] {
         let file = file.display().to_string();

@@ -49,3 +49,11 @@ fn seed_3() {
 fn seed_4_with_tls() {
     check(FaultConfig::secure(4, PER_SEED));
 }
+
+/// Three coordinator replicas on a three-member etcd cluster: the leader
+/// killed, frozen and cut off from etcd, etcd members killed, etcd's
+/// quorum lost, followers restarted.
+#[test]
+fn seed_5_with_replicas() {
+    check(FaultConfig::replicated(5, PER_SEED));
+}
