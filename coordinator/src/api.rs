@@ -6,6 +6,7 @@
 //! any other front end (REST, a status page) uses the same calls, so it
 //! gets the same checks, errors and event records.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -142,6 +143,54 @@ pub enum ApiError {
          close others"
     )]
     Busy { max: usize },
+    /// This caller has as many event watches open as one caller may.
+    #[error(
+        "you have {max} event watches open, as many as one caller may (a share of [limits] \
+         max_watchers); close one first"
+    )]
+    BusyForYou { max: usize },
+}
+
+/// One caller's place among the event watches, given back when dropped.
+struct WatchOf {
+    actor: String,
+    counts: Arc<std::sync::Mutex<HashMap<String, usize>>>,
+}
+
+impl WatchOf {
+    fn take(
+        counts: &Arc<std::sync::Mutex<HashMap<String, usize>>>,
+        actor: String,
+        max: usize,
+    ) -> Option<WatchOf> {
+        let mut all = counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = all.entry(actor.clone()).or_default();
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(WatchOf {
+            actor,
+            counts: counts.clone(),
+        })
+    }
+}
+
+impl Drop for WatchOf {
+    fn drop(&mut self) {
+        let mut all = self
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = all.get_mut(&self.actor) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                all.remove(&self.actor);
+            }
+        }
+    }
 }
 
 /// A stream of events as they are recorded.
@@ -158,6 +207,8 @@ pub const MAX_EVENTS_PER_ANSWER: usize = 1000;
 #[derive(Clone)]
 pub struct Api {
     cluster: Cluster,
+    /// Open event watches per caller.
+    watchers_by_actor: Arc<std::sync::Mutex<HashMap<String, usize>>>,
     watchers: Arc<Semaphore>,
     max_watchers: usize,
 }
@@ -168,9 +219,16 @@ impl Api {
     pub(crate) fn new(cluster: Cluster, max_watchers: usize) -> Api {
         Api {
             cluster,
+            watchers_by_actor: Arc::default(),
             watchers: Arc::new(Semaphore::new(max_watchers)),
             max_watchers,
         }
+    }
+
+    /// Event watches one caller may hold: an eighth of all, so a few
+    /// callers (a viewer's token) cannot keep everybody else out.
+    fn max_per_actor(&self) -> usize {
+        (self.max_watchers / 8).max(1)
     }
 
     /// The leading runtime, or who leads instead.
@@ -303,6 +361,21 @@ impl Api {
         limit: usize,
     ) -> Result<EventStream, ApiError> {
         actor.may(Access::Viewer, "events")?;
+        // Each authenticated caller gets a share (anonymous callers may
+        // watch only while authentication is off, when all are admins).
+        let mine = match actor {
+            Actor::Operator { .. } => Some(
+                WatchOf::take(
+                    &self.watchers_by_actor,
+                    actor.to_string(),
+                    self.max_per_actor(),
+                )
+                .ok_or(ApiError::BusyForYou {
+                    max: self.max_per_actor(),
+                })?,
+            ),
+            Actor::Anonymous { .. } => None,
+        };
         let permit = self
             .watchers
             .clone()
@@ -359,7 +432,7 @@ impl Api {
         });
         // The permit goes with the stream: the watch counts until it ends.
         let events = backlog.chain(live).map(move |item| {
-            let _held = &permit;
+            let _held = (&permit, &mine);
             item
         });
         Ok(Box::pin(events))

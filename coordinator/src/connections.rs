@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -67,6 +67,10 @@ pub(crate) struct Connections {
     started: Instant,
     next_id: AtomicU64,
     open: Mutex<HashMap<u64, Arc<Conn>>>,
+    /// The same connections by client address, to find the one a call
+    /// came on (a connection closed to make room stays here until its
+    /// socket is dropped).
+    by_peer: Mutex<HashMap<std::net::SocketAddr, Arc<Conn>>>,
     refused: Counted,
     closed: Counted,
 }
@@ -84,6 +88,10 @@ struct Conn {
     /// How much it proved of who it is ([`Trust`]); when the listener is
     /// full, the least trusted make room first.
     trust: AtomicU8,
+    /// Calls whose request is still arriving, and agent sessions waiting
+    /// for their Hello, on this connection ([`Slot`]).
+    arriving: AtomicU32,
+    hellos: AtomicU32,
     reader: AtomicWaker,
     writer: AtomicWaker,
 }
@@ -108,6 +116,7 @@ impl Connections {
             started: Instant::now(),
             next_id: AtomicU64::new(1),
             open: Mutex::new(HashMap::new()),
+            by_peer: Mutex::new(HashMap::new()),
             refused: Counted::new(LOG_EVERY),
             closed: Counted::new(LOG_EVERY),
         })
@@ -179,10 +188,55 @@ impl Connections {
     /// client is (a bearer token): the connection holds at least as
     /// firmly from now on.
     pub(crate) fn trust_peer(&self, peer: std::net::SocketAddr, trust: Trust) {
-        let open = self.lock();
-        if let Some(conn) = open.values().find(|c| c.peer == Some(peer)) {
+        if let Some(conn) = self.conn_of(peer) {
             conn.trust.fetch_max(trust as u8, Ordering::Relaxed);
         }
+    }
+
+    fn conn_of(&self, peer: std::net::SocketAddr) -> Option<Arc<Conn>> {
+        self.by_peer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&peer)
+            .cloned()
+    }
+
+    /// How much the connection from `peer` proved of who its client is
+    /// (anonymous if it is not known).
+    pub(crate) fn trust_of(&self, peer: Option<std::net::SocketAddr>) -> Trust {
+        if self.bounds.trust_all {
+            return Trust::Trusted;
+        }
+        match peer
+            .and_then(|p| self.conn_of(p))
+            .map(|c| c.trust.load(Ordering::Relaxed))
+        {
+            Some(t) if t == Trust::Trusted as u8 => Trust::Trusted,
+            Some(t) if t == Trust::Reader as u8 => Trust::Reader,
+            _ => Trust::Anonymous,
+        }
+    }
+
+    /// One of the `kind` places of the connection from `peer`, if it has
+    /// one free: held until the [`Slot`] is dropped. A call from an
+    /// address that is no connection of this listener gets one (tests
+    /// call services directly).
+    pub(crate) fn slot(&self, peer: Option<std::net::SocketAddr>, kind: SlotKind) -> Option<Slot> {
+        let Some(conn) = peer.and_then(|p| self.conn_of(p)) else {
+            return Some(Slot { held: None });
+        };
+        let (counter, max) = match kind {
+            SlotKind::Arriving => (&conn.arriving, MAX_ARRIVING_PER_CONNECTION),
+            SlotKind::Hello => (&conn.hellos, MAX_HELLOS_PER_CONNECTION),
+        };
+        counter
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
+        Some(Slot {
+            held: Some((conn.clone(), kind)),
+        })
     }
 
     /// Closes the connection silent longest, if it has been silent long
@@ -252,10 +306,19 @@ impl Connections {
             } else {
                 Trust::Anonymous as u8
             }),
+            arriving: AtomicU32::new(0),
+            hellos: AtomicU32::new(0),
             reader: AtomicWaker::new(),
             writer: AtomicWaker::new(),
         });
         open.insert(id, conn.clone());
+        drop(open);
+        if let Some(peer) = conn.peer {
+            self.by_peer
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(peer, conn.clone());
+        }
         Some(Tracked {
             inner: tcp,
             conn,
@@ -289,6 +352,54 @@ impl<S> Tracked<S> {
 impl<S> Drop for Tracked<S> {
     fn drop(&mut self) {
         self.registry.lock().remove(&self.id);
+        if let Some(peer) = self.conn.peer {
+            let mut by_peer = self
+                .registry
+                .by_peer
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if by_peer
+                .get(&peer)
+                .is_some_and(|c| Arc::ptr_eq(c, &self.conn))
+            {
+                by_peer.remove(&peer);
+            }
+        }
+    }
+}
+
+/// What a connection's places are for.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum SlotKind {
+    /// A call whose request is still arriving.
+    Arriving,
+    /// An agent session waiting for its Hello.
+    Hello,
+}
+
+/// Calls still arriving on one connection at most: a client that wants
+/// more sends them on more connections, which it must then keep alive
+/// (and which the cap bounds).
+pub(crate) const MAX_ARRIVING_PER_CONNECTION: u32 = 4;
+/// Agent sessions waiting for their Hello on one connection at most (an
+/// agent opens one session per connection).
+pub(crate) const MAX_HELLOS_PER_CONNECTION: u32 = 1;
+
+/// A place held on a connection ([`Connections::slot`]), given back when
+/// dropped.
+pub(crate) struct Slot {
+    held: Option<(Arc<Conn>, SlotKind)>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some((conn, kind)) = &self.held {
+            let counter = match kind {
+                SlotKind::Arriving => &conn.arriving,
+                SlotKind::Hello => &conn.hellos,
+            };
+            counter.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 

@@ -29,7 +29,9 @@ pub(crate) fn api_status(e: ApiError) -> Status {
         ApiError::Unauthenticated(m) => Status::unauthenticated(m),
         ApiError::Denied(m) => Status::permission_denied(m),
         ApiError::Lagged { .. } => Status::data_loss(e.to_string()),
-        ApiError::Busy { .. } => Status::resource_exhausted(e.to_string()),
+        ApiError::Busy { .. } | ApiError::BusyForYou { .. } => {
+            Status::resource_exhausted(e.to_string())
+        }
         ApiError::NotLeader(e) => not_leader_status(&e),
     }
 }

@@ -202,7 +202,12 @@ pub async fn run(
     let (grpc_bounds, http_bounds) = fit_descriptors(&config.limits, tls.is_none());
     let grpc_connections = connections::Connections::new("gRPC", grpc_bounds);
     let http_connections = connections::Connections::new("HTTP", http_bounds);
-    let sessions = session::AgentSessions::new(leadership.clone(), shutdown.clone(), auth.clone());
+    let sessions = session::AgentSessions::new(
+        leadership.clone(),
+        shutdown.clone(),
+        auth.clone(),
+        grpc_connections.clone(),
+    );
     let cluster = cluster::Cluster {
         me,
         leadership,
@@ -210,7 +215,10 @@ pub async fn run(
     };
     let router = tonic::transport::Server::builder()
         .max_concurrent_streams(Some(limits::MAX_STREAMS_PER_CONNECTION))
-        .layer(request_deadline::RequestDeadlineLayer::new())
+        .layer(request_deadline::RequestDeadlineLayer::new(
+            grpc_connections.clone(),
+            shutdown.clone(),
+        ))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(

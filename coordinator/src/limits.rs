@@ -36,11 +36,13 @@ pub(crate) const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 pub(crate) const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Calls other than agent sessions whose request is still arriving, across
-/// all connections: with [`MAX_MESSAGE_BYTES`] this bounds what clients can
-/// make the coordinator buffer (64 MiB); more are refused
-/// (RESOURCE_EXHAUSTED) until some finish. An operator's call arrives in
-/// microseconds.
-pub(crate) const MAX_REQUESTS_ARRIVING: usize = 256;
+/// all connections, for each rank of caller (no certificate; a viewer's;
+/// an operator's, admin's or node's — in plaintext all are the last): with
+/// [`MAX_MESSAGE_BYTES`] this bounds what clients can make the coordinator
+/// buffer (3 × 32 MiB); more are refused (RESOURCE_EXHAUSTED) until some
+/// finish, and callers of one rank never take another's places. An
+/// operator's call arrives in microseconds.
+pub(crate) const MAX_REQUESTS_ARRIVING: usize = 128;
 
 /// Agent sessions waiting for their Hello, across all connections (the
 /// same bound for partial Hellos); more are refused and the agents retry.

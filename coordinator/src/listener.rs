@@ -30,6 +30,11 @@ use crate::tls::TlsState;
 
 /// Ready connections waiting for the server to take them.
 const BACKLOG: usize = 128;
+/// Requests at once on one HTTP/2 connection of the HTTP listener.
+const HTTP2_STREAMS: u32 = 4;
+/// Bytes of an answer buffered per HTTP/2 stream for a client that does
+/// not read.
+const HTTP2_SEND_BUFFER: usize = 64 * 1024;
 /// The pause after `accept` fails before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Lines anyone can cause (failed handshakes, accept errors) are summed up
@@ -210,6 +215,12 @@ pub(crate) async fn serve_http<T>(
                 .http1()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT);
+            // A client that asks and never reads holds the answers: few
+            // at a time per connection, and little of each buffered.
+            builder
+                .http2()
+                .max_concurrent_streams(HTTP2_STREAMS)
+                .max_send_buf_size(HTTP2_SEND_BUFFER);
             let conn = builder.serve_connection(TokioIo::new(io), service);
             tokio::pin!(conn);
             tokio::select! {

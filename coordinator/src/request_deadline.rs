@@ -1,8 +1,14 @@
 //! A deadline and a budget on receiving requests: a call whose request has
 //! not fully arrived within [`REQUEST_TIMEOUT`] of its start fails, and
 //! what was buffered of it is dropped; at most [`MAX_REQUESTS_ARRIVING`]
-//! requests may be arriving at once — so clients that send large messages
-//! halfway cannot make the coordinator hold them, for long or in number.
+//! requests of each rank of caller ([`Trust`]: no certificate, a viewer's,
+//! an operator's or node's) and [`MAX_ARRIVING_PER_CONNECTION`] per
+//! connection may be arriving at once — so clients that send large
+//! messages halfway cannot make the coordinator hold them, for long or in
+//! number, and callers without credentials cannot take operators' places.
+//! At shutdown, requests still arriving fail at once (a restart must not
+//! wait for them). Reflection, whose answers are large, needs a
+//! certificate (or a token seen on the connection) when TLS is on.
 //! Agent sessions, whose request lasts as long as the call, are bounded in
 //! `session.rs` instead (their Hello). Answers may take as long as they
 //! need (a switchover waits for hooks).
@@ -16,21 +22,33 @@ use tokio::time::Sleep;
 use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
+use crate::connections::{Connections, MAX_ARRIVING_PER_CONNECTION, Slot, SlotKind, Trust};
 use crate::limits::{MAX_REQUESTS_ARRIVING, REQUEST_TIMEOUT};
 
 /// Requests to this path stream for the whole call.
 const SESSION: &str = "/failover.v1.AgentService/Session";
+/// Paths of gRPC reflection.
+const REFLECTION: &str = "/grpc.reflection.";
 
-#[derive(Debug, Clone)]
+/// The budget: one pool per rank of caller.
+#[derive(Clone)]
 pub(crate) struct RequestDeadlineLayer {
-    arriving: Arc<Semaphore>,
+    pools: [Arc<Semaphore>; 3],
+    connections: Arc<Connections>,
+    shutdown: CancellationToken,
 }
 
 impl RequestDeadlineLayer {
-    pub(crate) fn new() -> RequestDeadlineLayer {
+    pub(crate) fn new(
+        connections: Arc<Connections>,
+        shutdown: CancellationToken,
+    ) -> RequestDeadlineLayer {
         RequestDeadlineLayer {
-            arriving: Arc::new(Semaphore::new(MAX_REQUESTS_ARRIVING)),
+            pools: std::array::from_fn(|_| Arc::new(Semaphore::new(MAX_REQUESTS_ARRIVING))),
+            connections,
+            shutdown,
         }
     }
 }
@@ -41,56 +59,94 @@ impl<S> tower::Layer<S> for RequestDeadlineLayer {
     fn layer(&self, inner: S) -> Self::Service {
         RequestDeadline {
             inner,
-            arriving: self.arriving.clone(),
+            layer: self.clone(),
         }
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct RequestDeadline<S> {
     inner: S,
-    arriving: Arc<Semaphore>,
+    layer: RequestDeadlineLayer,
 }
 
-impl<S, ResBody> tower::Service<http::Request<tonic::body::Body>> for RequestDeadline<S>
+impl<S> tower::Service<http::Request<tonic::body::Body>> for RequestDeadline<S>
 where
-    S: tower::Service<http::Request<tonic::body::Body>, Response = http::Response<ResBody>>,
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+        >,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = S::Future;
+    type Future =
+        futures::future::Either<S::Future, std::future::Ready<Result<Self::Response, Self::Error>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
-        if request.uri().path() == SESSION {
-            return self.inner.call(request);
+        use futures::future::Either;
+        let path = request.uri().path();
+        if path == SESSION {
+            return Either::Left(self.inner.call(request));
         }
-        let permit = self.arriving.clone().try_acquire_owned().ok();
+        let peer = request
+            .extensions()
+            .get::<tonic::transport::server::TcpConnectInfo>()
+            .and_then(|i| i.remote_addr())
+            .or_else(|| {
+                request
+                    .extensions()
+                    .get::<tonic::transport::server::TlsConnectInfo<
+                        tonic::transport::server::TcpConnectInfo,
+                    >>()
+                    .and_then(|i| i.get_ref().remote_addr())
+            });
+        let layer = &self.layer;
+        let trust = layer.connections.trust_of(peer);
+        // Refused before anything is read or answered at length.
+        let refuse =
+            |status: tonic::Status| Either::Right(std::future::ready(Ok(status.into_http())));
+        if path.starts_with(REFLECTION) && trust == Trust::Anonymous {
+            return refuse(tonic::Status::unauthenticated(
+                "reflection needs a client certificate (or a bearer token used on this connection)",
+            ));
+        }
+        let Some(slot) = layer.connections.slot(peer, SlotKind::Arriving) else {
+            return refuse(tonic::Status::resource_exhausted(format!(
+                "{MAX_ARRIVING_PER_CONNECTION} requests are arriving on this connection: wait for them"
+            )));
+        };
+        let Ok(permit) = layer.pools[trust as usize].clone().try_acquire_owned() else {
+            return refuse(tonic::Status::resource_exhausted(format!(
+                "{MAX_REQUESTS_ARRIVING} requests of callers like you are arriving at once: try again"
+            )));
+        };
+        let stopping = Box::pin(layer.shutdown.clone().cancelled_owned());
         let request = request.map(|body| {
             tonic::body::Body::new(Deadline {
                 inner: body,
                 sleep: Box::pin(tokio::time::sleep(REQUEST_TIMEOUT)),
+                stopping,
                 done: false,
-                refused: permit.is_none(),
-                permit,
+                held: Some((permit, slot)),
             })
         });
-        self.inner.call(request)
+        Either::Left(self.inner.call(request))
     }
 }
 
-/// A request body that fails if it has not ended by its deadline, holding
-/// its place in the budget until it ends.
+/// A request body that fails if it has not ended by its deadline (or the
+/// coordinator stops first), holding its places in the budget until it
+/// ends.
 struct Deadline {
     inner: tonic::body::Body,
     sleep: Pin<Box<Sleep>>,
+    stopping: Pin<Box<WaitForCancellationFutureOwned>>,
     done: bool,
-    /// No place in the budget was free: the request fails at once.
-    refused: bool,
-    permit: Option<OwnedSemaphorePermit>,
+    held: Option<(OwnedSemaphorePermit, Slot)>,
 }
 
 impl Body for Deadline {
@@ -101,24 +157,24 @@ impl Body for Deadline {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        if self.refused {
-            self.refused = false;
-            self.done = true;
-            return Poll::Ready(Some(Err(tonic::Status::resource_exhausted(format!(
-                "{MAX_REQUESTS_ARRIVING} requests are arriving at once: try again"
-            )))));
-        }
         if !self.done && self.sleep.as_mut().poll(cx).is_ready() {
             self.done = true;
-            self.permit = None;
+            self.held = None;
             return Poll::Ready(Some(Err(tonic::Status::deadline_exceeded(format!(
                 "the request did not arrive within {REQUEST_TIMEOUT:?}"
             )))));
         }
+        if !self.done && self.stopping.as_mut().poll(cx).is_ready() {
+            self.done = true;
+            self.held = None;
+            return Poll::Ready(Some(Err(tonic::Status::unavailable(
+                "the coordinator is shutting down",
+            ))));
+        }
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(None | Some(Err(_))) = polled {
             self.done = true;
-            self.permit = None;
+            self.held = None;
         }
         polled
     }
@@ -149,13 +205,31 @@ mod tests {
         let mut body = Deadline {
             inner: tonic::body::Body::new(http_body_util::StreamBody::new(half)),
             sleep: Box::pin(tokio::time::sleep(REQUEST_TIMEOUT)),
+            stopping: Box::pin(CancellationToken::new().cancelled_owned()),
             done: false,
-            refused: false,
-            permit: None,
+            held: None,
         };
         let first = body.frame().await.unwrap().unwrap();
         assert!(first.is_data());
         let err = body.frame().await.unwrap().unwrap_err();
         assert_eq!(err.code(), tonic::Code::DeadlineExceeded);
+    }
+
+    #[tokio::test]
+    async fn a_request_still_arriving_fails_at_once_when_the_coordinator_stops() {
+        use http_body_util::BodyExt;
+        let stop = CancellationToken::new();
+        let mut body = Deadline {
+            inner: tonic::body::Body::new(http_body_util::StreamBody::new(
+                futures::stream::pending::<Result<Frame<bytes::Bytes>, tonic::Status>>(),
+            )),
+            sleep: Box::pin(tokio::time::sleep(REQUEST_TIMEOUT)),
+            stopping: Box::pin(stop.clone().cancelled_owned()),
+            done: false,
+            held: None,
+        };
+        stop.cancel();
+        let err = body.frame().await.unwrap().unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable);
     }
 }

@@ -22,6 +22,7 @@ use tracing::Instrument;
 use std::sync::Arc;
 
 use crate::auth::Auth;
+use crate::connections::{Connections, SlotKind};
 use crate::convert::checks_from_proto;
 use crate::engine::{ClaimedRole, Hello, HookReport, Input};
 use crate::leadership::Leadership;
@@ -44,8 +45,27 @@ pub(crate) struct AgentSessions {
     /// Refusals a client can cause at will are logged at most this often.
     refusals: Arc<LogEvery>,
     /// Sessions waiting for their Hello: each may hold a partial message,
-    /// so their number is bounded.
+    /// so their number is bounded, and one connection or one certified
+    /// node may hold only one of them (an agent opens one session at a
+    /// time), so nobody can keep the others out.
     starting: Arc<tokio::sync::Semaphore>,
+    waiting_nodes: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    connections: Arc<Connections>,
+}
+
+/// A certified node's place among the sessions waiting for their Hello.
+struct NodeWaiting {
+    node: String,
+    waiting: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+}
+
+impl Drop for NodeWaiting {
+    fn drop(&mut self) {
+        self.waiting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.node);
+    }
 }
 
 impl AgentSessions {
@@ -53,6 +73,7 @@ impl AgentSessions {
         leadership: Leadership,
         shutdown: CancellationToken,
         auth: Arc<Auth>,
+        connections: Arc<Connections>,
     ) -> Self {
         AgentSessions {
             leadership,
@@ -60,6 +81,8 @@ impl AgentSessions {
             auth,
             refusals: Arc::new(LogEvery::new(Duration::from_secs(1))),
             starting: Arc::new(tokio::sync::Semaphore::new(MAX_SESSIONS_STARTING)),
+            waiting_nodes: Arc::default(),
+            connections,
         }
     }
 }
@@ -114,6 +137,32 @@ impl pb::agent_service_server::AgentService for AgentSessions {
             .leadership
             .handle()
             .map_err(|e| crate::error::not_leader_status(&e))?;
+        let Some(on_connection) = self
+            .connections
+            .slot(request.remote_addr(), SlotKind::Hello)
+        else {
+            return Err(Status::resource_exhausted(
+                "an agent session is already waiting for its Hello on this connection",
+            ));
+        };
+        let node_waiting = match &certified {
+            Some(node) => {
+                let mut waiting = self
+                    .waiting_nodes
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if !waiting.insert(node.clone()) {
+                    return Err(Status::resource_exhausted(format!(
+                        "a session of node {node} is already waiting for its Hello: try again"
+                    )));
+                }
+                Some(NodeWaiting {
+                    node: node.clone(),
+                    waiting: self.waiting_nodes.clone(),
+                })
+            }
+            None => None,
+        };
         let Ok(starting) = self.starting.clone().try_acquire_owned() else {
             return Err(Status::resource_exhausted(format!(
                 "{MAX_SESSIONS_STARTING} agent sessions are waiting for their Hello: try again"
@@ -128,7 +177,7 @@ impl pb::agent_service_server::AgentService for AgentSessions {
             certified,
             connect_timeout: handle.connect_timeout(),
             refusals: self.refusals.clone(),
-            starting,
+            starting: (starting, on_connection, node_waiting),
         };
         tokio::spawn(run_session(
             handle,
@@ -148,8 +197,13 @@ struct Opening {
     certified: Option<String>,
     connect_timeout: Duration,
     refusals: Arc<LogEvery>,
-    /// Held until the Hello has arrived.
-    starting: tokio::sync::OwnedSemaphorePermit,
+    /// Held until the Hello has arrived: the place among all sessions
+    /// waiting, the connection's, the certified node's.
+    starting: (
+        tokio::sync::OwnedSemaphorePermit,
+        crate::connections::Slot,
+        Option<NodeWaiting>,
+    ),
 }
 
 async fn run_session(

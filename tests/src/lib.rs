@@ -18,6 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub mod checker;
 pub mod etcd;
 pub mod faults;
+pub mod h2raw;
 pub mod proxy;
 pub mod raw;
 pub mod tls;

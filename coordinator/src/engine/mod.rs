@@ -682,7 +682,7 @@ const DUPLICATE_MEMORY: Duration = Duration::from_secs(15);
 /// while a peer without credentials could otherwise open a session per
 /// made-up node id on every stream it may open. Members' sessions are
 /// bounded by the members (one session per node).
-pub(crate) const MAX_UNASSIGNED_SESSIONS: usize = 1024;
+pub(crate) const MAX_UNASSIGNED_SESSIONS: usize = 256;
 
 /// Refusals (identities, epoch claims) are recorded at most this often per
 /// node (and group), so a hostile peer cannot flood the event log.

@@ -586,3 +586,76 @@ fn an_operator_with_a_token_keeps_its_watch_through_a_crowd() {
     let _ = watch.wait();
     drop(crowd);
 }
+
+#[test]
+fn half_sent_requests_of_strangers_neither_lock_out_operators_nor_hold_a_restart() {
+    let mut c = Cluster::start_secure(&[]);
+    let before = group_of_two(&mut c);
+    let ca = c.pki.as_ref().unwrap().ca();
+    // More half-sent calls than the whole budget once was (256), from
+    // callers without a certificate, four per connection.
+    let flood = tests::h2raw::half_sent(c.grpc, &ca, "/failover.v1.AdminService/ListGroups", 70, 4);
+    assert!(flood.sent >= 260, "only {} calls were sent", flood.sent);
+    // Operators have places of their own.
+    let out = c.ctl(&["group", "list"]);
+    assert!(out.status.success(), "{}", out.stderr);
+    // Reflection answers are large: not for callers without a certificate.
+    let reflection = tests::h2raw::call_status(
+        c.grpc,
+        &ca,
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    );
+    assert_eq!(reflection.as_deref(), Some("16"), "UNAUTHENTICATED");
+    assert_undisturbed(&c, before);
+    // A stop does not wait for requests that never finish arriving.
+    let mut coordinator = c.coordinator.take().unwrap();
+    coordinator.signal(nix::sys::signal::Signal::SIGTERM);
+    coordinator.wait_exit();
+    let log = coordinator.log_text();
+    assert!(!log.contains("did not finish within"), "{log}");
+    drop(flood);
+}
+
+#[test]
+fn one_caller_cannot_take_every_event_watch() {
+    let config = tempfile::tempdir().unwrap();
+    let path = config.path().join("limits.toml");
+    std::fs::write(&path, "[limits]\nmax_watchers = 16\n").unwrap();
+    let c = Cluster::start_secure(&["--config", path.to_str().unwrap()]);
+    let (cert, key) = c.pki.as_ref().unwrap().operator("eve", "viewer");
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    let follow = |credentials: &[&str]| {
+        let mut w = c
+            .ctl_command_as(credentials)
+            .args(["events", "--follow"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Refused at once, or still watching after a moment.
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = w.try_wait().unwrap() {
+                let mut err = String::new();
+                w.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+                assert!(!status.success());
+                return Err(err);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(w)
+    };
+    let viewer = ["--tls-cert", cert.as_str(), "--tls-key", key.as_str()];
+    // An eighth of 16: two each.
+    let mut held: Vec<_> = (0..2).map(|_| follow(&viewer).unwrap()).collect();
+    let third = follow(&viewer).expect_err("a third watch is refused");
+    assert!(third.contains("as many as one caller may"), "{third}");
+    // Others still watch.
+    let (acert, akey) = c.pki.as_ref().unwrap().operator("root", "admin");
+    let (acert, akey) = (acert.display().to_string(), akey.display().to_string());
+    held.push(follow(&["--tls-cert", acert.as_str(), "--tls-key", akey.as_str()]).unwrap());
+    for mut w in held {
+        let _ = w.kill();
+        let _ = w.wait();
+    }
+}

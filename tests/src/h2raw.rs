@@ -1,0 +1,140 @@
+//! Raw HTTP/2 clients that misbehave on purpose: requests sent halfway and
+//! held, and calls made without a client certificate, over TLS checked
+//! against the cluster's CA.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::net::TcpStream;
+
+/// Open connections holding requests that never finish arriving; they
+/// close when this is dropped.
+pub struct HalfSent {
+    /// Requests the coordinator took in (it may refuse the rest at once).
+    pub sent: usize,
+    _runtime: tokio::runtime::Runtime,
+}
+
+fn tls_config(ca: &Path) -> Arc<rustls::ClientConfig> {
+    proto::client::install_crypto();
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls::pki_types::pem::PemObject;
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).expect("CA file") {
+        roots.add(cert.expect("CA certificate")).expect("CA added");
+    }
+    let mut config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Arc::new(config)
+}
+
+async fn connect(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+) -> Option<h2::client::SendRequest<Bytes>> {
+    let tcp = TcpStream::connect(addr).await.ok()?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").ok()?;
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .ok()?;
+    let (client, connection) = h2::client::handshake(tls).await.ok()?;
+    tokio::spawn(connection);
+    client.ready().await.ok()
+}
+
+fn call(addr: SocketAddr, path: &str) -> http::Request<()> {
+    http::Request::post(format!("https://{addr}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .expect("request")
+}
+
+/// `connections` connections without a client certificate, each sending
+/// `per_connection` calls to `path` whose message is announced as 1000
+/// bytes and never sent past its first byte. Pings keep the connections
+/// from counting as idle.
+pub fn half_sent(
+    addr: SocketAddr,
+    ca: &Path,
+    path: &str,
+    connections: usize,
+    per_connection: usize,
+) -> HalfSent {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let config = tls_config(ca);
+    let path = path.to_owned();
+    let sent = runtime.block_on(async move {
+        let mut sent = 0;
+        for _ in 0..connections {
+            let Some(mut client) = connect(addr, config.clone()).await else {
+                continue;
+            };
+            for _ in 0..per_connection {
+                let Ok((response, mut body)) = client.send_request(call(addr, &path), false) else {
+                    break;
+                };
+                // The gRPC frame header says 1000 bytes; one follows.
+                let _ = body.send_data(Bytes::from_static(b"\0\0\0\x03\xe8\x0a"), false);
+                sent += 1;
+                tokio::spawn(async move {
+                    let _held = body;
+                    let _ = response.await;
+                    std::future::pending::<()>().await;
+                });
+            }
+            tokio::spawn(async move {
+                let _held = client;
+                std::future::pending::<()>().await;
+            });
+        }
+        sent
+    });
+    HalfSent {
+        sent,
+        _runtime: runtime,
+    }
+}
+
+/// Calls `path` with an empty message without a client certificate; the
+/// answer's `grpc-status` (in headers or trailers).
+pub fn call_status(addr: SocketAddr, ca: &Path, path: &str) -> Option<String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
+    let config = tls_config(ca);
+    runtime.block_on(async move {
+        tokio::time::timeout(Duration::from_secs(10), async move {
+            let mut client = connect(addr, config).await?;
+            let (response, mut body) = client.send_request(call(addr, path), false).ok()?;
+            body.send_data(Bytes::from_static(b"\0\0\0\0\0"), true)
+                .ok()?;
+            let response = response.await.ok()?;
+            let status = |map: &http::HeaderMap| {
+                map.get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            };
+            if let Some(s) = status(response.headers()) {
+                return Some(s);
+            }
+            let mut answer = response.into_body();
+            while let Some(chunk) = answer.data().await {
+                let _ = chunk.ok()?;
+            }
+            status(&answer.trailers().await.ok()??)
+        })
+        .await
+        .ok()?
+    })
+}
