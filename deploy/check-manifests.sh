@@ -27,6 +27,15 @@ for overlay in deploy/kubernetes/overlays/*/; do
     kubectl kustomize "$overlay" > "$out/$name.yaml"
     echo "==> $overlay"
     "$venv/bin/kubernetes-validate" --strict --no-warn "$out/$name.yaml"
+    # Every object but the namespace lands in the product's namespace.
+    "$venv/bin/python" - "$out/$name.yaml" <<'PY'
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+bad = [f"{d['kind']}/{d['metadata']['name']}" for d in docs
+       if d["kind"] != "Namespace" and d["metadata"].get("namespace") != "failover"]
+if bad:
+    sys.exit(f"error: not in namespace failover: {', '.join(bad)}")
+PY
 done
 echo "==> examples"
 "$venv/bin/kubernetes-validate" --strict --no-warn deploy/kubernetes/base/service-external.example.yaml

@@ -23,9 +23,10 @@ pub struct Args {
     /// This node's id (overrides node_id in the file).
     #[arg(long, value_name = "ID")]
     pub node_id: Option<String>,
-    /// Coordinator URL; repeat for several coordinators (overrides the file)
+    /// Coordinator URL; for several coordinator replicas repeat it or
+    /// separate them with commas (overrides the file)
     /// [default: http://127.0.0.1:7400].
-    #[arg(long = "coordinator", value_name = "URL")]
+    #[arg(long = "coordinator", value_name = "URL", value_delimiter = ',')]
     pub coordinators: Vec<String>,
     /// TLS: the CA that signed the coordinator's certificate (PEM), for
     /// https:// coordinator URLs.

@@ -83,7 +83,9 @@ pub async fn connect(
                 // is not trusted blindly: the next URL of the list is.
                 Some(leader) if urls.len() == 1 || urls.contains(&leader) => {
                     tracing::info!(%url, %leader, "this coordinator replica does not lead: going to the leader");
-                    open_within(&leader, &tls).await
+                    open_within(&leader, &tls)
+                        .await
+                        .map_err(|e| e.context(format!("the leader {leader} (named by {url})")))
                 }
                 Some(leader) => {
                     tracing::info!(%url, %leader, "this coordinator replica does not lead: trying the next address");

@@ -167,7 +167,7 @@ impl Default for EtcdConfig {
             ca: None,
             cert: None,
             key: None,
-            leader_lease: std::time::Duration::from_secs(3),
+            leader_lease: std::time::Duration::from_secs(2),
         }
     }
 }
@@ -378,8 +378,13 @@ impl Config {
                 StoreKind::Etcd => "etcd",
             }
         );
-        if let Some(url) = &self.advertise_url {
-            text.push_str(&format!("advertise_url = {url:?}\n"));
+        match &self.advertise_url {
+            Some(url) => text.push_str(&format!("advertise_url = {url:?}\n")),
+            None if self.store == StoreKind::Etcd => text.push_str(&format!(
+                "# advertised to clients: {}\n",
+                self.advertised(self.listen)
+            )),
+            None => {}
         }
         match &self.tls {
             None => text.push_str("# no [tls]: plaintext (loopback only)\n"),
@@ -458,6 +463,20 @@ impl Config {
         }
         if e.cert.is_some() != e.key.is_some() {
             bail!("[etcd] cert and key go together");
+        }
+        if (e.ca.is_some() || e.cert.is_some())
+            && e.endpoints.iter().any(|u| u.starts_with("http://"))
+        {
+            bail!(
+                "etcd TLS files are given but an endpoint is http://: write the endpoints as https://"
+            );
+        }
+        if self.advertise_url.is_none() && self.listen.ip().is_unspecified() {
+            bail!(
+                "listen = {} with store = etcd: give advertise_url (--advertise-url), the URL other \
+                 replicas send agents and operators to",
+                self.listen
+            );
         }
         if !e.prefix.starts_with('/') || !e.prefix.ends_with('/') || e.prefix.len() > 128 {
             bail!(
@@ -573,6 +592,33 @@ mod tests {
         .unwrap();
         assert_eq!(c.defaults.heartbeat_interval, Duration::from_millis(100));
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn replica_settings_that_cannot_work_are_refused_with_the_reason() {
+        let refused = |text: &str| {
+            let c: Config = toml::from_str(text).unwrap();
+            c.validate().unwrap_err().to_string()
+        };
+        let etcd = "store = \"etcd\"\n";
+        assert!(refused(etcd).contains("--etcd-endpoints"));
+        let wildcard = format!(
+            "listen = \"0.0.0.0:7400\"\ntls = \"off\"\n{etcd}[etcd]\nendpoints = [\"http://e:2379\"]\n"
+        );
+        assert!(refused(&wildcard).contains("advertise_url"));
+        let mixed = format!("{etcd}[etcd]\nendpoints = [\"http://e:2379\"]\nca = \"/ca.pem\"\n");
+        assert!(refused(&mixed).contains("https://"));
+        let short =
+            format!("{etcd}[etcd]\nendpoints = [\"http://e:2379\"]\nleader_lease = \"1s\"\n");
+        assert!(refused(&short).contains("leader_lease"));
+        let sled_with_etcd = "[etcd]\nendpoints = [\"http://e:2379\"]\n";
+        assert!(refused(sled_with_etcd).contains("--store etcd"));
+        let fine: Config = toml::from_str(&format!(
+            "listen = \"0.0.0.0:7400\"\ntls = \"off\"\nadvertise_url = \"https://c-0:7400\"\n{etcd}\
+             [etcd]\nendpoints = [\"https://e:2379\"]\nca = \"/ca.pem\"\n"
+        ))
+        .unwrap();
+        fine.validate().unwrap();
     }
 
     #[test]

@@ -21,7 +21,7 @@ pub enum NotLeader {
     #[error("this coordinator replica is not the leader; the leader is {} ({})", .0.url, .0.id)]
     Elsewhere(Replica),
     #[error(
-        "this coordinator replica is not the leader and no leader is elected yet: try again shortly"
+        "this coordinator replica is not the leader and knows of none: an election is under way, or etcd cannot be reached (see failoverctl cluster status); try again shortly"
     )]
     Unknown,
 }

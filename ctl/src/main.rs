@@ -112,8 +112,17 @@ async fn run_at_leader(cli: Cli) -> anyhow::Result<()> {
                     "note: the coordinator replica asked does not lead; asking the leader at {leader}"
                 );
                 let mut at_leader = retry;
-                at_leader.coordinator = leader;
-                run(at_leader).await
+                at_leader.coordinator = leader.clone();
+                run(at_leader).await.map_err(|e| {
+                    if e.downcast_ref::<tonic::Status>().is_some() {
+                        e
+                    } else {
+                        e.context(format!(
+                            "the leader is {leader}, which cannot be reached from here (give \
+                             --coordinator addresses of the replicas that this machine can reach)"
+                        ))
+                    }
+                })
             }
             None => Err(e),
         },

@@ -184,8 +184,13 @@ pub fn explain(url: &str, error: &str) -> String {
     let lower = text.to_ascii_lowercase();
     let tls = url.starts_with("https://");
     let refused = lower.contains("connection refused") || lower.contains("os error 111");
+    let unresolved = lower.contains("dns error")
+        || lower.contains("name or service not known")
+        || lower.contains("failed to lookup address");
     let hint = if refused {
         Some("nothing listens there: is the coordinator running, and is this its address?")
+    } else if unresolved {
+        Some("this host name does not resolve from here: check the URL (or give an address)")
     } else if !tls
         && (lower.contains("frame with invalid size")
             || lower.contains("frame_size_error")

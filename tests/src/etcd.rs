@@ -22,11 +22,28 @@ struct Member {
 pub struct EtcdCluster {
     dir: PathBuf,
     members: Vec<Member>,
+    /// With TLS: the server certificate and key, and the CA clients'
+    /// certificates must be signed by.
+    tls: Option<EtcdTls>,
+}
+
+/// TLS on etcd's client port, with client certificates required.
+#[derive(Clone)]
+pub struct EtcdTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
 }
 
 impl EtcdCluster {
     /// Starts `n` members in `dir` and waits until the cluster answers.
     pub fn start(dir: PathBuf, n: usize) -> EtcdCluster {
+        EtcdCluster::start_with(dir, n, None)
+    }
+
+    /// Like [`EtcdCluster::start`], serving clients over TLS (with client
+    /// certificates required) when `tls` is given.
+    pub fn start_with(dir: PathBuf, n: usize, tls: Option<EtcdTls>) -> EtcdCluster {
         std::fs::create_dir_all(&dir).expect("etcd directory");
         let members = (0..n)
             .map(|i| Member {
@@ -37,7 +54,7 @@ impl EtcdCluster {
                 starts: 0,
             })
             .collect();
-        let mut cluster = EtcdCluster { dir, members };
+        let mut cluster = EtcdCluster { dir, members, tls };
         for i in 0..n {
             cluster.start_member(i);
         }
@@ -57,9 +74,13 @@ impl EtcdCluster {
     pub fn endpoints(&self) -> String {
         self.members
             .iter()
-            .map(|m| format!("http://127.0.0.1:{}", m.client))
+            .map(|m| format!("{}://127.0.0.1:{}", self.scheme(), m.client))
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
     }
 
     pub fn len(&self) -> usize {
@@ -82,10 +103,12 @@ impl EtcdCluster {
     pub fn start_member(&mut self, i: usize) {
         let initial = self.initial_cluster();
         let dir = self.dir.clone();
+        let scheme = self.scheme();
+        let tls = self.tls.clone();
         let m = &mut self.members[i];
         assert!(m.proc.is_none(), "{} is running", m.name);
         m.starts += 1;
-        let client = format!("http://127.0.0.1:{}", m.client);
+        let client = format!("{scheme}://127.0.0.1:{}", m.client);
         let peer = format!("http://127.0.0.1:{}", m.peer);
         let mut command = Command::new("etcd");
         command
@@ -101,6 +124,13 @@ impl EtcdCluster {
             // Faster elections than the defaults, as on a LAN.
             .arg("--heartbeat-interval=50")
             .arg("--election-timeout=500");
+        if let Some(tls) = &tls {
+            command
+                .arg(format!("--cert-file={}", tls.cert.display()))
+                .arg(format!("--key-file={}", tls.key.display()))
+                .arg(format!("--trusted-ca-file={}", tls.ca.display()))
+                .arg("--client-cert-auth");
+        }
         let log = dir.join(format!("{}-{}.log", m.name, m.starts));
         m.proc = Some(Proc::spawn(command, log));
     }
@@ -125,9 +155,13 @@ impl EtcdCluster {
         }
     }
 
-    /// Whether member `i` says it is healthy (it has a quorum).
+    /// Whether member `i` says it is healthy (it has a quorum); with TLS,
+    /// whether it accepts connections.
     pub fn member_healthy(&self, i: usize) -> bool {
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.members[i].client));
+        if self.tls.is_some() {
+            return std::net::TcpStream::connect(addr).is_ok();
+        }
         http_get(addr, "/health").is_some_and(|(code, body)| code == 200 && body.contains("true"))
     }
 

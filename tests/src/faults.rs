@@ -45,7 +45,7 @@ const DISK_SIZE: &str = "128m";
 const REPLICAS: usize = 3;
 const ETCD_MEMBERS: usize = 3;
 /// The replicas' leader lease (the coordinator's default).
-const LEADER_LEASE: Duration = Duration::from_secs(3);
+const LEADER_LEASE: Duration = Duration::from_secs(2);
 
 /// A member with no agent, added and removed by admin faults.
 const SPARE: &str = "n-4";

@@ -151,7 +151,7 @@ fn wait_for_file(path: &Path, what: &str) {
 }
 
 impl Proc {
-    fn spawn(mut command: Command, log: PathBuf) -> Proc {
+    pub fn spawn(mut command: Command, log: PathBuf) -> Proc {
         let file = std::fs::File::create(&log).expect("log file");
         command
             .stdin(Stdio::null())

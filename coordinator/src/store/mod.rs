@@ -80,7 +80,7 @@ pub enum StoreError {
     #[error("store IO failed: {0}")]
     Io(String),
     /// A write failed earlier and the store is being opened again.
-    #[error("the store cannot write right now: {0}")]
+    #[error("the store is not available right now: {0}")]
     Unavailable(String),
     #[error("syncing the store to disk failed: {0}")]
     Sync(#[from] std::io::Error),

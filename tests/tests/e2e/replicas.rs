@@ -17,7 +17,7 @@ fn a_killed_leader_is_replaced_and_no_group_notices() {
         c.start_agent(n);
     }
     c.wait_nodes(&["rec-1", "rec-2"]);
-    // A lease far longer than the leader's (3 s): the new leader renews
+    // A lease far longer than the leader's (2 s): the new leader renews
     // it before it runs out.
     c.ctl_ok(&[
         "group",
@@ -177,4 +177,72 @@ fn groups_move_from_the_embedded_store_to_etcd_with_their_epochs_and_floors() {
     let back: serde_json::Value = serde_json::from_slice(&back.stdout).unwrap();
     assert_eq!(back["groups"], doc["groups"]);
     assert_eq!(back["epoch_floors"], doc["epoch_floors"]);
+}
+
+#[test]
+fn replicas_reach_etcd_over_tls_with_a_client_certificate_and_without_one_say_why() {
+    let mut c = Cluster::prepare();
+    let pki = tests::tls::Pki::init(&c.path("pki"));
+    // etcd serves with the certificate made for 127.0.0.1 and wants client
+    // certificates from the same CA.
+    let (server_cert, server_key) = pki.coordinator();
+    let etcd = tests::etcd::EtcdCluster::start_with(
+        c.path("etcd"),
+        1,
+        Some(tests::etcd::EtcdTls {
+            cert: server_cert,
+            key: server_key,
+            ca: pki.ca(),
+        }),
+    );
+    let (client_cert, client_key) = pki.node("etcd-client");
+    let endpoints = etcd.endpoints();
+    assert!(endpoints.starts_with("https://"), "{endpoints}");
+    let ca = pki.ca().display().to_string();
+    let (cert, key) = (
+        client_cert.display().to_string(),
+        client_key.display().to_string(),
+    );
+    // Without a client certificate etcd refuses the replica: it says so
+    // and keeps trying (it does not serve, nor exit).
+    let mut command = std::process::Command::new(tests::bin("failover-coordinator"));
+    command
+        .args([
+            "--store",
+            "etcd",
+            "--etcd-endpoints",
+            &endpoints,
+            "--etcd-ca",
+            &ca,
+        ])
+        .args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"]);
+    let without = tests::Proc::spawn(command, c.path("without-cert.log"));
+    c.wait_until("the replica says it cannot reach etcd", || {
+        without
+            .log_text()
+            .contains("cannot reach etcd yet")
+            .then_some(())
+    });
+    drop(without);
+    // With one, it leads and writes.
+    c.coordinator_args = [
+        "--store",
+        "etcd",
+        "--etcd-endpoints",
+        endpoints.as_str(),
+        "--etcd-ca",
+        ca.as_str(),
+        "--etcd-cert",
+        cert.as_str(),
+        "--etcd-key",
+        key.as_str(),
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    c.etcd = Some(etcd);
+    c.start_coordinator();
+    c.ctl_ok(&["group", "add", "g", "--member", "a"]);
+    let status = c.ctl_json(&["cluster", "status"]);
+    assert_eq!(status["endpoints"][0]["healthy"], true, "{status}");
+    assert_eq!(c.group("g")["name"], "g");
 }
