@@ -176,6 +176,24 @@ impl Election {
                     return "the leadership could not be renewed in time".into();
                 }
             }
+            // The key first, then the renewal: once the key is gone (removed
+            // by hand), the leadership is extended at most once more, by
+            // one lease — what a new leader waits out on top of the agents'
+            // leases (`EngineConfig::takeover_wait`).
+            let key = tokio::select! {
+                r = self.etcd.get(&self.leader_key) => r,
+                _ = tokio::time::sleep_until(certain) => {
+                    return "etcd did not answer in time".into();
+                }
+            };
+            match key {
+                Ok(Some(kv)) if kv.lease == term.lease => {}
+                Ok(_) => return "another replica holds the leader key".into(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the leader key; trying again");
+                    continue;
+                }
+            }
             let sent = Instant::now();
             let renewed = tokio::select! {
                 r = self.etcd.keep_alive(term.lease) => r,
@@ -191,14 +209,7 @@ impl Election {
                 Ok(None) => return "the leadership's etcd lease expired".into(),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot renew the leadership; trying again");
-                    continue;
                 }
-            }
-            // Someone may have removed the key by hand.
-            match self.etcd.get(&self.leader_key).await {
-                Ok(Some(kv)) if kv.lease == term.lease => {}
-                Ok(_) => return "another replica holds the leader key".into(),
-                Err(_) => {}
             }
         }
     }

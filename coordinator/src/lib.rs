@@ -408,6 +408,12 @@ async fn start_term(
             clock_drift: config.clock_drift,
             default_heartbeat_interval: config.defaults.heartbeat_interval,
             default_policy: config.defaults.clone(),
+            // Among replicas the previous leader may act one leader lease
+            // past this one's takeover (election.rs).
+            takeover_wait: match config.store {
+                StoreKind::Sled => Duration::ZERO,
+                StoreKind::Etcd => config.etcd.leader_lease,
+            },
         },
         recovered,
         runtime::now(),

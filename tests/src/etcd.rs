@@ -165,6 +165,28 @@ impl EtcdCluster {
         http_get(addr, "/health").is_some_and(|(code, body)| code == 200 && body.contains("true"))
     }
 
+    /// Deletes `key` through member `i`'s JSON gateway (as an operator with
+    /// etcdctl would); whether etcd said it did.
+    pub fn delete_key(&self, i: usize, key: &str) -> bool {
+        use std::io::{Read, Write};
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.members[i].client));
+        let body = format!("{{\"key\":\"{}\"}}", base64(key.as_bytes()));
+        let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+        let request = format!(
+            "POST /v3/kv/deleterange HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        if stream.write_all(request.as_bytes()).is_err() {
+            return false;
+        }
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200")
+    }
+
     /// Waits until every running member is healthy.
     pub fn wait_healthy(&self) {
         let deadline = Instant::now() + PATIENCE;
@@ -182,5 +204,39 @@ impl EtcdCluster {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+}
+
+/// Standard base64, for etcd's JSON gateway.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn base64_as_etcd_reads_it() {
+        assert_eq!(
+            super::base64(b"/failover/leader"),
+            "L2ZhaWxvdmVyL2xlYWRlcg=="
+        );
+        assert_eq!(super::base64(b"ab"), "YWI=");
     }
 }

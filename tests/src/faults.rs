@@ -304,7 +304,8 @@ impl Run {
             58..65 => self.cut_leader_from_etcd(),
             65..71 => self.kill_etcd_member(),
             71..75 => self.etcd_quorum_lost(),
-            75..81 => self.restart_follower(),
+            75..78 => self.restart_follower(),
+            78..81 => self.steal_leadership(),
             81..86 => self.duplicate_agent(),
             86..90 => self.hostile_session(),
             _ => self.admin(),
@@ -508,6 +509,30 @@ impl Run {
         etcd.wait_healthy();
         self.leader();
         self.coordinator_down.push((down_from, crate::now_ns()));
+        self.check_durable(None);
+    }
+
+    /// An operator deletes the leader key by hand while the leader's lease
+    /// is still valid: another replica takes over at once, and the old
+    /// leader must stop before its window ends; the new one waits that
+    /// window out on top of the agents' leases.
+    fn steal_leadership(&mut self) {
+        self.count("steal_leadership");
+        let leader = self.leader();
+        let down_from = crate::now_ns();
+        let member = self.rng.random_range(0..ETCD_MEMBERS);
+        let etcd = self.c.etcd.as_ref().expect("replicas");
+        if !etcd.delete_key(member, "/failover/leader") {
+            self.report
+                .violations
+                .push("etcd did not delete the leader key".into());
+        }
+        // Usually another replica wins; the old leader may win again.
+        let length = LEADER_LEASE.mul_f64(1.5);
+        let elected = self.hold_watching_leader(leader, length);
+        self.leader();
+        self.coordinator_down
+            .push((down_from, elected.unwrap_or_else(crate::now_ns)));
         self.check_durable(None);
     }
 

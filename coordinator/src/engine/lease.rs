@@ -20,11 +20,19 @@ use super::LeaseGrant;
 pub(super) struct Leases {
     /// Bound `rho` on how much slower an agent's clock may run than ours.
     clock_drift: f64,
+    /// How long after a start another process may still be granting
+    /// leases: a replica's predecessor as leader (whose leadership may
+    /// outlast the moment this one took over by one leader lease, if its
+    /// key was removed by hand); zero for a single coordinator.
+    takeover: Duration,
 }
 
 impl Leases {
-    pub(super) fn new(clock_drift: f64) -> Leases {
-        Leases { clock_drift }
+    pub(super) fn new(clock_drift: f64, takeover: Duration) -> Leases {
+        Leases {
+            clock_drift,
+            takeover,
+        }
     }
 
     /// `ttl * (1 + rho)`: how long after a grant its holder may still be
@@ -53,9 +61,10 @@ impl Leases {
     }
 
     /// After a start nobody knows when the previous process last granted a
-    /// lease of up to `ttl`: it is waited out in full from `start`.
+    /// lease of up to `ttl`: it is waited out in full from `start` (from
+    /// the end of the predecessor's possible leadership, among replicas).
     pub(super) fn after_start(&self, ttl: Duration, start: Instant) -> Instant {
-        start + self.wait(ttl)
+        start + self.takeover + self.wait(ttl)
     }
 }
 
@@ -65,7 +74,7 @@ mod tests {
 
     #[test]
     fn the_wait_outlasts_the_lease_by_the_drift_margin() {
-        let leases = Leases::new(0.01);
+        let leases = Leases::new(0.01, Duration::ZERO);
         assert_eq!(
             leases.wait(Duration::from_secs(3)),
             Duration::from_millis(3030)
@@ -76,5 +85,15 @@ mod tests {
             .unwrap();
         assert_eq!((grant.epoch, grant.ttl), (4, Duration::from_secs(1)));
         assert_eq!(until, received + Duration::from_millis(1010));
+    }
+
+    #[test]
+    fn a_new_leader_also_waits_out_its_predecessors_leadership() {
+        let leases = Leases::new(0.01, Duration::from_secs(2));
+        let start = Instant::now();
+        assert_eq!(
+            leases.after_start(Duration::from_secs(1), start),
+            start + Duration::from_millis(3010)
+        );
     }
 }

@@ -67,6 +67,10 @@ pub struct EngineConfig {
     pub default_heartbeat_interval: Duration,
     /// Settings of a new group where the operator gave none.
     pub default_policy: Policy,
+    /// Among replicas, how long the previous leader may still act after
+    /// this one took over (one leader lease): added to every wait after a
+    /// start. Zero for a single coordinator.
+    pub takeover_wait: Duration,
 }
 
 /// What an agent said when its session opened.
@@ -437,7 +441,7 @@ impl Engine {
     /// wait: the previous run may have granted one just before it stopped,
     /// and nothing says when (invariant 1).
     pub fn new(config: EngineConfig, recovered: Recovered, now: Now) -> Self {
-        let leases = Leases::new(config.clock_drift);
+        let leases = Leases::new(config.clock_drift, config.takeover_wait);
         let default_ttl = config.default_policy.failover_timeout;
         let deleted_leases = recovered
             .epoch_floors

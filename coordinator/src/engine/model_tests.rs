@@ -119,6 +119,7 @@ fn config() -> EngineConfig {
             min_failover_interval: Duration::from_secs(2),
             ..Policy::default()
         },
+        takeover_wait: Duration::ZERO,
     }
 }
 

@@ -39,6 +39,7 @@ fn config() -> EngineConfig {
         clock_drift: 0.01,
         default_heartbeat_interval: Duration::from_millis(500),
         default_policy: Policy::default(),
+        takeover_wait: Duration::ZERO,
     }
 }
 

@@ -96,6 +96,7 @@ fn simulate(seed: u64, rate_a: f64) -> (Option<u64>, Option<u64>) {
             clock_drift: RHO,
             default_heartbeat_interval: HEARTBEAT,
             default_policy: Policy::default(),
+            takeover_wait: Duration::ZERO,
         },
         Recovered::default(),
         now(0),
