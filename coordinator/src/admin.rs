@@ -86,11 +86,7 @@ impl AdminApi {
             match self.auth.token_holder(&token) {
                 Some((name, access)) => {
                     if let Some(peer) = request.remote_addr() {
-                        let trust = match access {
-                            Access::Viewer => Trust::Reader,
-                            Access::Operator | Access::Admin => Trust::Trusted,
-                        };
-                        self.connections.trust_peer(peer, trust);
+                        self.connections.trust_peer(peer, Trust::of_access(access));
                     }
                     return Actor::Operator {
                         name,
@@ -161,10 +157,21 @@ fn next_token(got: usize, limit: usize, last: Option<&String>) -> String {
     }
 }
 
+/// The role of the bearer token an HTTP request carries, if it is valid.
+pub(crate) fn bearer_access<B>(request: &http::Request<B>, auth: &Auth) -> Option<Access> {
+    let value = request.headers().get("authorization")?.to_str().ok()?;
+    let token = token_of(value)?;
+    auth.token_holder(&token).map(|(_, access)| access)
+}
+
 /// The bearer token a request carries (`authorization: Bearer TOKEN`, the
 /// scheme in any case), trimmed.
 fn bearer<T>(request: &Request<T>) -> Option<String> {
     let value = request.metadata().get("authorization")?.to_str().ok()?;
+    token_of(value)
+}
+
+fn token_of(value: &str) -> Option<String> {
     let scheme = value.get(..7)?;
     scheme
         .eq_ignore_ascii_case("bearer ")

@@ -42,6 +42,17 @@ pub(crate) enum Trust {
     Trusted = 2,
 }
 
+impl Trust {
+    /// How firmly a caller with `access` (its certificate's or token's
+    /// role) holds.
+    pub(crate) fn of_access(access: crate::auth::Access) -> Trust {
+        match access {
+            crate::auth::Access::Viewer => Trust::Reader,
+            crate::auth::Access::Operator | crate::auth::Access::Admin => Trust::Trusted,
+        }
+    }
+}
+
 /// The bounds of one listener.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Bounds {

@@ -155,7 +155,30 @@ impl Election {
             // Our own, written by an attempt whose answer was lost.
             return Ok(None);
         }
+        if kv.lease == 0 {
+            // No replica writes the key without its lease: this one would
+            // never go away by itself. Remove it (if nobody changed it
+            // since) and campaign again.
+            tracing::error!(
+                key = %String::from_utf8_lossy(&self.leader_key),
+                "the leader key holds something no replica wrote (it has no lease): removing it"
+            );
+            self.etcd
+                .txn(TxnRequest {
+                    compare: vec![etcd::unchanged_since(
+                        self.leader_key.clone(),
+                        kv.mod_revision,
+                    )],
+                    success: vec![etcd::delete(self.leader_key.clone())],
+                    failure: vec![],
+                })
+                .await?;
+            return Ok(Some(None));
+        }
         let leader: Option<Replica> = serde_json::from_slice(&kv.value).ok();
+        if leader.is_none() {
+            tracing::warn!("the leader key is unreadable; it goes when its etcd lease ends");
+        }
         if leader.as_ref().is_some_and(|l| l.id == self.me.id) {
             // Left from an earlier term of this process whose lease could
             // not be handed back: end that lease, which removes the key.

@@ -51,8 +51,10 @@ use crate::engine::{Engine, EngineConfig};
 use crate::runtime::Runtime;
 use crate::store::{EtcdLocation, EtcdStore, SledStore, Store, StoreError};
 
-/// How long shutdown waits for open streams to finish.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long shutdown waits for open streams to finish (the runtime has
+/// stopped already: what is left is sending answers), so that a client
+/// that never reads cannot hold a restart past the agents' leases.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 /// The coordinator's two listening sockets, bound before it runs (so a
 /// caller can bind port 0 and learn the ports).
@@ -139,8 +141,9 @@ pub async fn run(
         Opened::Sled(store) => {
             let (runtime, handle, groups) =
                 start_term(&config, &me.id, Arc::new(store), &metrics).await?;
-            // The runtime stops last: open sessions still need it to close.
-            let stop = CancellationToken::new();
+            // The runtime stops as soon as shutdown begins: it must decide
+            // nothing more (sessions closing would look like lapses).
+            let stop = shutdown.clone();
             let task = tokio::spawn(runtime.run(stop.clone()));
             readiness.set(true);
             let text = format!("sled in {} ({groups} groups)", config.data_dir.display());
@@ -217,6 +220,7 @@ pub async fn run(
         .max_concurrent_streams(Some(limits::MAX_STREAMS_PER_CONNECTION))
         .layer(request_deadline::RequestDeadlineLayer::new(
             grpc_connections.clone(),
+            auth.clone(),
             shutdown.clone(),
         ))
         .add_service(health_service)

@@ -37,17 +37,20 @@ const REFLECTION: &str = "/grpc.reflection.";
 pub(crate) struct RequestDeadlineLayer {
     pools: [Arc<Semaphore>; 3],
     connections: Arc<Connections>,
+    auth: Arc<crate::auth::Auth>,
     shutdown: CancellationToken,
 }
 
 impl RequestDeadlineLayer {
     pub(crate) fn new(
         connections: Arc<Connections>,
+        auth: Arc<crate::auth::Auth>,
         shutdown: CancellationToken,
     ) -> RequestDeadlineLayer {
         RequestDeadlineLayer {
             pools: std::array::from_fn(|_| Arc::new(Semaphore::new(MAX_REQUESTS_ARRIVING))),
             connections,
+            auth,
             shutdown,
         }
     }
@@ -76,21 +79,22 @@ where
             http::Request<tonic::body::Body>,
             Response = http::Response<tonic::body::Body>,
         >,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
     type Future =
-        futures::future::Either<S::Future, std::future::Ready<Result<Self::Response, Self::Error>>>;
+        Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
-        use futures::future::Either;
         let path = request.uri().path();
         if path == SESSION {
-            return Either::Left(self.inner.call(request));
+            return Box::pin(self.inner.call(request));
         }
         let peer = request
             .extensions()
@@ -105,10 +109,18 @@ where
                     .and_then(|i| i.get_ref().remote_addr())
             });
         let layer = &self.layer;
-        let trust = layer.connections.trust_of(peer);
+        let mut trust = layer.connections.trust_of(peer);
+        if trust == Trust::Anonymous
+            && let Some(access) = crate::admin::bearer_access(&request, &layer.auth)
+        {
+            // A valid bearer token ranks the call like the certificate of
+            // that role would (the connection itself is raised by the call).
+            trust = crate::connections::Trust::of_access(access);
+        }
         // Refused before anything is read or answered at length.
-        let refuse =
-            |status: tonic::Status| Either::Right(std::future::ready(Ok(status.into_http())));
+        let refuse = |status: tonic::Status| -> Self::Future {
+            Box::pin(std::future::ready(Ok(status.into_http())))
+        };
         if path.starts_with(REFLECTION) && trust == Trust::Anonymous {
             return refuse(tonic::Status::unauthenticated(
                 "reflection needs a client certificate (or a bearer token used on this connection)",
@@ -134,7 +146,7 @@ where
                 held: Some((permit, slot)),
             })
         });
-        Either::Left(self.inner.call(request))
+        Box::pin(self.inner.call(request))
     }
 }
 

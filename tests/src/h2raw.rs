@@ -19,15 +19,31 @@ pub struct HalfSent {
 }
 
 fn tls_config(ca: &Path) -> Arc<rustls::ClientConfig> {
+    tls_config_as(ca, None)
+}
+
+/// With `identity` (certificate and key files), a client certificate.
+fn tls_config_as(ca: &Path, identity: Option<(&Path, &Path)>) -> Arc<rustls::ClientConfig> {
     proto::client::install_crypto();
     let mut roots = rustls::RootCertStore::empty();
     use rustls::pki_types::pem::PemObject;
     for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).expect("CA file") {
         roots.add(cert.expect("CA certificate")).expect("CA added");
     }
-    let mut config = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+    let mut config = match identity {
+        Some((cert, key)) => {
+            let chain = rustls::pki_types::CertificateDer::pem_file_iter(cert)
+                .expect("certificate file")
+                .map(|c| c.expect("certificate"))
+                .collect();
+            let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key).expect("key");
+            builder
+                .with_client_auth_cert(chain, key)
+                .expect("client certificate")
+        }
+        None => builder.with_no_client_auth(),
+    };
     config.alpn_protocols = vec![b"h2".to_vec()];
     Arc::new(config)
 }
@@ -36,13 +52,21 @@ async fn connect(
     addr: SocketAddr,
     config: Arc<rustls::ClientConfig>,
 ) -> Option<h2::client::SendRequest<Bytes>> {
+    connect_with(addr, config, h2::client::Builder::new()).await
+}
+
+async fn connect_with(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    builder: h2::client::Builder,
+) -> Option<h2::client::SendRequest<Bytes>> {
     let tcp = TcpStream::connect(addr).await.ok()?;
     let name = rustls::pki_types::ServerName::try_from("localhost").ok()?;
     let tls = tokio_rustls::TlsConnector::from(config)
         .connect(name, tcp)
         .await
         .ok()?;
-    let (client, connection) = h2::client::handshake(tls).await.ok()?;
+    let (client, connection) = builder.handshake(tls).await.ok()?;
     tokio::spawn(connection);
     client.ready().await.ok()
 }

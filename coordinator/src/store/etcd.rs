@@ -321,7 +321,9 @@ impl Store for EtcdStore {
             let (term, revision) = current
                 .as_ref()
                 .map_or((0, 0), |kv| (parse_term(&kv.value), kv.mod_revision));
-            let next = term.saturating_add(1);
+            // Never wrap or stay put: two holders of one term would both
+            // write.
+            let next = term.checked_add(1).ok_or(StoreError::TermsExhausted)?;
             let taken = self.block_on(self.etcd.txn(TxnRequest {
                 compare: vec![etcd::unchanged_since(key.clone(), revision)],
                 success: vec![etcd::put(key.clone(), next.to_string().into_bytes())],
@@ -378,11 +380,13 @@ impl Store for EtcdStore {
     }
 }
 
+/// A stored term; one that is no number counts as exhausted, so nobody
+/// writes under a term that cannot be told apart from another.
 fn parse_term(value: &[u8]) -> u64 {
     std::str::from_utf8(value)
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+        .unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
@@ -543,6 +547,22 @@ mod tests {
         assert_eq!(store.events(None, 0).unwrap().len(), 300);
         assert_eq!(store.events_after(Some("big"), 0, 1000).unwrap().len(), 300);
         assert_eq!(store.events_after(None, 250, 1000).unwrap().len(), 50);
+    }
+
+    #[test]
+    fn an_exhausted_fencing_term_is_refused_not_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Etcd::open(dir.path(), 10);
+        let key = store.key("m/term", b"");
+        store
+            .block_on(store.etcd.txn(TxnRequest {
+                compare: vec![],
+                success: vec![etcd::put(key, u64::MAX.to_string().into_bytes())],
+                failure: vec![],
+            }))
+            .unwrap();
+        let err = store.fence().unwrap_err();
+        assert!(matches!(err, StoreError::TermsExhausted), "{err}");
     }
 
     #[test]

@@ -103,6 +103,12 @@ pub enum StoreError {
     #[error("a record for {key} would be {size} bytes, above the store's limit: refused")]
     TooLarge { key: String, size: usize },
     #[error(
+        "the store's fencing term is at its largest (or unreadable): no coordinator may take the \
+         store, since two holders of one term could both write; restore the store from a backup \
+         (export/import into a new data directory or etcd prefix)"
+    )]
+    TermsExhausted,
+    #[error(
         "a newer fencing term ({current:?}) was taken: this commit (term {held:?}) was refused"
     )]
     Fenced { held: Fence, current: Fence },

@@ -302,15 +302,17 @@ impl Opened {
     fn fence(&self) -> Result<Fence, StoreError> {
         let taken = self.db.transaction(|tx| {
             let current = tx.get(TERM_KEY)?.map_or(0, |v| be_u64(&v));
-            let next = current.saturating_add(1);
+            // Never wrap or stay put: two holders of one term would both
+            // write.
+            let next = current
+                .checked_add(1)
+                .ok_or(ConflictableTransactionError::Abort(()))?;
             tx.insert(TERM_KEY, &next.to_be_bytes())?;
             Ok::<_, ConflictableTransactionError<()>>(next)
         });
         let term = match taken {
             Ok(term) => term,
-            Err(TransactionError::Abort(())) => {
-                return Err(StoreError::Io("taking a fencing term was aborted".into()));
-            }
+            Err(TransactionError::Abort(())) => return Err(StoreError::TermsExhausted),
             Err(TransactionError::Storage(e)) => return Err(e.into()),
         };
         self.sync()?;

@@ -589,15 +589,28 @@ fn an_operator_with_a_token_keeps_its_watch_through_a_crowd() {
 
 #[test]
 fn half_sent_requests_of_strangers_neither_lock_out_operators_nor_hold_a_restart() {
-    let mut c = Cluster::start_secure(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let made = tests::tls::pki(&["token", "--name", "tina", "--role", "operator"]);
+    let lines: Vec<&str> = made.lines().collect();
+    let (token, entry) = (lines[1].trim(), lines[3..].join("\n"));
+    let tokens = dir.path().join("tokens.toml");
+    std::fs::write(&tokens, format!("{entry}\n")).unwrap();
+    let token_file = dir.path().join("tina.token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let mut c = Cluster::start_secure(&["--auth-tokens", tokens.to_str().unwrap()]);
     let before = group_of_two(&mut c);
     let ca = c.pki.as_ref().unwrap().ca();
     // More half-sent calls than the whole budget once was (256), from
     // callers without a certificate, four per connection.
     let flood = tests::h2raw::half_sent(c.grpc, &ca, "/failover.v1.AdminService/ListGroups", 70, 4);
     assert!(flood.sent >= 260, "only {} calls were sent", flood.sent);
-    // Operators have places of their own.
+    // Operators have places of their own, with a certificate or a token.
     let out = c.ctl(&["group", "list"]);
+    assert!(out.status.success(), "{}", out.stderr);
+    let out = c.ctl_as(
+        &["--token-file", token_file.to_str().unwrap()],
+        &["group", "list"],
+    );
     assert!(out.status.success(), "{}", out.stderr);
     // Reflection answers are large: not for callers without a certificate.
     let reflection = tests::h2raw::call_status(
