@@ -216,14 +216,7 @@ pub async fn run(
         leadership,
         election,
     };
-    let router = tonic::transport::Server::builder()
-        .max_concurrent_streams(Some(limits::MAX_STREAMS_PER_CONNECTION))
-        .layer(request_deadline::RequestDeadlineLayer::new(
-            grpc_connections.clone(),
-            auth.clone(),
-            shutdown.clone(),
-        ))
-        .add_service(health_service)
+    let grpc_routes = tonic::service::Routes::new(health_service)
         .add_service(reflection)
         .add_service(
             AgentServiceServer::new(sessions).max_decoding_message_size(limits::MAX_MESSAGE_BYTES),
@@ -232,11 +225,20 @@ pub async fn run(
             AdminServiceServer::new(admin::AdminApi::new(
                 api::Api::new(cluster, config.limits.max_watchers),
                 shutdown.clone(),
-                auth,
+                auth.clone(),
                 grpc_connections.clone(),
             ))
             .max_decoding_message_size(limits::MAX_MESSAGE_BYTES),
-        );
+        )
+        .prepare();
+    let grpc_service = tower::Layer::layer(
+        &request_deadline::RequestDeadlineLayer::new(
+            grpc_connections.clone(),
+            auth,
+            shutdown.clone(),
+        ),
+        grpc_routes,
+    );
     let routes = http::router(readiness.clone(), metrics);
     let stopped = shutdown.clone();
     let (grpc_task, http_task) = match &tls {
@@ -248,8 +250,7 @@ pub async fn run(
                 listener::Kind::Grpc,
                 shutdown.clone(),
             );
-            let grpc =
-                router.serve_with_incoming_shutdown(incoming, stopped.clone().cancelled_owned());
+            let grpc = listener::serve_grpc(incoming, grpc_service, stopped.clone());
             let https = listener::tls_incoming(
                 http_listener,
                 http_connections,
@@ -258,18 +259,17 @@ pub async fn run(
                 shutdown.clone(),
             );
             (
-                tokio::spawn(async move { grpc.await.map_err(anyhow::Error::from) }),
+                tokio::spawn(grpc),
                 tokio::spawn(listener::serve_http(https, routes, stopped)),
             )
         }
         None => {
             let incoming =
                 listener::plain_incoming(grpc_listener, grpc_connections, shutdown.clone());
-            let grpc =
-                router.serve_with_incoming_shutdown(incoming, stopped.clone().cancelled_owned());
+            let grpc = listener::serve_grpc(incoming, grpc_service, stopped.clone());
             let http = listener::plain_incoming(http_listener, http_connections, shutdown.clone());
             (
-                tokio::spawn(async move { grpc.await.map_err(anyhow::Error::from) }),
+                tokio::spawn(grpc),
                 tokio::spawn(listener::serve_http(http, routes, stopped)),
             )
         }

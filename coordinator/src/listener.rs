@@ -33,7 +33,8 @@ const BACKLOG: usize = 128;
 /// Requests at once on one HTTP/2 connection of the HTTP listener.
 const HTTP2_STREAMS: u32 = 4;
 /// Bytes of an answer buffered per HTTP/2 stream for a client that does
-/// not read.
+/// not read (both listeners): the rest waits in the answer itself, and an
+/// answer the client never takes holds no more than this.
 const HTTP2_SEND_BUFFER: usize = 64 * 1024;
 /// The pause after `accept` fails before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -222,6 +223,66 @@ pub(crate) async fn serve_http<T>(
                 .max_concurrent_streams(HTTP2_STREAMS)
                 .max_send_buf_size(HTTP2_SEND_BUFFER);
             let conn = builder.serve_connection(TokioIo::new(io), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(HTTP_SHUTDOWN_GRACE, conn).await;
+                }
+            }
+        });
+    }
+}
+
+/// Serves gRPC (`service`: the routes and their layers) on the
+/// connections `incoming` yields, over HTTP/2 only, until `shutdown`.
+/// Each request carries its connection's `ConnectInfo` (the peer's
+/// address, its TLS certificates), as tonic's own server would; unlike
+/// tonic's, this one bounds what each stream buffers for a client that
+/// does not read ([`HTTP2_SEND_BUFFER`]).
+pub(crate) async fn serve_grpc<T, S>(
+    mut incoming: Incoming<T>,
+    service: S,
+    shutdown: CancellationToken,
+) where
+    T: AsyncRead + AsyncWrite + tonic::transport::server::Connected + Unpin + Send + 'static,
+    T::ConnectInfo: Clone + Send + Sync + 'static,
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    loop {
+        let io = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            next = incoming.next() => match next {
+                Some(Ok(io)) => io,
+                Some(Err(_)) => continue,
+                None => return,
+            },
+        };
+        let info = io.connect_info();
+        let routes = service.clone();
+        let with_info = tower::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+            let mut request = request.map(tonic::body::Body::new);
+            request.extensions_mut().insert(info.clone());
+            tower::ServiceExt::oneshot(routes.clone(), request)
+        });
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let mut builder = Builder::new(TokioExecutor::new()).http2_only();
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .max_concurrent_streams(crate::limits::MAX_STREAMS_PER_CONNECTION)
+                .max_send_buf_size(HTTP2_SEND_BUFFER);
+            let conn =
+                builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(with_info));
             tokio::pin!(conn);
             tokio::select! {
                 _ = conn.as_mut() => {}

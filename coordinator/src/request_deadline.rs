@@ -32,10 +32,20 @@ const SESSION: &str = "/failover.v1.AgentService/Session";
 /// Paths of gRPC reflection.
 const REFLECTION: &str = "/grpc.reflection.";
 
+/// Calls whose answer the client has not taken yet (open streams
+/// included), per rank of caller — no certificate (callers without
+/// one get only short refusals), a viewer's, an operator's, admin's or node's. The
+/// server buffers at most 64 KiB of each (`listener.rs::serve_grpc`); an
+/// answer larger than that (a page of events, ~150 KB) waits, whole, for
+/// a reader, holding its place here.
+const MAX_ANSWERING: [usize; 3] = [256, 256, 512];
+
 /// The budget: one pool per rank of caller.
 #[derive(Clone)]
 pub(crate) struct RequestDeadlineLayer {
     pools: [Arc<Semaphore>; 3],
+    /// Calls whose answer the client has not taken yet, per rank.
+    answering: [Arc<Semaphore>; 3],
     connections: Arc<Connections>,
     auth: Arc<crate::auth::Auth>,
     shutdown: CancellationToken,
@@ -49,6 +59,7 @@ impl RequestDeadlineLayer {
     ) -> RequestDeadlineLayer {
         RequestDeadlineLayer {
             pools: std::array::from_fn(|_| Arc::new(Semaphore::new(MAX_REQUESTS_ARRIVING))),
+            answering: MAX_ANSWERING.map(|n| Arc::new(Semaphore::new(n))),
             connections,
             auth,
             shutdown,
@@ -136,6 +147,12 @@ where
                 "{MAX_REQUESTS_ARRIVING} requests of callers like you are arriving at once: try again"
             )));
         };
+        let Ok(answering) = layer.answering[trust as usize].clone().try_acquire_owned() else {
+            return refuse(tonic::Status::resource_exhausted(format!(
+                "{} answers to callers like you wait to be read: read them, or try again",
+                MAX_ANSWERING[trust as usize]
+            )));
+        };
         let stopping = Box::pin(layer.shutdown.clone().cancelled_owned());
         let request = request.map(|body| {
             tonic::body::Body::new(Deadline {
@@ -146,7 +163,43 @@ where
                 held: Some((permit, slot)),
             })
         });
-        Box::pin(self.inner.call(request))
+        let answer = self.inner.call(request);
+        Box::pin(async move {
+            let response = answer.await?;
+            Ok(response.map(|body| {
+                tonic::body::Body::new(Answering {
+                    inner: body,
+                    _place: answering,
+                })
+            }))
+        })
+    }
+}
+
+/// An answer holding its place among those waiting to be read until the
+/// server has sent all of it (or the client is gone).
+struct Answering {
+    inner: tonic::body::Body,
+    _place: OwnedSemaphorePermit,
+}
+
+impl Body for Answering {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -162,3 +162,65 @@ pub fn call_status(addr: SocketAddr, ca: &Path, path: &str) -> Option<String> {
         .ok()?
     })
 }
+
+/// `connections` connections with the client certificate `identity`, that
+/// announce a receive window of 0 (so no answer can be sent to them), each
+/// making `per_connection` complete calls to `path` and never reading.
+/// How many calls were refused at once because too many answers wait to be
+/// read; the connections close when this returns.
+pub fn never_read(
+    addr: SocketAddr,
+    ca: &Path,
+    identity: (&Path, &Path),
+    path: &str,
+    connections: usize,
+    per_connection: usize,
+) -> usize {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let config = tls_config_as(ca, Some(identity));
+    let path = path.to_owned();
+    runtime.block_on(async move {
+        let mut answers = Vec::new();
+        let mut held = Vec::new();
+        for _ in 0..connections {
+            let mut builder = h2::client::Builder::new();
+            builder.initial_window_size(0);
+            let Some(mut client) = connect_with(addr, config.clone(), builder).await else {
+                continue;
+            };
+            for _ in 0..per_connection {
+                let Ok((response, mut body)) = client.send_request(call(addr, &path), false) else {
+                    break;
+                };
+                let _ = body.send_data(Bytes::from_static(b"\0\0\0\0\0"), true);
+                answers.push(response);
+                // One at a time, so each has arrived before the next.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            held.push(client);
+        }
+        // Headers are not flow-controlled: a refusal arrives whole.
+        let mut refused = 0;
+        for response in answers {
+            let got = tokio::time::timeout(Duration::from_millis(500), response).await;
+            if let Ok(Ok(r)) = got {
+                let header = |name: &str| {
+                    r.headers()
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_owned()
+                };
+                if header("grpc-status") == "8" && header("grpc-message").contains("read") {
+                    refused += 1;
+                }
+            }
+        }
+        drop(held);
+        refused
+    })
+}

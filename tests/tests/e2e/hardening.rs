@@ -672,3 +672,32 @@ fn one_caller_cannot_take_every_event_watch() {
         let _ = w.wait();
     }
 }
+
+#[test]
+fn answers_nobody_reads_are_bounded_per_rank_of_caller() {
+    let c = Cluster::start_secure(&[]);
+    // Enough events that one answer of them is more than the server
+    // buffers for a stream (64 KiB).
+    c.ctl_ok(&["group", "add", "g", "--member", "n1"]);
+    for i in 0..400 {
+        let delay = format!("{}s", 30 + i);
+        c.ctl_ok(&["group", "set", "g", "--failback-delay", &delay]);
+    }
+    let pki = c.pki.as_ref().unwrap();
+    let (cert, key) = pki.operator("eve", "viewer");
+    // 20 connections × 16 calls whose answers can never be sent: more
+    // than the 256 a viewer's rank may leave unread.
+    let refused = tests::h2raw::never_read(
+        c.grpc,
+        &pki.ca(),
+        (&cert, &key),
+        "/failover.v1.AdminService/ListEvents",
+        20,
+        16,
+    );
+    // (A few answers may fit the buffer and finish; most cannot.)
+    assert!(refused >= 32, "only {refused} refused");
+    // An operator is another rank.
+    let out = c.ctl(&["events", "--limit", "1"]);
+    assert!(out.status.success(), "{}", out.stderr);
+}
