@@ -374,6 +374,38 @@ impl Run {
         }
     }
 
+    /// Sends an operator's member move and, a random moment later while it
+    /// may still be on its way, `kill`s the coordinator that would answer
+    /// it; what was asked, and whether it was acknowledged.
+    fn racing_move(&mut self, kill: impl FnOnce(&mut Cluster)) -> Raced {
+        let (group, node, position) = self.random_move();
+        let mut ctl = self.c.ctl_command();
+        let args = [
+            "group",
+            "member",
+            "move",
+            &group,
+            &node,
+            "--position",
+            &position.to_string(),
+        ]
+        .map(str::to_owned);
+        let racing =
+            std::thread::spawn(move || ctl.args(&args).output().map(|o| o.status.success()));
+        std::thread::sleep(Duration::from_millis(self.rng.random_range(0..30)));
+        kill(&mut self.c);
+        let acknowledged = racing
+            .join()
+            .expect("racing thread")
+            .expect("failoverctl runs");
+        Raced {
+            group,
+            node,
+            position,
+            acknowledged,
+        }
+    }
+
     /// The replica that leads now (waiting for one).
     fn leader(&self) -> usize {
         self.c.wait_leader()
@@ -412,37 +444,13 @@ impl Run {
     fn kill_leader(&mut self) {
         self.count("kill_leader");
         let leader = self.leader();
-        let (group, node, position) = self.random_move();
-        let mut ctl = self.c.ctl_command();
-        let args = [
-            "group",
-            "member",
-            "move",
-            &group,
-            &node,
-            "--position",
-            &position.to_string(),
-        ]
-        .map(str::to_owned);
-        let racing =
-            std::thread::spawn(move || ctl.args(&args).output().map(|o| o.status.success()));
-        std::thread::sleep(Duration::from_millis(self.rng.random_range(0..30)));
         let down_from = crate::now_ns();
-        self.c.kill_replica(leader);
-        let acknowledged = racing
-            .join()
-            .expect("racing thread")
-            .expect("failoverctl runs");
+        let raced = self.racing_move(|c| c.kill_replica(leader));
         let elected = self.new_leader_after(leader);
         self.coordinator_down.push((down_from, elected));
         self.hold(0.0..2.0);
         self.c.start_replica(leader);
-        self.check_durable(Some(Raced {
-            group,
-            node,
-            position,
-            acknowledged,
-        }));
+        self.check_durable(Some(raced));
     }
 
     /// SIGSTOP of the leading replica past its lease: another leads; when
@@ -739,35 +747,11 @@ impl Run {
     fn kill_coordinator(&mut self) {
         self.count("kill_coordinator");
         let down_from = crate::now_ns();
-        let (group, node, position) = self.random_move();
-        let mut ctl = self.c.ctl_command();
-        let args = [
-            "group",
-            "member",
-            "move",
-            &group,
-            &node,
-            "--position",
-            &position.to_string(),
-        ]
-        .map(str::to_owned);
-        let racing =
-            std::thread::spawn(move || ctl.args(&args).output().map(|o| o.status.success()));
-        std::thread::sleep(Duration::from_millis(self.rng.random_range(0..30)));
-        self.c.kill_coordinator();
-        let acknowledged = racing
-            .join()
-            .expect("racing thread")
-            .expect("failoverctl runs");
+        let raced = self.racing_move(Cluster::kill_coordinator);
         self.hold(0.0..2.0);
         self.c.start_coordinator();
         self.coordinator_down.push((down_from, crate::now_ns()));
-        self.check_durable(Some(Raced {
-            group,
-            node,
-            position,
-            acknowledged,
-        }));
+        self.check_durable(Some(raced));
     }
 
     /// A coordinator restart while a primary is cut off from it.

@@ -182,6 +182,19 @@ fn event_watches_are_capped_and_page_through_any_backlog() {
     }
 }
 
+/// A token file with operator `tina`'s token, and the file holding her
+/// token: `(tokens, token_file)` in `dir`.
+fn operator_token(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let made = tests::tls::pki(&["token", "--name", "tina", "--role", "operator"]);
+    let lines: Vec<&str> = made.lines().collect();
+    let (token, entry) = (lines[1].trim(), lines[3..].join("\n"));
+    let tokens = dir.join("tokens.toml");
+    std::fs::write(&tokens, format!("{entry}\n")).unwrap();
+    let token_file = dir.join("tina.token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    (tokens, token_file)
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -518,13 +531,7 @@ fn lists_of_any_length_come_in_pages_that_fit() {
 #[test]
 fn an_operator_with_a_token_keeps_its_watch_through_a_crowd() {
     let dir = tempfile::tempdir().unwrap();
-    let made = tests::tls::pki(&["token", "--name", "tina", "--role", "operator"]);
-    let lines: Vec<&str> = made.lines().collect();
-    let (token, entry) = (lines[1].trim(), lines[3..].join("\n"));
-    let tokens = dir.path().join("tokens.toml");
-    std::fs::write(&tokens, format!("{entry}\n")).unwrap();
-    let token_file = dir.path().join("tina.token");
-    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let (tokens, token_file) = operator_token(dir.path());
     let config = dir.path().join("limits.toml");
     std::fs::write(&config, "[limits]\nmax_connections = 30\n").unwrap();
     let mut c = Cluster::start_secure(&[
@@ -590,13 +597,7 @@ fn an_operator_with_a_token_keeps_its_watch_through_a_crowd() {
 #[test]
 fn half_sent_requests_of_strangers_neither_lock_out_operators_nor_hold_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let made = tests::tls::pki(&["token", "--name", "tina", "--role", "operator"]);
-    let lines: Vec<&str> = made.lines().collect();
-    let (token, entry) = (lines[1].trim(), lines[3..].join("\n"));
-    let tokens = dir.path().join("tokens.toml");
-    std::fs::write(&tokens, format!("{entry}\n")).unwrap();
-    let token_file = dir.path().join("tina.token");
-    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let (tokens, token_file) = operator_token(dir.path());
     let mut c = Cluster::start_secure(&["--auth-tokens", tokens.to_str().unwrap()]);
     let before = group_of_two(&mut c);
     let ca = c.pki.as_ref().unwrap().ca();
