@@ -24,6 +24,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// connection and then says nothing (a partition behind a proxy or a load
 /// balancer) must not hold the agent forever.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(3);
+/// The same for the leader a replica named: other replicas have just
+/// answered, so one that takes longer is frozen or gone (its followers
+/// name it until its leadership lapses), and the agent moves on.
+const LEADER_OPEN_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How long to wait after the coordinator refused this agent's identity.
 const REFUSED_RETRY: Duration = Duration::from_secs(5);
@@ -75,7 +79,7 @@ pub async fn connect(
         // (views out of step during an election) waits like a failure.
         let mut waited = false;
         for url in &urls {
-            let opened = open_within(url, &tls).await;
+            let opened = open_within(url, &tls, OPEN_TIMEOUT).await;
             let hint = opened.as_ref().err().and_then(|e| leader_hint(e, url));
             let opened = match hint {
                 // Its only URL (a Service name, a load balancer), or one
@@ -83,7 +87,7 @@ pub async fn connect(
                 // is not trusted blindly: the next URL of the list is.
                 Some(leader) if urls.len() == 1 || urls.contains(&leader) => {
                     tracing::info!(%url, %leader, "this coordinator replica does not lead: going to the leader");
-                    open_within(&leader, &tls)
+                    open_within(&leader, &tls, LEADER_OPEN_TIMEOUT)
                         .await
                         .map_err(|e| e.context(format!("the leader {leader} (named by {url})")))
                 }
@@ -125,13 +129,13 @@ pub async fn connect(
     }
 }
 
-/// Opens a session with `url`, giving up after [`OPEN_TIMEOUT`].
-async fn open_within(url: &str, tls: &ClientTls) -> anyhow::Result<Connection> {
-    tokio::time::timeout(OPEN_TIMEOUT, open(url, tls))
+/// Opens a session with `url`, giving up after `within`.
+async fn open_within(url: &str, tls: &ClientTls, within: Duration) -> anyhow::Result<Connection> {
+    tokio::time::timeout(within, open(url, tls))
         .await
         .unwrap_or_else(|_| {
             Err(anyhow::anyhow!(
-                "no answer within {OPEN_TIMEOUT:?} (the connection was accepted, nothing more)"
+                "no answer within {within:?} (the connection was accepted, nothing more)"
             ))
         })
 }
