@@ -55,6 +55,8 @@ pub(crate) struct Election {
     me: Replica,
     ttl: Duration,
     clock_drift: f64,
+    /// An unreadable leader key is reported at most once a minute.
+    unreadable_logged: crate::limits::LogEvery,
 }
 
 impl Election {
@@ -73,6 +75,7 @@ impl Election {
             me,
             ttl,
             clock_drift,
+            unreadable_logged: crate::limits::LogEvery::new(Duration::from_secs(60)),
         }
     }
 
@@ -176,8 +179,12 @@ impl Election {
             return Ok(Some(None));
         }
         let leader: Option<Replica> = serde_json::from_slice(&kv.value).ok();
-        if leader.is_none() {
-            tracing::warn!("the leader key is unreadable; it goes when its etcd lease ends");
+        if leader.is_none() && self.unreadable_logged.due() {
+            tracing::warn!(
+                lease = kv.lease,
+                "the leader key is unreadable (not written by a replica); it goes when its etcd \
+                 lease ends (etcdctl lease revoke to end it now)"
+            );
         }
         if leader.as_ref().is_some_and(|l| l.id == self.me.id) {
             // Left from an earlier term of this process whose lease could

@@ -52,6 +52,9 @@ pub(crate) struct EtcdStore {
     /// The store's calls are synchronous (the runtime makes them from a
     /// blocking thread); they run on this small runtime of their own.
     runtime: Option<tokio::runtime::Runtime>,
+    /// The last fencing term this store took, and the etcd revision at
+    /// which it wrote it.
+    taken: std::sync::Mutex<Option<(u64, i64)>>,
 }
 
 impl EtcdStore {
@@ -79,6 +82,7 @@ impl EtcdStore {
             prefix: location.prefix.as_bytes().to_vec(),
             event_retention: event_retention.max(1),
             runtime: Some(runtime),
+            taken: std::sync::Mutex::new(None),
         };
         store.check_schema(location)?;
         store.prune_events()?;
@@ -275,11 +279,20 @@ impl Store for EtcdStore {
             return Ok(());
         }
         let term_key = self.key("m/term", b"");
+        // The term this store took is the key exactly as it wrote it: any
+        // change since (a newer term, or the number put back by hand or by
+        // restoring etcd, which a later holder could take again) refuses.
+        let taken = *self
+            .taken
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let guard = |held: Fence| {
-            vec![etcd::value_is(
-                term_key.clone(),
-                held.0.to_string().into_bytes(),
-            )]
+            vec![match taken {
+                Some((term, revision)) if term == held.0 => {
+                    etcd::unchanged_since(term_key.clone(), revision)
+                }
+                _ => etcd::value_is(term_key.clone(), held.0.to_string().into_bytes()),
+            }]
         };
         let parts = chunks(last_per_key(self.ops(writes)?));
         let count = parts.len();
@@ -330,6 +343,11 @@ impl Store for EtcdStore {
                 failure: vec![],
             }))?;
             if taken.succeeded {
+                let revision = taken.header.map_or(0, |h| h.revision);
+                *self
+                    .taken
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((next, revision));
                 return Ok(Fence(next));
             }
         }
@@ -550,6 +568,32 @@ mod tests {
     }
 
     #[test]
+    fn a_term_put_back_by_hand_does_not_let_its_old_holder_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = Etcd::open(dir.path(), 10);
+        let term = old.fence().unwrap();
+        // Someone puts the number back (by hand, or by restoring etcd); the
+        // next holder takes the same number again.
+        let key = old.key("m/term", b"");
+        let back = (term.0 - 1).to_string().into_bytes();
+        old.block_on(old.etcd.txn(TxnRequest {
+            compare: vec![],
+            success: vec![etcd::put(key, back)],
+            failure: vec![],
+        }))
+        .unwrap();
+        let new = Etcd::open(dir.path(), 10);
+        assert_eq!(new.fence().unwrap(), term, "the same number again");
+        let refused = old.commit(&[Write::Event(conformance::event(1, "a"))], Some(term));
+        assert!(
+            matches!(refused, Err(StoreError::Fenced { .. })),
+            "{refused:?}"
+        );
+        new.commit(&[Write::Event(conformance::event(1, "a"))], Some(term))
+            .unwrap();
+    }
+
+    #[test]
     fn an_exhausted_fencing_term_is_refused_not_reused() {
         let dir = tempfile::tempdir().unwrap();
         let store = Etcd::open(dir.path(), 10);
@@ -596,6 +640,7 @@ mod tests {
             prefix: b"/x/".to_vec(),
             event_retention: 10,
             runtime: Some(tokio::runtime::Runtime::new().unwrap()),
+            taken: std::sync::Mutex::new(None),
         };
         let err = store.commit(&[Write::Event(conformance::event(1, "a"))], None);
         assert!(matches!(err, Err(StoreError::Unavailable(_))), "{err:?}");
