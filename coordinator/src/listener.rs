@@ -190,6 +190,22 @@ fn out_of_descriptors(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(23 | 24))
 }
 
+/// The next connection `incoming` yields, or `None` once it ends or
+/// `shutdown` is cancelled (a connection that failed to set up is
+/// skipped).
+async fn next_connection<T>(incoming: &mut Incoming<T>, shutdown: &CancellationToken) -> Option<T> {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            next = incoming.next() => match next {
+                Some(Ok(io)) => return Some(io),
+                Some(Err(_)) => continue,
+                None => return None,
+            },
+        }
+    }
+}
+
 /// Serves `router` on the connections of `incoming` until `shutdown`:
 /// HTTP/1.1 and HTTP/2, headers within [`HEADER_TIMEOUT`].
 pub(crate) async fn serve_http<T>(
@@ -199,15 +215,7 @@ pub(crate) async fn serve_http<T>(
 ) where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    loop {
-        let io = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            next = incoming.next() => match next {
-                Some(Ok(io)) => io,
-                Some(Err(_)) => continue,
-                None => return,
-            },
-        };
+    while let Some(io) = next_connection(&mut incoming, &shutdown).await {
         let service = TowerToHyperService::new(router.clone());
         let stop = shutdown.clone();
         tokio::spawn(async move {
@@ -257,15 +265,7 @@ pub(crate) async fn serve_grpc<T, S>(
         + 'static,
     S::Future: Send + 'static,
 {
-    loop {
-        let io = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            next = incoming.next() => match next {
-                Some(Ok(io)) => io,
-                Some(Err(_)) => continue,
-                None => return,
-            },
-        };
+    while let Some(io) = next_connection(&mut incoming, &shutdown).await {
         let info = io.connect_info();
         let routes = service.clone();
         let with_info = tower::service_fn(move |request: http::Request<hyper::body::Incoming>| {
