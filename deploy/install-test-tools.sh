@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs besides the Rust toolchain: a real etcd
-# (the replicated-coordinator tests run a 3-member cluster on loopback) and
+# (the replicated-coordinator tests run a 3-member cluster on loopback),
 # Python's venv (deploy/check-manifests.sh installs kubernetes-validate
-# from PyPI into one). kubectl must be there already.
+# from PyPI into one), and the Python tools the tests drive, from PyPI into
+# target/tools/python: aiosmtpd (a real SMTP server the notification tests
+# mail to). kubectl must be there already.
 # Debian/Ubuntu packages; run as root or with sudo. Does nothing when
 # everything is already there. ./test.sh runs it when etcd is missing.
 set -euo pipefail
@@ -16,7 +18,19 @@ elif ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
     missing+=(python3-venv)
 fi
 
+python_tools() {
+    local venv=target/tools/python
+    if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c 'import aiosmtpd' 2>/dev/null; then
+        return
+    fi
+    echo "==> installing the Python test tools into $venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check 'aiosmtpd==1.4.6'
+}
+
+cd "$(dirname "$0")/.."
 if [ ${#missing[@]} -eq 0 ]; then
+    python_tools
     exit 0
 fi
 
@@ -38,3 +52,4 @@ export DEBIAN_FRONTEND=noninteractive
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet etcd 2>/dev/null; then
     "${as_root[@]}" systemctl disable --now etcd >/dev/null 2>&1 || true
 fi
+python_tools

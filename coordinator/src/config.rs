@@ -138,6 +138,8 @@ pub struct Config {
     pub auth: AuthConfig,
     pub log: LogConfig,
     pub limits: LimitsConfig,
+    /// `[[notify]]`: where operators are told of events.
+    pub notify: Vec<crate::notify::config::NotifyConfig>,
 }
 
 /// `[etcd]`: the etcd cluster coordinator replicas share.
@@ -279,6 +281,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             log: LogConfig::default(),
             limits: LimitsConfig::default(),
+            notify: Vec::new(),
         }
     }
 }
@@ -433,6 +436,9 @@ impl Config {
             humantime::format_duration(self.limits.idle_timeout),
             self.limits.max_watchers
         ));
+        for sink in &self.notify {
+            text.push_str(&sink.describe());
+        }
         text
     }
 
@@ -519,6 +525,7 @@ impl Config {
             bail!("event_retention must be at least 1");
         }
         self.validate_etcd()?;
+        crate::notify::config::validate_all(&self.notify)?;
         self.defaults
             .validate()
             .context("invalid [defaults] in the configuration")?;

@@ -25,6 +25,7 @@ mod limits;
 mod listener;
 mod metrics;
 pub mod model;
+pub mod notify;
 pub mod policy;
 mod reload;
 mod request_deadline;
@@ -131,6 +132,10 @@ pub async fn run(
     let grpc_addr = grpc_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;
 
+    let sinks = notify::Sinks::build(&config.notify)?;
+    if !sinks.names().is_empty() {
+        tracing::info!(sinks = ?sinks.names(), "notifying through these sinks");
+    }
     let metrics = metrics::Metrics::new();
     let readiness = http::Readiness::default();
     let me = election::Replica {
@@ -139,11 +144,11 @@ pub async fn run(
     };
     let (leadership, mut leading, store_text, election) = match opened {
         Opened::Sled(store) => {
-            let (runtime, handle, groups) =
-                start_term(&config, &me.id, Arc::new(store), &metrics).await?;
             // The runtime stops as soon as shutdown begins: it must decide
             // nothing more (sessions closing would look like lapses).
             let stop = shutdown.clone();
+            let (runtime, handle, groups) =
+                start_term(&config, &me.id, Arc::new(store), &metrics, &sinks, &stop).await?;
             let task = tokio::spawn(runtime.run(stop.clone()));
             readiness.set(true);
             let text = format!("sled in {} ({groups} groups)", config.data_dir.display());
@@ -178,6 +183,7 @@ pub async fn run(
                 part,
                 readiness: readiness.clone(),
                 metrics: metrics.clone(),
+                sinks: sinks.clone(),
                 shutdown: shutdown.clone(),
             }));
             (
@@ -396,6 +402,8 @@ async fn start_term(
     id: &str,
     store: Arc<dyn Store>,
     metrics: &Arc<metrics::Metrics>,
+    sinks: &notify::Sinks,
+    stop: &CancellationToken,
 ) -> anyhow::Result<(Runtime, runtime::Handle, usize)> {
     let reading = store.clone();
     let (fence, recovered) = tokio::task::spawn_blocking(move || {
@@ -422,7 +430,15 @@ async fn start_term(
         recovered,
         runtime::now(),
     );
-    let (runtime, handle) = Runtime::new(engine, durable, store, fence, metrics.clone());
+    let (runtime, handle) = Runtime::new(engine, durable, store.clone(), fence, metrics.clone());
+    // The sinks deliver what this term records, and stop with it.
+    sinks.start(notify::Term {
+        store,
+        fence,
+        live: handle.event_sender(),
+        metrics: metrics.clone(),
+        stop: stop.clone(),
+    });
     Ok((runtime, handle, groups))
 }
 
@@ -436,6 +452,7 @@ struct Replicas {
     part: watch::Sender<leadership::Part>,
     readiness: http::Readiness,
     metrics: Arc<metrics::Metrics>,
+    sinks: notify::Sinks,
     shutdown: CancellationToken,
 }
 
@@ -455,8 +472,9 @@ async fn lead_while_elected(r: Replicas) -> anyhow::Result<()> {
             _ = r.shutdown.cancelled() => return Ok(()),
         };
         let store: Arc<dyn Store> = r.store.clone();
-        let (runtime, handle, groups) = match start_term(&r.config, &r.id, store, &r.metrics).await
-        {
+        let stop = CancellationToken::new();
+        let started = start_term(&r.config, &r.id, store, &r.metrics, &r.sinks, &stop).await;
+        let (runtime, handle, groups) = match started {
             Ok(started) => started,
             Err(e) => {
                 tracing::error!(error = %format!("{e:#}"), "elected, but cannot take the store; handing the leadership back");
@@ -466,7 +484,6 @@ async fn lead_while_elected(r: Replicas) -> anyhow::Result<()> {
             }
         };
         let (until_tx, until) = watch::channel(term.deadline);
-        let stop = CancellationToken::new();
         let mut task = tokio::spawn(runtime.leading_until(until).run(stop.clone()));
         r.part.send_replace(leadership::Part::Leading(handle));
         r.readiness.set(true);

@@ -28,6 +28,11 @@ pub(crate) struct EventLabels {
     pub kind: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct SinkLabels {
+    pub sink: String,
+}
+
 pub(crate) struct Metrics {
     registry: Registry,
     pub sessions: Gauge,
@@ -48,6 +53,10 @@ pub(crate) struct Metrics {
     pub decide: Histogram,
     pub promote: Histogram,
     pub overhead: Histogram,
+    /// Per notification sink: events recorded but not yet delivered.
+    pub notify_backlog: Family<SinkLabels, Gauge>,
+    pub notify_delivered: Family<SinkLabels, Counter>,
+    pub notify_failures: Family<SinkLabels, Counter>,
 }
 
 fn seconds() -> Histogram {
@@ -72,6 +81,9 @@ impl Metrics {
             decide: seconds(),
             promote: seconds(),
             overhead: seconds(),
+            notify_backlog: Family::default(),
+            notify_delivered: Family::default(),
+            notify_failures: Family::default(),
             registry: Registry::default(),
         };
         registry.register("agent_sessions", "Open agent sessions", m.sessions.clone());
@@ -138,6 +150,21 @@ impl Metrics {
             "The coordinator's share of a failover: decide + promote",
             Unit::Seconds,
             m.overhead.clone(),
+        );
+        registry.register(
+            "notify_backlog",
+            "Events recorded that a notification sink has not yet delivered",
+            m.notify_backlog.clone(),
+        );
+        registry.register(
+            "notify_delivered",
+            "Events a notification sink delivered",
+            m.notify_delivered.clone(),
+        );
+        registry.register(
+            "notify_failures",
+            "Failed delivery attempts of a notification sink (each is retried)",
+            m.notify_failures.clone(),
         );
         Arc::new(Metrics { registry, ..m })
     }

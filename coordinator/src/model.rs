@@ -133,6 +133,39 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// Every kind, in the order the README lists them.
+    pub const ALL: [EventKind; 24] = [
+        EventKind::GroupCreated,
+        EventKind::GroupDeleted,
+        EventKind::MemberAdded,
+        EventKind::MemberRemoved,
+        EventKind::MemberMoved,
+        EventKind::Promoted,
+        EventKind::PrimaryLapsed,
+        EventKind::PrimarySteppedDown,
+        EventKind::ShutdownGraceExpired,
+        EventKind::DuplicateNode,
+        EventKind::EpochClaimRefused,
+        EventKind::IdentityRefused,
+        EventKind::SteppingDown,
+        EventKind::StepDownConfirmed,
+        EventKind::NoPrimary,
+        EventKind::EpochRaised,
+        EventKind::PolicyChanged,
+        EventKind::MemberDrained,
+        EventKind::MemberUndrained,
+        EventKind::PromoteFailed,
+        EventKind::PrimaryUnhealthy,
+        EventKind::PrimaryLeft,
+        EventKind::PrimaryReturned,
+        EventKind::Alarm,
+    ];
+
+    /// The kind a name (as [`EventKind::as_str`] writes it) stands for.
+    pub fn from_name(name: &str) -> Option<EventKind> {
+        EventKind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             EventKind::GroupCreated => "group_created",

@@ -122,6 +122,11 @@ impl Handle {
         self.events.subscribe()
     }
 
+    /// Where new events are announced (for those that subscribe later).
+    pub(crate) fn event_sender(&self) -> broadcast::Sender<EventRecord> {
+        self.events.clone()
+    }
+
     /// Retained events, read straight from the store.
     pub(crate) async fn events(
         &self,

@@ -21,6 +21,7 @@ pub mod faults;
 pub mod h2raw;
 pub mod proxy;
 pub mod raw;
+pub mod sinks;
 pub mod tls;
 
 use nix::sys::signal::{Signal, kill};

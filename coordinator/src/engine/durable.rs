@@ -66,6 +66,7 @@ impl Durable {
                 Write::Event(event) => {
                     self.next_event_seq = self.next_event_seq.max(event.seq.saturating_add(1));
                 }
+                Write::Cursor { .. } => {}
             }
         }
     }
@@ -77,7 +78,7 @@ impl Durable {
             .filter_map(|w| match w {
                 Write::PutGroup(record) => Some(record.name.clone()),
                 Write::DeleteGroup { name, .. } => Some(name.clone()),
-                Write::Event(_) => None,
+                Write::Event(_) | Write::Cursor { .. } => None,
             })
             .collect()
     }

@@ -297,6 +297,12 @@ pub enum Write {
         lease_ttl: Duration,
     },
     Event(EventRecord),
+    /// How far a notification sink has delivered the event log (written
+    /// by the notifier, never by the engine).
+    Cursor {
+        sink: String,
+        seq: u64,
+    },
 }
 
 /// Why a new session was turned away after its Hello.

@@ -234,7 +234,7 @@ impl World {
                     self.store.remove(name);
                     self.floors.insert(name.clone(), *epoch_floor);
                 }
-                Write::Event(_) => {}
+                Write::Event(_) | Write::Cursor { .. } => {}
             }
         }
         for session in out.closes.iter().chain(out.refusals.iter().map(|(s, _)| s)) {

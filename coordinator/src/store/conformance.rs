@@ -49,6 +49,63 @@ pub(crate) fn all<T: Subject>() {
     the_event_log_keeps_the_retention::<T>();
     a_superseded_fence_changes_nothing::<T>();
     a_corrupt_record_is_a_clear_error::<T>();
+    delivery_cursors_are_kept_per_sink::<T>();
+}
+
+fn delivery_cursors_are_kept_per_sink<T: Subject>() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = T::open(dir.path(), 100);
+        assert!(store.cursors().unwrap().is_empty());
+        assert_eq!(store.last_event_seq().unwrap(), None);
+        let fence = store.fence().unwrap();
+        store
+            .commit(
+                &[
+                    Write::Event(event(1, "a")),
+                    Write::Event(event(2, "a")),
+                    Write::Cursor {
+                        sink: "mail".into(),
+                        seq: 1,
+                    },
+                    Write::Cursor {
+                        sink: "hook".into(),
+                        seq: 2,
+                    },
+                ],
+                Some(fence),
+            )
+            .unwrap();
+        store
+            .commit(
+                &[Write::Cursor {
+                    sink: "mail".into(),
+                    seq: 2,
+                }],
+                Some(fence),
+            )
+            .unwrap();
+    }
+    let store = T::open(dir.path(), 100);
+    let cursors = store.cursors().unwrap();
+    assert_eq!(cursors.get("mail"), Some(&2));
+    assert_eq!(cursors.get("hook"), Some(&2));
+    assert_eq!(cursors.len(), 2);
+    assert_eq!(store.last_event_seq().unwrap(), Some(2));
+    // A deposed holder cannot move a cursor.
+    let old = store.fence().unwrap();
+    store.fence().unwrap();
+    assert!(matches!(
+        store.commit(
+            &[Write::Cursor {
+                sink: "mail".into(),
+                seq: 1,
+            }],
+            Some(old),
+        ),
+        Err(StoreError::Fenced { .. })
+    ));
+    assert_eq!(store.cursors().unwrap().get("mail"), Some(&2));
 }
 
 fn group(name: &str, epoch: u64) -> GroupRecord {

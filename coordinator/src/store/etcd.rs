@@ -178,6 +178,12 @@ impl EtcdStore {
                         encode_floor(*epoch_floor, *lease_ttl),
                     ));
                 }
+                Write::Cursor { sink, seq } => {
+                    ops.push(etcd::put(
+                        self.key("c/", sink.as_bytes()),
+                        seq.to_string().into_bytes(),
+                    ));
+                }
                 Write::Event(event) => {
                     let key = self.event_key(event.seq);
                     let value = encode(&key, event)?;
@@ -366,6 +372,28 @@ impl Store for EtcdStore {
             events.drain(..events.len() - limit);
         }
         Ok(events)
+    }
+
+    fn last_event_seq(&self) -> Result<Option<u64>, StoreError> {
+        EtcdStore::last_event_seq(self)
+    }
+
+    fn cursors(&self) -> Result<std::collections::BTreeMap<String, u64>, StoreError> {
+        let from = self.key("c/", b"");
+        let kvs = self.block_on(self.etcd.range(&from, &prefix_end(&from)))?;
+        let mut cursors = std::collections::BTreeMap::new();
+        for kv in kvs {
+            let sink = String::from_utf8_lossy(&kv.key[from.len()..]).into_owned();
+            let seq = std::str::from_utf8(&kv.value)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| StoreError::Corrupt {
+                    key: String::from_utf8_lossy(&kv.key).into_owned(),
+                    reason: "not a number".into(),
+                })?;
+            cursors.insert(sink, seq);
+        }
+        Ok(cursors)
     }
 
     fn events_after(

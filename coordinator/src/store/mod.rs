@@ -56,6 +56,12 @@ pub(crate) trait Store: Send + Sync {
     /// limited to the most recent `limit` (0 = all).
     fn events(&self, group: Option<&str>, limit: usize) -> Result<Vec<EventRecord>, StoreError>;
 
+    /// The number of the latest event recorded, if any.
+    fn last_event_seq(&self) -> Result<Option<u64>, StoreError>;
+
+    /// How far each notification sink has delivered ([`Write::Cursor`]).
+    fn cursors(&self) -> Result<std::collections::BTreeMap<String, u64>, StoreError>;
+
     /// A page of retained events, oldest first: those numbered above
     /// `after`, optionally of one group, at most `max`.
     fn events_after(

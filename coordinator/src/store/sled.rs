@@ -24,6 +24,7 @@ use crate::model::EventRecord;
 const GROUP: &[u8] = b"g/";
 const FLOOR: &[u8] = b"f/";
 const EVENT: &[u8] = b"e/";
+const CURSOR: &[u8] = b"c/";
 const SCHEMA_KEY: &[u8] = b"m/schema";
 const TERM_KEY: &[u8] = b"m/term";
 /// How many batches were committed, written in every batch.
@@ -225,6 +226,9 @@ impl Opened {
                         key(FLOOR, name.as_bytes()),
                         encode_floor(*epoch_floor, *lease_ttl),
                     );
+                }
+                Write::Cursor { sink, seq } => {
+                    batch.insert(key(CURSOR, sink.as_bytes()), &seq.to_be_bytes());
                 }
                 Write::Event(event) => {
                     let event_key = key(EVENT, &event.seq.to_be_bytes());
@@ -549,6 +553,22 @@ impl Store for SledStore {
         max: usize,
     ) -> Result<Vec<EventRecord>, StoreError> {
         self.with(|db| db.events_after(group, after, max))
+    }
+
+    fn last_event_seq(&self) -> Result<Option<u64>, StoreError> {
+        self.with(Opened::last_event_seq)
+    }
+
+    fn cursors(&self) -> Result<std::collections::BTreeMap<String, u64>, StoreError> {
+        self.with(|db| {
+            let mut cursors = std::collections::BTreeMap::new();
+            for item in db.db.scan_prefix(CURSOR) {
+                let (key, value) = item?;
+                let sink = String::from_utf8_lossy(&key[CURSOR.len()..]).into_owned();
+                cursors.insert(sink, be_u64(&value));
+            }
+            Ok(cursors)
+        })
     }
 }
 

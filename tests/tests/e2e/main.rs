@@ -8,6 +8,7 @@ mod bad_input;
 mod failover;
 mod hardening;
 mod identity;
+mod notify;
 mod operations;
 mod policies;
 mod replicas;
