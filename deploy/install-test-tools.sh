@@ -4,7 +4,9 @@
 # Python's venv (deploy/check-manifests.sh installs kubernetes-validate
 # from PyPI into one), and the Python tools the tests drive, from PyPI into
 # target/tools/python: aiosmtpd (a real SMTP server the notification tests
-# mail to). kubectl must be there already.
+# mail to), schemathesis (tests the REST API against its OpenAPI document)
+# and selenium (drives Debian's chromium + chromium-driver, installed here,
+# through the status page). kubectl must be there already.
 # Debian/Ubuntu packages; run as root or with sudo. Does nothing when
 # everything is already there. ./test.sh runs it when etcd is missing.
 set -euo pipefail
@@ -12,6 +14,8 @@ set -euo pipefail
 missing=()
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
 if ! command -v python3 >/dev/null 2>&1; then
     missing+=(python3 python3-venv)
 elif ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
@@ -20,12 +24,13 @@ fi
 
 python_tools() {
     local venv=target/tools/python
-    if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c 'import aiosmtpd' 2>/dev/null; then
+    if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c 'import aiosmtpd, schemathesis, selenium' 2>/dev/null; then
         return
     fi
     echo "==> installing the Python test tools into $venv"
     python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check 'aiosmtpd==1.4.6'
+    "$venv/bin/pip" install --quiet --disable-pip-version-check \
+        'aiosmtpd==1.4.6' 'schemathesis==4.32.5' 'selenium==4.51.0'
 }
 
 cd "$(dirname "$0")/.."

@@ -29,8 +29,10 @@ pub mod notify;
 pub mod policy;
 mod reload;
 mod request_deadline;
+mod rest;
 mod runtime;
 mod session;
+mod status_page;
 mod store;
 mod tls;
 
@@ -222,19 +224,21 @@ pub async fn run(
         leadership,
         election,
     };
+    // One operators' API for gRPC and REST.
+    let admin = Arc::new(admin::AdminApi::new(
+        api::Api::new(cluster, config.limits.max_watchers),
+        shutdown.clone(),
+        auth.clone(),
+        grpc_connections.clone(),
+    ));
     let grpc_routes = tonic::service::Routes::new(health_service)
         .add_service(reflection)
         .add_service(
             AgentServiceServer::new(sessions).max_decoding_message_size(limits::MAX_MESSAGE_BYTES),
         )
         .add_service(
-            AdminServiceServer::new(admin::AdminApi::new(
-                api::Api::new(cluster, config.limits.max_watchers),
-                shutdown.clone(),
-                auth.clone(),
-                grpc_connections.clone(),
-            ))
-            .max_decoding_message_size(limits::MAX_MESSAGE_BYTES),
+            AdminServiceServer::from_arc(admin.clone())
+                .max_decoding_message_size(limits::MAX_MESSAGE_BYTES),
         )
         .prepare();
     let grpc_service = tower::Layer::layer(
@@ -245,7 +249,9 @@ pub async fn run(
         ),
         grpc_routes,
     );
-    let routes = http::router(readiness.clone(), metrics);
+    let routes = http::router(readiness.clone(), metrics)
+        .merge(rest::router(admin))
+        .merge(status_page::router());
     let stopped = shutdown.clone();
     let (grpc_task, http_task) = match &tls {
         Some(tls) => {

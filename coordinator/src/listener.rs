@@ -213,10 +213,20 @@ pub(crate) async fn serve_http<T>(
     router: axum::Router,
     shutdown: CancellationToken,
 ) where
-    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T: AsyncRead + AsyncWrite + tonic::transport::server::Connected + Unpin + Send + 'static,
+    T::ConnectInfo: Clone + Send + Sync + 'static,
 {
     while let Some(io) = next_connection(&mut incoming, &shutdown).await {
-        let service = TowerToHyperService::new(router.clone());
+        // Each request knows its connection (address, client certificate):
+        // the REST API names its caller from it.
+        let info = io.connect_info();
+        let routes = router.clone();
+        let with_info =
+            tower::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(info.clone());
+                tower::ServiceExt::oneshot(routes.clone(), request)
+            });
+        let service = TowerToHyperService::new(with_info);
         let stop = shutdown.clone();
         tokio::spawn(async move {
             let mut builder = Builder::new(TokioExecutor::new());

@@ -253,7 +253,7 @@ fn say(line: &str) {
 }
 
 fn print_group(output: Output, g: &pb::GroupStatus) {
-    print(output, output::group_json(g), output::group_table(g));
+    print(output, proto::json::group_json(g), output::group_table(g));
 }
 
 /// Every entry of a listing the coordinator answers in pages: `fetch`
@@ -359,7 +359,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .await?;
             print(
                 out,
-                output::groups_json(&groups),
+                proto::json::groups_json(&groups),
                 output::groups_table(&groups),
             );
         }
@@ -444,7 +444,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             })
             .await?;
-            print(out, output::nodes_json(&nodes), output::nodes_table(&nodes));
+            print(
+                out,
+                proto::json::nodes_json(&nodes),
+                output::nodes_table(&nodes),
+            );
         }
         // Handled above, without a coordinator.
         Command::Pki(_) => {}
@@ -455,7 +459,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .into_inner();
             print(
                 out,
-                output::cluster_json(&status),
+                proto::json::cluster_json(&status),
                 output::cluster_table(&status),
             );
         }
@@ -469,14 +473,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 while let Some(event) = stream.next().await {
                     let event = event?;
                     match out {
-                        Output::Json => say(&output::event_json(&event).to_string()),
+                        Output::Json => say(&proto::json::event_json(&event).to_string()),
                         Output::Table => say(&output::event_line(&event)),
                     }
                 }
             } else {
                 let events = client.list_events(request).await?.into_inner().events;
                 let json =
-                    serde_json::Value::Array(events.iter().map(output::event_json).collect());
+                    serde_json::Value::Array(events.iter().map(proto::json::event_json).collect());
                 let lines = events
                     .iter()
                     .map(output::event_line)

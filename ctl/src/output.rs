@@ -6,35 +6,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use comfy_table::presets::NOTHING;
 use comfy_table::{Cell, Table};
+use proto::json::{name, policy_json, role_name};
 use proto::v1 as pb;
-use proto::vocab::{Phase, Role};
+use proto::vocab::Phase;
 
-use crate::settings::policy_json;
-use serde_json::{Value, json};
-
-/// A wire enum value by its name, or `unknown`.
-fn name<T: TryFrom<i32> + Copy + std::fmt::Display>(value: i32) -> String {
-    T::try_from(value).map_or_else(|_| "unknown".into(), |v| v.to_string())
-}
-
-pub(crate) fn role_name(role: i32) -> String {
-    name::<Role>(role)
-}
-
-fn non_empty(s: &str) -> Value {
-    if s.is_empty() { Value::Null } else { json!(s) }
-}
-
-fn time(unix_ms: u64) -> Value {
-    if unix_ms == 0 {
-        Value::Null
-    } else {
-        json!(
-            humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(unix_ms))
-                .to_string()
-        )
-    }
-}
+use serde_json::Value;
 
 /// "3s ago", or "never" for 0.
 fn ago(unix_ms: u64) -> String {
@@ -56,31 +32,6 @@ fn table(header: &[&str]) -> Table {
     t.load_preset(NOTHING);
     t.set_header(header.iter().map(Cell::new));
     t
-}
-
-pub(crate) fn group_json(g: &pb::GroupStatus) -> Value {
-    json!({
-        "name": g.name,
-        "epoch": g.epoch,
-        "primary": non_empty(&g.primary),
-        "phase": name::<Phase>(g.phase),
-        "phase_since": time(g.phase_since_unix_ms),
-        "alarm": non_empty(&g.alarm),
-        "members": g.members.iter().enumerate().map(|(i, m)| json!({
-            "node": m.node,
-            "position": i,
-            "role": role_name(m.role),
-            "connected": m.connected,
-            "healthy": m.healthy,
-            "maintenance": m.maintenance,
-            "recently_failed": m.recently_failed,
-            "qualifies": m.qualifies,
-            "why_not": non_empty(&m.why_not),
-            "duplicate": non_empty(&m.duplicate),
-            "last_contact": time(m.last_contact_unix_ms),
-        })).collect::<Vec<_>>(),
-        "policy": policy_json(&g.policy.clone().unwrap_or_default()),
-    })
 }
 
 pub(crate) fn group_table(g: &pb::GroupStatus) -> String {
@@ -147,10 +98,6 @@ pub(crate) fn group_table(g: &pb::GroupStatus) -> String {
     out
 }
 
-pub(crate) fn groups_json(groups: &[pb::GroupStatus]) -> Value {
-    Value::Array(groups.iter().map(group_json).collect())
-}
-
 pub(crate) fn groups_table(groups: &[pb::GroupStatus]) -> String {
     let mut t = table(&["NAME", "PHASE", "PRIMARY", "EPOCH", "MEMBERS"]);
     for g in groups {
@@ -171,38 +118,6 @@ pub(crate) fn groups_table(groups: &[pb::GroupStatus]) -> String {
         ]);
     }
     t.to_string()
-}
-
-pub(crate) fn nodes_json(nodes: &[pb::NodeStatus]) -> Value {
-    Value::Array(
-        nodes
-            .iter()
-            .map(|n| {
-                json!({
-                    "node": n.node,
-                    "connected": n.connected,
-                    "healthy": n.healthy,
-                    "last_contact": time(n.last_contact_unix_ms),
-                    "address": non_empty(&n.address),
-                    "agent_version": non_empty(&n.agent_version),
-                    "instance": non_empty(&n.instance),
-                    "node_uuid": non_empty(&n.node_uuid),
-                    "duplicate": non_empty(&n.duplicate),
-                    "groups": n.groups.iter().map(|g| json!({
-                        "group": g.group,
-                        "role": role_name(g.role),
-                        "epoch": g.epoch,
-                    })).collect::<Vec<_>>(),
-                    "checks": n.checks.iter().map(|c| json!({
-                        "name": c.name,
-                        "passing": c.passing,
-                        "groups": c.groups,
-                        "detail": c.detail,
-                    })).collect::<Vec<_>>(),
-                })
-            })
-            .collect(),
-    )
 }
 
 pub(crate) fn nodes_table(nodes: &[pb::NodeStatus]) -> String {
@@ -243,20 +158,6 @@ pub(crate) fn nodes_table(nodes: &[pb::NodeStatus]) -> String {
     t.to_string()
 }
 
-pub(crate) fn event_json(e: &pb::Event) -> Value {
-    json!({
-        "seq": e.seq,
-        "time": time(e.unix_ms),
-        "group": e.group,
-        "kind": e.kind,
-        "epoch": e.epoch,
-        "old_primary": non_empty(&e.old_primary),
-        "new_primary": non_empty(&e.new_primary),
-        "reason": e.reason,
-        "actor": e.actor,
-    })
-}
-
 /// One event as one line, for tables and `--follow`.
 pub(crate) fn event_line(e: &pb::Event) -> String {
     let time = humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(e.unix_ms));
@@ -272,29 +173,6 @@ pub(crate) fn event_line(e: &pb::Event) -> String {
         "{time} #{} {} {} epoch={}{change} by {}: {}",
         e.seq, e.group, e.kind, e.epoch, e.actor, e.reason
     )
-}
-
-/// `cluster status -o json`: `store`, `leader` (its address, or null),
-/// `replicas` (`id`, `address`, `role`), `endpoints` (etcd members).
-pub(crate) fn cluster_json(s: &pb::ClusterStatusResponse) -> Value {
-    json!({
-        "store": s.store,
-        "leader": s.leader.as_ref().map(|l| l.url.clone()),
-        "leader_id": s.leader.as_ref().map(|l| l.id.clone()),
-        "answered_by": s.answered_by.as_ref().map(|r| r.url.clone()),
-        "replicas": s.replicas.iter().map(|r| json!({
-            "id": r.id,
-            "address": r.url,
-            "role": if r.leader { "leader" } else { "follower" },
-        })).collect::<Vec<_>>(),
-        "endpoints": s.endpoints.iter().map(|e| json!({
-            "url": e.url,
-            "healthy": e.healthy,
-            "version": e.version,
-            "leader": e.leader,
-            "error": e.error,
-        })).collect::<Vec<_>>(),
-    })
 }
 
 pub(crate) fn cluster_table(s: &pb::ClusterStatusResponse) -> String {

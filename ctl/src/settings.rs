@@ -6,9 +6,7 @@
 use std::time::Duration;
 
 use clap::Args;
-use proto::v1 as pb;
 use proto::vocab::{Failback, Fencing, Named, StandbyMode};
-use serde_json::{Value, json};
 
 use crate::cli::{parse_duration, parse_duration_or_zero};
 
@@ -94,35 +92,4 @@ impl PolicyArgs {
             fencing: self.fencing.map(|f| pb::Fencing::from(f) as i32),
         }
     }
-}
-
-/// A setting's name; an absent one reads as its default.
-fn setting<T: TryFrom<i32> + Default + std::fmt::Display>(value: Option<i32>) -> String {
-    value
-        .and_then(|v| T::try_from(v).ok())
-        .unwrap_or_default()
-        .to_string()
-}
-
-fn duration_ms(ms: Option<u64>) -> String {
-    humantime::format_duration(Duration::from_millis(ms.unwrap_or(0))).to_string()
-}
-
-/// Every setting, by its documented name, as printed by `group show`.
-pub(crate) fn policy_json(p: &pb::Policy) -> Value {
-    json!({
-        "heartbeat_interval": duration_ms(p.heartbeat_interval_ms),
-        "failover_timeout": duration_ms(p.failover_timeout_ms),
-        "connect_timeout": duration_ms(p.connect_timeout_ms),
-        "startup_timeout": duration_ms(p.startup_timeout_ms),
-        "shutdown_grace": duration_ms(p.shutdown_grace_ms),
-        "abnormal_timeout": duration_ms(p.abnormal_timeout_ms),
-        "auto_failover": p.auto_failover.unwrap_or(true),
-        "failback": setting::<Failback>(p.failback),
-        "failback_delay": duration_ms(p.failback_delay_ms),
-        "failback_window": p.failback_window.clone(),
-        "min_failover_interval": duration_ms(p.min_failover_interval_ms),
-        "standby_mode": setting::<StandbyMode>(p.standby_mode),
-        "fencing": setting::<Fencing>(p.fencing),
-    })
 }

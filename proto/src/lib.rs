@@ -4,6 +4,7 @@
 pub mod client;
 pub mod duration;
 pub mod identity;
+pub mod json;
 pub mod names;
 pub mod toml_error;
 pub mod vocab;

@@ -561,10 +561,27 @@ impl Cluster {
     /// `GET path` on the coordinator's HTTP listener (HTTPS in a secure
     /// cluster).
     pub fn http_get(&self, path: &str) -> Option<(u16, String)> {
+        self.http_call("GET", path, None, None)
+    }
+
+    /// A request to the coordinator's HTTP listener (HTTPS in a secure
+    /// cluster), with a bearer token and a JSON body when given.
+    pub fn http_call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> Option<(u16, String)> {
         match &self.pki {
-            Some(pki) => tls::https_get(self.http, path, &pki.ca()),
-            None => http_get(self.http, path),
+            Some(pki) => tls::https_request(self.http, method, path, &pki.ca(), token, body),
+            None => http_request(self.http, method, path, token, body),
         }
+    }
+
+    /// The HTTP listener's address.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -1077,17 +1094,58 @@ fn parse_hook_line(line: &str) -> Option<HookLine> {
 
 /// A minimal HTTP/1.0 GET: status code and body.
 pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
+    http_request(addr, "GET", path, None, None)
+}
+
+/// The request line and headers of a minimal HTTP/1.0 request, with a
+/// bearer token and a JSON body when given.
+pub fn request_head(
+    method: &str,
+    path: &str,
+    host: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> String {
+    let mut head = format!("{method} {path} HTTP/1.0\r\nHost: {host}\r\n");
+    if let Some(token) = token {
+        head.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    }
+    if let Some(body) = body {
+        head.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    head.push_str("\r\n");
+    head.push_str(body.unwrap_or_default());
+    head
+}
+
+/// Status code and body of an HTTP/1.0 answer.
+pub fn parse_response(response: &str) -> Option<(u16, String)> {
     let code = response.split_whitespace().nth(1)?.parse().ok()?;
     let body = response
         .split_once("\r\n\r\n")
         .map_or("", |(_, b)| b)
         .to_owned();
     Some((code, body))
+}
+
+/// A minimal HTTP/1.0 request: status code and body.
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let head = request_head(method, path, &addr.to_string(), token, body);
+    stream.write_all(head.as_bytes()).ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    parse_response(&response)
 }
 
 fn set_executable(path: &Path) {

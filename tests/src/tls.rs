@@ -147,6 +147,18 @@ pub fn pki(args: &[&str]) -> String {
 /// A minimal HTTP/1.0 GET over TLS, checking the server against `ca`:
 /// status code and body, or `None` if it cannot be had.
 pub fn https_get(addr: SocketAddr, path: &str, ca: &Path) -> Option<(u16, String)> {
+    https_request(addr, "GET", path, ca, None, None)
+}
+
+/// A minimal HTTP/1.0 request over TLS (the server checked against `ca`).
+pub fn https_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    ca: &Path,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> Option<(u16, String)> {
     proto::client::install_crypto();
     let mut roots = rustls::RootCertStore::empty();
     let pem = std::fs::read(ca).ok()?;
@@ -161,17 +173,12 @@ pub fn https_get(addr: SocketAddr, path: &str, ca: &Path) -> Option<(u16, String
     let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     tcp.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     let mut tls = rustls::StreamOwned::new(conn, tcp);
-    write!(tls, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let head = crate::request_head(method, path, "localhost", token, body);
+    tls.write_all(head.as_bytes()).ok()?;
     let mut response = Vec::new();
     // A server that closes without close_notify still sent everything.
     let _ = tls.read_to_end(&mut response);
-    let response = String::from_utf8_lossy(&response);
-    let code = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_owned();
-    Some((code, body))
+    crate::parse_response(&String::from_utf8_lossy(&response))
 }
 
 /// The certificate (DER) the server at `addr` presents, checked against

@@ -1,0 +1,563 @@
+//! The REST/JSON API under `/api/v1`, on the HTTP listener. Every call is
+//! the operators' gRPC call of the same name (`admin.rs`) with the HTTP
+//! request's caller (client certificate, `Authorization: Bearer`, address),
+//! so it has the same checks, roles, errors and event records; answers are
+//! the JSON `failoverctl ... -o json` prints (`proto::json`). The OpenAPI
+//! document is served at `/api/v1/openapi.json`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures::{Stream, StreamExt};
+use proto::json;
+use proto::v1 as pb;
+use proto::v1::admin_service_server::AdminService;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::admin::AdminApi;
+
+/// The largest request body taken.
+const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The OpenAPI 3 description of everything below.
+const OPENAPI: &str = include_str!("rest_openapi.json");
+
+pub(crate) fn router(admin: Arc<AdminApi>) -> Router {
+    Router::new()
+        .route("/api/v1/openapi.json", get(openapi))
+        .route("/api/v1/groups", get(list_groups).post(create_group))
+        .route("/api/v1/groups/{name}", get(get_group).delete(delete_group))
+        .route("/api/v1/groups/{name}/members", post(add_member))
+        .route(
+            "/api/v1/groups/{name}/members/{node}",
+            axum::routing::delete(remove_member).put(move_member),
+        )
+        .route(
+            "/api/v1/groups/{name}/settings",
+            axum::routing::patch(update_settings),
+        )
+        .route("/api/v1/groups/{name}/promote", post(promote))
+        .route("/api/v1/groups/{name}/takeover", post(takeover))
+        .route("/api/v1/groups/{name}/restore", post(restore))
+        .route("/api/v1/groups/{name}/drain", post(drain))
+        .route("/api/v1/groups/{name}/undrain", post(undrain))
+        .route("/api/v1/nodes", get(list_nodes))
+        .route("/api/v1/events", get(list_events))
+        .route("/api/v1/events/stream", get(stream_events))
+        .route("/api/v1/cluster", get(cluster))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(admin)
+}
+
+/// A refusal: the HTTP status of the gRPC code, and `{"error", "code"}`.
+pub(crate) struct ApiFailure {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    leader: Option<String>,
+}
+
+impl IntoResponse for ApiFailure {
+    fn into_response(self) -> Response {
+        let body = json!({"error": self.message, "code": self.code});
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(leader) = self.leader.and_then(|l| l.parse().ok()) {
+            response.headers_mut().insert("failover-leader", leader);
+        }
+        response
+    }
+}
+
+impl From<tonic::Status> for ApiFailure {
+    fn from(s: tonic::Status) -> ApiFailure {
+        use tonic::Code;
+        let (status, code) = match s.code() {
+            Code::InvalidArgument | Code::OutOfRange => {
+                (StatusCode::BAD_REQUEST, "invalid_argument")
+            }
+            Code::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            Code::AlreadyExists => (StatusCode::CONFLICT, "already_exists"),
+            Code::FailedPrecondition | Code::Aborted => {
+                (StatusCode::CONFLICT, "failed_precondition")
+            }
+            Code::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
+            Code::PermissionDenied => (StatusCode::FORBIDDEN, "permission_denied"),
+            Code::ResourceExhausted => (StatusCode::TOO_MANY_REQUESTS, "resource_exhausted"),
+            Code::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Code::DeadlineExceeded => (StatusCode::GATEWAY_TIMEOUT, "deadline_exceeded"),
+            Code::DataLoss => (StatusCode::GONE, "data_loss"),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        let leader = s
+            .metadata()
+            .get("failover-leader")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        ApiFailure {
+            status,
+            code,
+            message: s.message().to_owned(),
+            leader,
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiFailure {
+    fn from(r: JsonRejection) -> ApiFailure {
+        ApiFailure {
+            status: StatusCode::BAD_REQUEST,
+            code: "invalid_argument",
+            message: format!("the request body: {}", r.body_text()),
+            leader: None,
+        }
+    }
+}
+
+type Answer = Result<axum::Json<Value>, ApiFailure>;
+type Admin = State<Arc<AdminApi>>;
+
+/// The gRPC request of `message`, made by whoever made the HTTP request.
+fn call<T>(caller: &Caller, message: T) -> tonic::Request<T> {
+    let mut request = http::Request::new(message);
+    *request.headers_mut() = caller.headers.clone();
+    *request.extensions_mut() = caller.extensions.clone();
+    tonic::Request::from_http(request)
+}
+
+/// Who made an HTTP request: its headers (`Authorization`) and what the
+/// listener knows of its connection (address, client certificate).
+pub(crate) struct Caller {
+    headers: HeaderMap,
+    extensions: http::Extensions,
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        _: &S,
+    ) -> Result<Caller, Infallible> {
+        Ok(Caller {
+            headers: parts.headers.clone(),
+            extensions: parts.extensions.clone(),
+        })
+    }
+}
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
+}
+
+async fn not_found() -> ApiFailure {
+    ApiFailure {
+        status: StatusCode::NOT_FOUND,
+        code: "not_found",
+        message: "no such path: see /api/v1/openapi.json".into(),
+        leader: None,
+    }
+}
+
+fn group_answer(answer: Result<tonic::Response<pb::GroupStatus>, tonic::Status>) -> Answer {
+    Ok(axum::Json(json::group_json(&answer?.into_inner())))
+}
+
+async fn list_groups(State(admin): Admin, caller: Caller) -> Answer {
+    let mut groups = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let request = pb::ListGroupsRequest {
+            page_size: 0,
+            page_token,
+        };
+        let page = admin
+            .list_groups(call(&caller, request))
+            .await?
+            .into_inner();
+        groups.extend(page.groups);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    Ok(axum::Json(json::groups_json(&groups)))
+}
+
+/// `POST /api/v1/groups`: `{"name", "members", "settings"}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewGroup {
+    name: String,
+    #[serde(default)]
+    members: Vec<String>,
+    settings: Option<Settings>,
+}
+
+/// Group settings by the names `group show` prints them under; absent
+/// ones stay as they are (or take the defaults).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    heartbeat_interval: Option<String>,
+    failover_timeout: Option<String>,
+    connect_timeout: Option<String>,
+    startup_timeout: Option<String>,
+    shutdown_grace: Option<String>,
+    abnormal_timeout: Option<String>,
+    auto_failover: Option<bool>,
+    failback: Option<String>,
+    failback_delay: Option<String>,
+    /// "HH:MM-HH:MM" in UTC; "" clears it.
+    failback_window: Option<String>,
+    min_failover_interval: Option<String>,
+    standby_mode: Option<String>,
+    fencing: Option<String>,
+}
+
+fn bad_request(message: String) -> ApiFailure {
+    ApiFailure {
+        status: StatusCode::BAD_REQUEST,
+        code: "invalid_argument",
+        message,
+        leader: None,
+    }
+}
+
+impl Settings {
+    /// The settings as the admin API takes them; a malformed value is
+    /// refused naming the key.
+    fn to_proto(&self) -> Result<pb::Policy, ApiFailure> {
+        let ms = |key: &str, value: &Option<String>| -> Result<Option<u64>, ApiFailure> {
+            value
+                .as_deref()
+                .map(|text| {
+                    proto::duration::parse(text)
+                        .map(proto::duration::to_ms)
+                        .map_err(|e| bad_request(format!("{key}: {e}")))
+                })
+                .transpose()
+        };
+        fn named<T: std::str::FromStr<Err = E>, E: std::fmt::Display, W: From<T> + Into<i32>>(
+            value: &Option<String>,
+        ) -> Result<Option<i32>, ApiFailure> {
+            value
+                .as_deref()
+                .map(|text| {
+                    text.parse::<T>()
+                        .map(|v| W::from(v).into())
+                        .map_err(|e| bad_request(e.to_string()))
+                })
+                .transpose()
+        }
+        use proto::vocab::{Failback, Fencing, StandbyMode};
+        Ok(pb::Policy {
+            heartbeat_interval_ms: ms("heartbeat_interval", &self.heartbeat_interval)?,
+            failover_timeout_ms: ms("failover_timeout", &self.failover_timeout)?,
+            connect_timeout_ms: ms("connect_timeout", &self.connect_timeout)?,
+            startup_timeout_ms: ms("startup_timeout", &self.startup_timeout)?,
+            shutdown_grace_ms: ms("shutdown_grace", &self.shutdown_grace)?,
+            abnormal_timeout_ms: ms("abnormal_timeout", &self.abnormal_timeout)?,
+            auto_failover: self.auto_failover,
+            failback: named::<Failback, _, pb::Failback>(&self.failback)?,
+            failback_delay_ms: ms("failback_delay", &self.failback_delay)?,
+            failback_window: self.failback_window.clone(),
+            min_failover_interval_ms: ms("min_failover_interval", &self.min_failover_interval)?,
+            standby_mode: named::<StandbyMode, _, pb::StandbyMode>(&self.standby_mode)?,
+            fencing: named::<Fencing, _, pb::Fencing>(&self.fencing)?,
+        })
+    }
+}
+
+async fn create_group(
+    State(admin): Admin,
+    caller: Caller,
+    body: Result<axum::Json<NewGroup>, JsonRejection>,
+) -> Result<(StatusCode, axum::Json<Value>), ApiFailure> {
+    let axum::Json(g) = body?;
+    let request = pb::CreateGroupRequest {
+        name: g.name,
+        members: g.members,
+        policy: g.settings.map(|s| s.to_proto()).transpose()?,
+    };
+    let group = admin.create_group(call(&caller, request)).await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json::group_json(&group.into_inner())),
+    ))
+}
+
+async fn get_group(State(admin): Admin, caller: Caller, Path(name): Path<String>) -> Answer {
+    group_answer(
+        admin
+            .get_group(call(&caller, pb::GetGroupRequest { name }))
+            .await,
+    )
+}
+
+async fn delete_group(
+    State(admin): Admin,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiFailure> {
+    admin
+        .delete_group(call(&caller, pb::DeleteGroupRequest { name }))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST .../members`: `{"node", "position"}` (position: 0 = first;
+/// default last).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewMember {
+    node: String,
+    position: Option<u32>,
+}
+
+async fn add_member(
+    State(admin): Admin,
+    caller: Caller,
+    Path(group): Path<String>,
+    body: Result<axum::Json<NewMember>, JsonRejection>,
+) -> Answer {
+    let axum::Json(m) = body?;
+    let request = pb::AddMemberRequest {
+        group,
+        node: m.node,
+        position: m.position,
+    };
+    group_answer(admin.add_member(call(&caller, request)).await)
+}
+
+async fn remove_member(
+    State(admin): Admin,
+    caller: Caller,
+    Path((group, node)): Path<(String, String)>,
+) -> Answer {
+    let request = pb::RemoveMemberRequest { group, node };
+    group_answer(admin.remove_member(call(&caller, request)).await)
+}
+
+/// `PUT .../members/{node}`: `{"position": N}` (0 = first).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Position {
+    position: u32,
+}
+
+async fn move_member(
+    State(admin): Admin,
+    caller: Caller,
+    Path((group, node)): Path<(String, String)>,
+    body: Result<axum::Json<Position>, JsonRejection>,
+) -> Answer {
+    let axum::Json(Position { position }) = body?;
+    let request = pb::MoveMemberRequest {
+        group,
+        node,
+        position,
+    };
+    group_answer(admin.move_member(call(&caller, request)).await)
+}
+
+async fn update_settings(
+    State(admin): Admin,
+    caller: Caller,
+    Path(name): Path<String>,
+    body: Result<axum::Json<Settings>, JsonRejection>,
+) -> Answer {
+    let axum::Json(settings) = body?;
+    let request = pb::UpdateGroupRequest {
+        name,
+        policy: Some(settings.to_proto()?),
+    };
+    group_answer(admin.update_group(call(&caller, request)).await)
+}
+
+/// `POST .../promote` and `.../takeover`: `{"to": NODE}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct To {
+    to: String,
+}
+
+async fn promote(
+    State(admin): Admin,
+    caller: Caller,
+    Path(group): Path<String>,
+    body: Result<axum::Json<To>, JsonRejection>,
+) -> Answer {
+    let axum::Json(To { to }) = body?;
+    let request = pb::PromoteRequest { group, to };
+    group_answer(admin.promote(call(&caller, request)).await)
+}
+
+async fn takeover(
+    State(admin): Admin,
+    caller: Caller,
+    Path(group): Path<String>,
+    body: Result<axum::Json<To>, JsonRejection>,
+) -> Answer {
+    let axum::Json(To { to }) = body?;
+    let request = pb::TakeoverRequest { group, to };
+    group_answer(admin.takeover(call(&caller, request)).await)
+}
+
+async fn restore(State(admin): Admin, caller: Caller, Path(group): Path<String>) -> Answer {
+    let request = pb::RestoreRequest { group };
+    group_answer(admin.restore(call(&caller, request)).await)
+}
+
+/// `POST .../drain` and `.../undrain`: `{"node": NODE}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Node {
+    node: String,
+}
+
+async fn drain(
+    State(admin): Admin,
+    caller: Caller,
+    Path(group): Path<String>,
+    body: Result<axum::Json<Node>, JsonRejection>,
+) -> Answer {
+    let axum::Json(Node { node }) = body?;
+    let request = pb::DrainMemberRequest { group, node };
+    group_answer(admin.drain_member(call(&caller, request)).await)
+}
+
+async fn undrain(
+    State(admin): Admin,
+    caller: Caller,
+    Path(group): Path<String>,
+    body: Result<axum::Json<Node>, JsonRejection>,
+) -> Answer {
+    let axum::Json(Node { node }) = body?;
+    let request = pb::DrainMemberRequest { group, node };
+    group_answer(admin.undrain_member(call(&caller, request)).await)
+}
+
+async fn list_nodes(State(admin): Admin, caller: Caller) -> Answer {
+    let mut nodes = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let request = pb::ListNodesRequest {
+            page_size: 0,
+            page_token,
+        };
+        let page = admin.list_nodes(call(&caller, request)).await?.into_inner();
+        nodes.extend(page.nodes);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    Ok(axum::Json(json::nodes_json(&nodes)))
+}
+
+/// `?group=NAME&limit=N` (the most recent N; 0 or none = as many as one
+/// answer holds).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventQuery {
+    group: Option<String>,
+    limit: Option<u32>,
+}
+
+impl EventQuery {
+    fn request(self) -> Result<pb::ListEventsRequest, ApiFailure> {
+        if let Some(group) = &self.group {
+            proto::names::validate_group_name(group).map_err(|e| bad_request(e.to_string()))?;
+        }
+        Ok(pb::ListEventsRequest {
+            group: self.group.unwrap_or_default(),
+            limit: self.limit.unwrap_or(0),
+        })
+    }
+}
+
+fn query_failure(e: axum::extract::rejection::QueryRejection) -> ApiFailure {
+    ApiFailure {
+        status: StatusCode::BAD_REQUEST,
+        code: "invalid_argument",
+        message: format!("the query: {}", e.body_text()),
+        leader: None,
+    }
+}
+
+async fn list_events(
+    State(admin): Admin,
+    caller: Caller,
+    query: Result<Query<EventQuery>, axum::extract::rejection::QueryRejection>,
+) -> Answer {
+    let Query(query) = query.map_err(query_failure)?;
+    let events = admin
+        .list_events(call(&caller, query.request()?))
+        .await?
+        .into_inner();
+    Ok(axum::Json(Value::Array(
+        events.events.iter().map(json::event_json).collect(),
+    )))
+}
+
+/// How many past events a stream starts with unless asked.
+const STREAM_BACKLOG: u32 = 10;
+
+/// Server-Sent Events: the most recent `limit` events (default 10; 0 =
+/// every retained one), then each new one as it is recorded — `id:` its number,
+/// `event: event`, `data:` its JSON. A watch that fell behind, or that
+/// the coordinator ends, gets `event: error` with the reason, then ends.
+async fn stream_events(
+    State(admin): Admin,
+    caller: Caller,
+    query: Result<Query<EventQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiFailure> {
+    let Query(query) = query.map_err(query_failure)?;
+    let absent = query.limit.is_none();
+    let mut request = query.request()?;
+    if absent {
+        request.limit = STREAM_BACKLOG;
+    }
+    let watching = admin
+        .watch_events(call(&caller, request))
+        .await?
+        .into_inner();
+    let events = watching
+        .scan(false, |ended, item| {
+            if *ended {
+                return futures::future::ready(None);
+            }
+            let sse = match item {
+                Ok(event) => SseEvent::default()
+                    .id(event.seq.to_string())
+                    .event("event")
+                    .data(json::event_json(&event).to_string()),
+                Err(status) => {
+                    *ended = true;
+                    SseEvent::default()
+                        .event("error")
+                        .data(json!({"error": status.message()}).to_string())
+                }
+            };
+            futures::future::ready(Some(Ok(sse)))
+        })
+        .boxed();
+    Ok(Sse::new(events).keep_alive(axum::response::sse::KeepAlive::default()))
+}
+
+async fn cluster(State(admin): Admin, caller: Caller) -> Answer {
+    let status = admin
+        .cluster_status(call(&caller, pb::ClusterStatusRequest {}))
+        .await?
+        .into_inner();
+    Ok(axum::Json(json::cluster_json(&status)))
+}
