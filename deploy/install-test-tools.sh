@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs besides the Rust toolchain: a real etcd
 # (the replicated-coordinator tests run a 3-member cluster on loopback),
+# promtool (from the prometheus package: checks the metrics' text format),
 # Python's venv (deploy/check-manifests.sh installs kubernetes-validate
 # from PyPI into one), and the Python tools the tests drive, from PyPI into
 # target/tools/python: aiosmtpd (a real SMTP server the notification tests
@@ -14,6 +15,7 @@ set -euo pipefail
 missing=()
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
 if ! command -v python3 >/dev/null 2>&1; then
@@ -54,7 +56,9 @@ export DEBIAN_FRONTEND=noninteractive
 "${as_root[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
 # The package may start a system etcd on the default ports; the tests use
 # their own members on free ports, so it is stopped if it was started.
-if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet etcd 2>/dev/null; then
-    "${as_root[@]}" systemctl disable --now etcd >/dev/null 2>&1 || true
-fi
+for service in etcd prometheus prometheus-node-exporter; do
+    if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$service" 2>/dev/null; then
+        "${as_root[@]}" systemctl disable --now "$service" >/dev/null 2>&1 || true
+    fi
+done
 python_tools

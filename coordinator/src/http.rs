@@ -1,4 +1,5 @@
-//! The HTTP listener: liveness and readiness probes, Prometheus metrics.
+//! The HTTP listener: liveness and readiness probes, Prometheus metrics
+//! (OpenMetrics when the scraper asks for it, else the classic format).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,7 +10,9 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
+use crate::leadership::Leadership;
 use crate::metrics::Metrics;
+use crate::metrics_format::{CLASSIC, OPEN_METRICS, to_classic, wants_open_metrics};
 
 /// Whether the coordinator serves agents and operators (store loaded,
 /// listeners bound, not shutting down).
@@ -26,22 +29,30 @@ impl Readiness {
     }
 }
 
-pub(crate) fn router(readiness: Readiness, metrics: Arc<Metrics>) -> Router {
+pub(crate) fn router(
+    readiness: Readiness,
+    metrics: Arc<Metrics>,
+    leadership: Leadership,
+) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .with_state(readiness)
-        .route("/metrics", get(render).with_state(metrics))
+        .route("/metrics", get(render).with_state((metrics, leadership)))
 }
 
-async fn render(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        metrics.render(),
-    )
+async fn render(
+    State((metrics, leadership)): State<(Arc<Metrics>, Leadership)>,
+    headers: axum::http::HeaderMap,
+) -> impl IntoResponse {
+    let scraped = crate::group_metrics::registry(&leadership).await;
+    let text = metrics.render(&scraped);
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    if wants_open_metrics(accept) {
+        ([(header::CONTENT_TYPE, OPEN_METRICS)], text)
+    } else {
+        ([(header::CONTENT_TYPE, CLASSIC)], to_classic(&text))
+    }
 }
 
 async fn readyz(State(readiness): State<Readiness>) -> (StatusCode, &'static str) {

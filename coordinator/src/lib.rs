@@ -19,11 +19,13 @@ mod error;
 mod etcd;
 #[cfg(test)]
 mod fuzz_tests;
+mod group_metrics;
 mod http;
 mod leadership;
 mod limits;
 mod listener;
 mod metrics;
+mod metrics_format;
 pub mod model;
 pub mod notify;
 pub mod policy;
@@ -204,11 +206,19 @@ pub async fn run(
     health
         .set_serving::<AdminServiceServer<admin::AdminApi>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Reflection in both versions: grpcurl speaks v1, grpcio's client
+    // and older grpcurl builds only v1alpha.
+    let reflecting = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection = reflecting()
         .build_v1()
         .context("building the reflection service")?;
+    let reflection_v1alpha = reflecting()
+        .build_v1alpha()
+        .context("building the reflection service (v1alpha)")?;
 
     let (grpc_bounds, http_bounds) = fit_descriptors(&config.limits, tls.is_none());
     let grpc_connections = connections::Connections::new("gRPC", grpc_bounds);
@@ -219,6 +229,7 @@ pub async fn run(
         auth.clone(),
         grpc_connections.clone(),
     );
+    let cluster_leadership = leadership.clone();
     let cluster = cluster::Cluster {
         me,
         leadership,
@@ -233,6 +244,7 @@ pub async fn run(
     ));
     let grpc_routes = tonic::service::Routes::new(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(
             AgentServiceServer::new(sessions).max_decoding_message_size(limits::MAX_MESSAGE_BYTES),
         )
@@ -249,7 +261,7 @@ pub async fn run(
         ),
         grpc_routes,
     );
-    let routes = http::router(readiness.clone(), metrics)
+    let routes = http::router(readiness.clone(), metrics, cluster_leadership)
         .merge(rest::router(admin))
         .merge(status_page::router());
     let stopped = shutdown.clone();

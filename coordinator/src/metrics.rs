@@ -29,6 +29,11 @@ pub(crate) struct EventLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct SinkLabels {
     pub sink: String,
 }
@@ -151,6 +156,17 @@ impl Metrics {
             Unit::Seconds,
             m.overhead.clone(),
         );
+        let build = Family::<BuildLabels, Gauge>::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+            })
+            .set(1);
+        registry.register(
+            "build_info",
+            "Always 1; the coordinator's version is in the label",
+            build,
+        );
         registry.register(
             "notify_backlog",
             "Events recorded that a notification sink has not yet delivered",
@@ -169,11 +185,15 @@ impl Metrics {
         Arc::new(Metrics { registry, ..m })
     }
 
-    /// The Prometheus text exposition of every metric.
-    pub(crate) fn render(&self) -> String {
+    /// Every metric, and those of `scraped` (made for this scrape), as
+    /// OpenMetrics text.
+    pub(crate) fn render(&self, scraped: &Registry) -> String {
+        use prometheus_client::encoding::text::{encode_eof, encode_registry};
         let mut text = String::new();
         // Writing to a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        let _ = encode_registry(&mut text, &self.registry);
+        let _ = encode_registry(&mut text, scraped);
+        let _ = encode_eof(&mut text);
         text
     }
 }
@@ -195,7 +215,7 @@ mod tests {
                 kind: "promoted".into(),
             })
             .inc();
-        let text = m.render();
+        let text = m.render(&Registry::default());
         assert!(
             text.contains("failover_coordinator_overhead_seconds_bucket"),
             "{text}"

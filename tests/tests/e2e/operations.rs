@@ -475,3 +475,165 @@ fn metrics_report_sessions_commits_and_the_failover_split() {
     assert_eq!(value("failover_store_commits_total"), 2.0);
     assert!(value("failover_heartbeats_total") > 0.0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reflection_answers_in_both_versions() {
+    use tonic_reflection::pb::{v1, v1alpha};
+    let c = tokio::task::spawn_blocking(tests::Cluster::start)
+        .await
+        .unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(c.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let request = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    let mut client = v1::server_reflection_client::ServerReflectionClient::new(channel.clone());
+    let mut answers = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let answer = answers.message().await.unwrap().unwrap();
+    let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        answer.message_response
+    else {
+        panic!("v1: {answer:?}");
+    };
+    assert!(
+        list.service
+            .iter()
+            .any(|s| s.name == "failover.v1.AdminService"),
+        "{list:?}"
+    );
+
+    let request = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            v1alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
+        ),
+    };
+    let mut client = v1alpha::server_reflection_client::ServerReflectionClient::new(channel);
+    let mut answers = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let answer = answers.message().await.unwrap().unwrap();
+    let Some(v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        answer.message_response
+    else {
+        panic!("v1alpha: {answer:?}");
+    };
+    assert!(
+        list.service
+            .iter()
+            .any(|s| s.name == "failover.v1.AdminService"),
+        "{list:?}"
+    );
+}
+
+#[test]
+fn metrics_show_each_group_and_node_and_pass_promtool() {
+    use std::io::Write;
+    let mut c = tests::Cluster::start();
+    c.add_group_with("db", &["rec-1", "rec-2"], &tests::FAST);
+    c.start_agent("rec-1");
+    c.wait_primary("db", "rec-1");
+    let (_, text) = c.http_get("/metrics").unwrap();
+    let value = |text: &str, sample: &str| -> Option<String> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ').map(str::to_owned))
+    };
+    let epoch = c.group("db")["epoch"].to_string();
+    assert_eq!(
+        value(&text, "failover_group_has_primary{group=\"db\"}").as_deref(),
+        Some("1"),
+        "{text}"
+    );
+    assert_eq!(
+        value(&text, "failover_group_epoch{group=\"db\"}"),
+        Some(epoch),
+        "{text}"
+    );
+    assert_eq!(
+        value(&text, "failover_group_phase{group=\"db\",phase=\"active\"}").as_deref(),
+        Some("1"),
+        "{text}"
+    );
+    assert_eq!(
+        value(&text, "failover_node_connected{node=\"rec-1\"}").as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        value(&text, "failover_node_connected{node=\"rec-2\"}").as_deref(),
+        Some("0")
+    );
+    assert!(text.contains("failover_build_info{version=\""), "{text}");
+
+    // The classic text format passes promtool's checks (HELP on every
+    // family, counters named after their samples).
+    let (ok, said) = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .output_with_stdin(text.as_bytes());
+    assert!(ok, "promtool check metrics: {said}");
+
+    // OpenMetrics when the scraper asks for it.
+    let open = {
+        use std::io::Read;
+        let mut stream = std::net::TcpStream::connect(c.http_addr()).unwrap();
+        write!(
+            stream,
+            "GET /metrics HTTP/1.0\r\nAccept: application/openmetrics-text;version=1.0.0\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        answer
+    };
+    assert!(open.contains("application/openmetrics-text"), "{open}");
+    assert!(open.trim_end().ends_with("# EOF"), "{open}");
+
+    c.kill_agent("rec-1");
+    let text = c.wait_until("the gauges show the lost primary", || {
+        let (_, text) = c.http_get("/metrics")?;
+        (value(&text, "failover_node_connected{node=\"rec-1\"}").as_deref() == Some("0"))
+            .then_some(text)
+    });
+    assert!(
+        text.contains("failover_group_has_primary{group=\"db\"}"),
+        "{text}"
+    );
+}
+
+/// Runs a command with `input` on its stdin: (success, stdout + stderr).
+trait WithStdin {
+    fn output_with_stdin(&mut self, input: &[u8]) -> (bool, String);
+}
+
+impl WithStdin for std::process::Command {
+    fn output_with_stdin(&mut self, input: &[u8]) -> (bool, String) {
+        use std::io::Write;
+        let mut child = self
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("runs");
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+}
