@@ -44,6 +44,10 @@ pub struct Args {
     /// Check the configuration, print it, and exit.
     #[arg(long)]
     pub check_config: bool,
+    /// Print this manual page (roff) and exit:
+    /// `failover-agent --man-page > failover-agent.1`.
+    #[arg(long)]
+    pub man_page: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ValueEnum, Default)]
@@ -437,6 +441,7 @@ mod tests {
             tls_key: None,
             log_format: None,
             check_config: false,
+            man_page: false,
         }
     }
 

@@ -74,6 +74,10 @@ pub struct Args {
     /// Check the configuration, print it, and exit.
     #[arg(long)]
     pub check_config: bool,
+    /// Print this manual page (roff) and exit:
+    /// `failover-coordinator --man-page > failover-coordinator.1`.
+    #[arg(long)]
+    pub man_page: bool,
 }
 
 /// What to do instead of serving.

@@ -11,6 +11,17 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.man_page {
+        let mut page = Vec::new();
+        let man = clap_mangen::Man::new(<Args as clap::CommandFactory>::command());
+        if let Err(e) = man.render(&mut page) {
+            eprintln!("error: cannot make the manual page: {e}");
+            return ExitCode::FAILURE;
+        }
+        // A reader that went away (`| head`) is no failure.
+        let _ = std::io::stdout().write_all(&page);
+        return ExitCode::SUCCESS;
+    }
     let config = match Config::load(&args) {
         Ok(config) => config,
         Err(e) => {

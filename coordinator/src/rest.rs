@@ -158,13 +158,33 @@ async fn openapi() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
 }
 
-async fn not_found() -> ApiFailure {
+/// An unknown path; a gRPC call (failoverctl or an agent given this
+/// port) gets a gRPC status that says where to go instead.
+async fn not_found(headers: HeaderMap) -> Response {
+    let grpc = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/grpc"));
+    if grpc {
+        let message = "this is the coordinator's HTTP listener (status page, REST API, metrics): \
+                       gRPC clients use its gRPC listener (--listen, port 7400 by default)";
+        return (
+            [
+                (header::CONTENT_TYPE, "application/grpc"),
+                (header::HeaderName::from_static("grpc-status"), "12"),
+                (header::HeaderName::from_static("grpc-message"), message),
+            ],
+            "",
+        )
+            .into_response();
+    }
     ApiFailure {
         status: StatusCode::NOT_FOUND,
         code: "not_found",
         message: "no such path: see /api/v1/openapi.json".into(),
         leader: None,
     }
+    .into_response()
 }
 
 fn group_answer(answer: Result<tonic::Response<pb::GroupStatus>, tonic::Status>) -> Answer {

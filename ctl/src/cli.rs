@@ -49,6 +49,8 @@ pub(crate) enum Output {
 
 #[derive(Debug, Clone, Subcommand)]
 pub(crate) enum Command {
+    /// Every group and its members at a glance.
+    Status(WatchArgs),
     /// Create, inspect and change failover groups.
     #[command(subcommand)]
     Group(GroupCommand),
@@ -64,6 +66,37 @@ pub(crate) enum Command {
     /// coordinator's, nodes' and operators' certificates, and tokens.
     #[command(subcommand)]
     Pki(PkiCommand),
+    /// Print a shell completion script: `failoverctl completions bash >
+    /// /etc/bash_completion.d/failoverctl`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print this manual page (roff): `failoverctl man > failoverctl.1`.
+    Man,
+}
+
+#[derive(Debug, Clone, Copy, Args)]
+pub(crate) struct WatchArgs {
+    /// Show it again every INTERVAL until interrupted (Ctrl-C).
+    #[arg(
+        long,
+        short,
+        value_name = "INTERVAL",
+        num_args = 0..=1,
+        default_missing_value = "2s",
+        value_parser = parse_watch_interval
+    )]
+    pub watch: Option<Duration>,
+}
+
+/// A watch interval: at least 500ms.
+fn parse_watch_interval(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_millis(500) {
+        return Err("must be at least 500ms".into());
+    }
+    Ok(d)
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -157,9 +190,18 @@ pub(crate) enum GroupCommand {
     /// List all groups.
     List,
     /// Show one group and its members in priority order.
-    Show { name: String },
-    /// Delete a group; its primary steps down.
-    Delete { name: String },
+    Show {
+        name: String,
+        #[command(flatten)]
+        watch: WatchArgs,
+    },
+    /// Delete a group; its primary steps down. Asks first, unless --yes.
+    Delete {
+        name: String,
+        /// Do not ask for confirmation.
+        #[arg(long, short)]
+        yes: bool,
+    },
     /// Planned switchover: the primary steps down, then NODE is promoted.
     Promote {
         name: String,
@@ -174,6 +216,9 @@ pub(crate) enum GroupCommand {
         /// qualifies).
         #[arg(long, value_name = "NODE")]
         to: Option<String>,
+        /// Do not ask for confirmation when the primary is healthy.
+        #[arg(long, short)]
+        yes: bool,
     },
     /// Manual restore: hand the role back to the highest-priority healthy
     /// member.
@@ -235,9 +280,14 @@ pub(crate) struct EventsArgs {
     #[arg(short, long)]
     pub follow: bool,
     /// Show at most this many of the most recent events (0 = as many as
-    /// one answer holds, 1000; with --follow, every retained event).
+    /// one answer holds, 1000; with --follow, every retained event);
+    /// --follow starts with these, then prints each new one.
     #[arg(long, default_value_t = 50)]
     pub limit: u32,
+    /// Only events since then: a time (2026-11-24T04:00:00Z) or a
+    /// duration ago (10m, 2h).
+    #[arg(long, value_name = "WHEN", value_parser = parse_since)]
+    pub since: Option<std::time::SystemTime>,
 }
 
 /// Reads durations like `500ms`, `3s`, `1m 30s`; refuses zero.
@@ -252,6 +302,19 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Reads durations like `0s`, `500ms`, `3s`, `1m 30s`.
 pub(crate) fn parse_duration_or_zero(s: &str) -> Result<Duration, String> {
     proto::duration::parse(s).map_err(|e| e.to_string())
+}
+
+/// `--since`: an RFC 3339 time, or a duration before now.
+fn parse_since(s: &str) -> Result<std::time::SystemTime, String> {
+    if let Ok(at) = humantime::parse_rfc3339_weak(s) {
+        return Ok(at);
+    }
+    let ago = proto::duration::parse(s).map_err(|_| {
+        format!("{s:?} is neither a time (2026-11-24T04:00:00Z) nor a duration (10m, 2h)")
+    })?;
+    std::time::SystemTime::now()
+        .checked_sub(ago)
+        .ok_or_else(|| format!("{s:?} is too long ago"))
 }
 
 #[cfg(test)]

@@ -58,13 +58,20 @@ fn main() -> ExitCode {
 /// A malformed command line: clap's reason on one line, exit status 2.
 fn usage_error(e: &clap::Error) -> ExitCode {
     let rendered = e.render().to_string();
-    // clap's reason is the paragraph before its usage block.
-    let reason = rendered
+    // clap's reason is the paragraph before its usage block; its "did you
+    // mean" tips follow it.
+    let mut reason = rendered
         .lines()
         .take_while(|l| !l.trim().is_empty())
         .map(str::trim)
         .collect::<Vec<_>>()
         .join(" ");
+    for tip in rendered
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("tip: "))
+    {
+        reason.push_str(&format!(" ({tip})"));
+    }
     if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
         eprint!("{rendered}");
     } else {
@@ -253,7 +260,117 @@ fn say(line: &str) {
 }
 
 fn print_group(output: Output, g: &pb::GroupStatus) {
-    print(output, proto::json::group_json(g), output::group_table(g));
+    print(
+        output,
+        proto::json::group_json(g),
+        output::group_table(g, None),
+    );
+}
+
+fn pretty(json: &serde_json::Value) -> String {
+    serde_json::to_string_pretty(json).unwrap_or_default()
+}
+
+/// Every group, in name order.
+async fn all_groups(client: &Client) -> Result<Vec<pb::GroupStatus>, tonic::Status> {
+    all_pages(|page_token| {
+        let mut client = client.clone();
+        async move {
+            let page = client
+                .list_groups(pb::ListGroupsRequest {
+                    page_size: 0,
+                    page_token,
+                })
+                .await?
+                .into_inner();
+            Ok((page.groups, page.next_page_token))
+        }
+    })
+    .await
+}
+
+/// When the group's primary was promoted (its latest `promoted` event),
+/// if the log still holds it.
+async fn primary_since(client: &mut Client, g: &pb::GroupStatus) -> Option<u64> {
+    if g.primary.is_empty() {
+        return None;
+    }
+    let request = pb::ListEventsRequest {
+        group: g.name.clone(),
+        limit: 0,
+    };
+    let events = client.list_events(request).await.ok()?.into_inner().events;
+    events
+        .iter()
+        .rev()
+        .find(|e| e.kind == "promoted" && e.new_primary == g.primary && e.epoch <= g.epoch)
+        .map(|e| e.unix_ms)
+}
+
+/// Prints what `render` makes once, or — with an interval — again and
+/// again until interrupted (on a terminal, each time on a clear screen).
+/// While watching, a failure is shown and the next turn tries again.
+async fn watching<F, Fut>(interval: Option<Duration>, mut render: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<String>>,
+{
+    use std::io::IsTerminal;
+    let Some(interval) = interval else {
+        say(render().await?.trim_end());
+        return Ok(());
+    };
+    let terminal = std::io::stdout().is_terminal();
+    loop {
+        let shown = match render().await {
+            Ok(text) => text,
+            Err(e) => format!("error: {}", one_line(&e, "")),
+        };
+        if terminal {
+            // Home, clear the screen, then the time of this view.
+            say(&format!(
+                "\x1b[H\x1b[2J{} (every {}; Ctrl-C to stop)\n",
+                humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
+                humantime::format_duration(interval)
+            ));
+        }
+        say(shown.trim_end());
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// Asks on the terminal before something destructive; without a
+/// terminal, refuses (the caller adds --yes).
+fn confirm(question: &str) -> anyhow::Result<()> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        anyhow::bail!("{question} Not asked without a terminal: add --yes to go ahead");
+    }
+    eprint!("{question} [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    match answer.trim().to_ascii_lowercase().as_str() {
+        "y" | "yes" => Ok(()),
+        _ => anyhow::bail!("not done: not confirmed"),
+    }
+}
+
+/// Warns about members that have not connected since the coordinator
+/// started (only `node` when given): a typo in a node id makes a member
+/// that never serves, and a high-priority one holds nothing back.
+fn warn_unknown_members(g: &pb::GroupStatus, node: Option<&str>) {
+    for m in &g.members {
+        if node.is_some_and(|n| n != m.node) {
+            continue;
+        }
+        if !m.connected && m.last_contact_unix_ms == 0 {
+            eprintln!(
+                "warning: {} has not connected to the coordinator since it started: check the node id (a typo makes a member that never serves)",
+                m.node
+            );
+        }
+    }
 }
 
 /// Every entry of a listing the coordinator answers in pages: `fetch`
@@ -277,6 +394,23 @@ where
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut command, "failoverctl", &mut script);
+            say(String::from_utf8_lossy(&script).trim_end());
+            return Ok(());
+        }
+        Command::Man => {
+            let command = <Cli as clap::CommandFactory>::command();
+            let mut page = Vec::new();
+            clap_mangen::Man::new(command).render(&mut page)?;
+            say(String::from_utf8_lossy(&page).trim_end());
+            return Ok(());
+        }
+        _ => {}
+    }
     if let Command::Pki(pki) = &cli.command {
         return match pki {
             PkiCommand::Init { dir, sans } => pki::init(dir, sans),
@@ -317,6 +451,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 policy: Some(args.policy.to_proto()),
             };
             let g = client.create_group(request).await?.into_inner();
+            warn_unknown_members(&g, None);
             print_group(out, &g);
         }
         Command::Group(GroupCommand::Set { name, policy }) => {
@@ -327,7 +462,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let g = client.update_group(request).await?.into_inner();
             print_group(out, &g);
         }
-        Command::Group(GroupCommand::Takeover { name, to }) => {
+        Command::Group(GroupCommand::Takeover { name, to, yes }) => {
+            if !yes {
+                let g = client
+                    .get_group(pb::GetGroupRequest { name: name.clone() })
+                    .await?
+                    .into_inner();
+                let healthy = g
+                    .members
+                    .iter()
+                    .find(|m| m.node == g.primary)
+                    .is_some_and(|m| m.connected && m.healthy);
+                if healthy {
+                    confirm(&format!(
+                        "The primary of {name}, {}, is healthy: a takeover moves the role away from it. Take over?",
+                        g.primary
+                    ))?;
+                }
+            }
             let request = pb::TakeoverRequest {
                 group: name,
                 to: to.unwrap_or_default(),
@@ -343,34 +495,50 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print_group(out, &g);
         }
         Command::Group(GroupCommand::List) => {
-            let groups = all_pages(|page_token| {
-                let mut client = client.clone();
-                async move {
-                    let page = client
-                        .list_groups(pb::ListGroupsRequest {
-                            page_size: 0,
-                            page_token,
-                        })
-                        .await?
-                        .into_inner();
-                    Ok((page.groups, page.next_page_token))
-                }
-            })
-            .await?;
+            let groups = all_groups(&client).await?;
             print(
                 out,
                 proto::json::groups_json(&groups),
                 output::groups_table(&groups),
             );
         }
-        Command::Group(GroupCommand::Show { name }) => {
-            let g = client
-                .get_group(pb::GetGroupRequest { name })
-                .await?
-                .into_inner();
-            print_group(out, &g);
+        Command::Group(GroupCommand::Show { name, watch }) => {
+            watching(watch.watch, || {
+                let mut client = client.clone();
+                let name = name.clone();
+                async move {
+                    let g = client
+                        .get_group(pb::GetGroupRequest { name: name.clone() })
+                        .await?
+                        .into_inner();
+                    let since = primary_since(&mut client, &g).await;
+                    Ok(match out {
+                        Output::Json => pretty(&proto::json::group_json(&g)),
+                        Output::Table => output::group_table(&g, since),
+                    })
+                }
+            })
+            .await?;
         }
-        Command::Group(GroupCommand::Delete { name }) => {
+        Command::Status(watch) => {
+            watching(watch.watch, || {
+                let client = client.clone();
+                async move {
+                    let groups = all_groups(&client).await?;
+                    Ok(match out {
+                        Output::Json => pretty(&proto::json::groups_json(&groups)),
+                        Output::Table => output::status_table(&groups),
+                    })
+                }
+            })
+            .await?;
+        }
+        Command::Group(GroupCommand::Delete { name, yes }) => {
+            if !yes {
+                confirm(&format!(
+                    "Delete group {name}? Its primary steps down and its members stop serving it."
+                ))?;
+            }
             client
                 .delete_group(pb::DeleteGroupRequest { name: name.clone() })
                 .await?;
@@ -396,10 +564,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 } => {
                     let request = pb::AddMemberRequest {
                         group: name,
-                        node,
+                        node: node.clone(),
                         position,
                     };
-                    client.add_member(request).await?
+                    let answer = client.add_member(request).await?;
+                    warn_unknown_members(answer.get_ref(), Some(&node));
+                    answer
                 }
                 MemberCommand::Remove { name, node } => {
                     let request = pb::RemoveMemberRequest { group: name, node };
@@ -451,7 +621,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         // Handled above, without a coordinator.
-        Command::Pki(_) => {}
+        Command::Pki(_) | Command::Completions { .. } | Command::Man => {}
         Command::Cluster(ClusterCommand::Status) => {
             let status = client
                 .cluster_status(pb::ClusterStatusRequest {})
@@ -468,17 +638,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 group: args.group.unwrap_or_default(),
                 limit: args.limit,
             };
+            let since_ms = args.since.map(|at| {
+                at.duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            });
+            let wanted = |e: &pb::Event| since_ms.is_none_or(|s| e.unix_ms >= s);
             if args.follow {
                 let mut stream = client.watch_events(request).await?.into_inner();
                 while let Some(event) = stream.next().await {
                     let event = event?;
+                    if !wanted(&event) {
+                        continue;
+                    }
                     match out {
                         Output::Json => say(&proto::json::event_json(&event).to_string()),
                         Output::Table => say(&output::event_line(&event)),
                     }
                 }
             } else {
-                let events = client.list_events(request).await?.into_inner().events;
+                let mut events = client.list_events(request).await?.into_inner().events;
+                events.retain(wanted);
                 let json =
                     serde_json::Value::Array(events.iter().map(proto::json::event_json).collect());
                 let lines = events

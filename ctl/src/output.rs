@@ -5,7 +5,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use comfy_table::presets::NOTHING;
-use comfy_table::{Cell, Table};
+use comfy_table::{Cell, Color, Table};
 use proto::json::{name, policy_json, role_name};
 use proto::v1 as pb;
 use proto::vocab::Phase;
@@ -27,18 +27,62 @@ fn yes_no(b: bool) -> &'static str {
     if b { "yes" } else { "no" }
 }
 
+/// Colour only on a terminal, and never with NO_COLOR set.
+fn colour() -> bool {
+    use std::io::IsTerminal;
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
     t.load_preset(NOTHING);
+    if colour() {
+        t.enforce_styling();
+    } else {
+        t.force_no_tty();
+    }
     t.set_header(header.iter().map(Cell::new));
     t
 }
 
-pub(crate) fn group_table(g: &pb::GroupStatus) -> String {
+/// A member's role as people read it: a member that is not connected is
+/// `disconnected` (a primary that lost its agent: `primary (disconnected)`).
+fn shown_role(m: &pb::MemberStatus) -> String {
+    let role = role_name(m.role);
+    match (m.connected, role.as_str()) {
+        (true, _) => role,
+        (false, "primary") => "primary (disconnected)".into(),
+        (false, _) => "disconnected".into(),
+    }
+}
+
+/// A role, phase or flag, coloured by what it means.
+fn painted(text: String) -> Cell {
+    let colour = match text.as_str() {
+        "primary" | "active" | "yes" => Some(Color::Green),
+        "disconnected" | "primary (disconnected)" | "no_primary" | "fenced" | "no" => {
+            Some(Color::Red)
+        }
+        "failing_over" | "maintenance" => Some(Color::Yellow),
+        _ => None,
+    };
+    match colour {
+        Some(c) => Cell::new(text).fg(c),
+        None => Cell::new(text),
+    }
+}
+
+/// `group show`: the group, its settings, and its members in priority
+/// order; `since`: when the primary was promoted, if known.
+pub(crate) fn group_table(g: &pb::GroupStatus, since: Option<u64>) -> String {
     let primary = if g.primary.is_empty() {
         "-"
     } else {
         g.primary.as_str()
+    };
+    let primary = match since {
+        Some(at) => format!("{primary} (primary since {}, {})", rfc3339(at), ago(at)),
+        None => primary.to_owned(),
     };
     let mut out = format!(
         "group:    {}\nphase:    {} (since {})\nepoch:    {}\nprimary:  {}\n",
@@ -85,17 +129,72 @@ pub(crate) fn group_table(g: &pb::GroupStatus) -> String {
             m.why_not.clone()
         };
         t.add_row(vec![
-            i.to_string(),
-            m.node.clone(),
-            role_name(m.role),
-            yes_no(m.connected).into(),
-            yes_no(m.healthy).into(),
-            note,
-            ago(m.last_contact_unix_ms),
+            Cell::new(i),
+            Cell::new(&m.node),
+            painted(shown_role(m)),
+            painted(yes_no(m.connected).into()),
+            painted(yes_no(m.healthy).into()),
+            Cell::new(note),
+            Cell::new(ago(m.last_contact_unix_ms)),
         ]);
     }
     out.push_str(&t.to_string());
     out
+}
+
+fn rfc3339(unix_ms: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(unix_ms)).to_string()
+}
+
+/// `failoverctl status`: every group, one line per member, the group's
+/// facts on its first line.
+pub(crate) fn status_table(groups: &[pb::GroupStatus]) -> String {
+    if groups.is_empty() {
+        return "no groups (create one: failoverctl group add NAME --member NODE ...)".into();
+    }
+    let mut t = table(&[
+        "GROUP",
+        "PHASE",
+        "EPOCH",
+        "MEMBER",
+        "ROLE",
+        "HEALTHY",
+        "LAST CONTACT",
+        "NOTE",
+    ]);
+    for g in groups {
+        for (i, m) in g.members.iter().enumerate() {
+            let first = i == 0;
+            let note = if first && !g.alarm.is_empty() {
+                format!("ALARM: {}", g.alarm)
+            } else if !m.duplicate.is_empty() {
+                format!("DUPLICATE: {}", m.duplicate)
+            } else if m.maintenance {
+                "maintenance".into()
+            } else {
+                String::new()
+            };
+            t.add_row(vec![
+                Cell::new(if first { g.name.as_str() } else { "" }),
+                if first {
+                    painted(name::<Phase>(g.phase))
+                } else {
+                    Cell::new("")
+                },
+                Cell::new(if first {
+                    g.epoch.to_string()
+                } else {
+                    String::new()
+                }),
+                Cell::new(&m.node),
+                painted(shown_role(m)),
+                painted(yes_no(m.healthy).into()),
+                Cell::new(ago(m.last_contact_unix_ms)),
+                Cell::new(note),
+            ]);
+        }
+    }
+    t.to_string()
 }
 
 pub(crate) fn groups_table(groups: &[pb::GroupStatus]) -> String {

@@ -867,7 +867,12 @@ impl Run {
             _ => {
                 // A short-lived group.
                 if self.model.contains_key("tmp") {
-                    if self.c.ctl(&["group", "delete", "tmp"]).status.success() {
+                    if self
+                        .c
+                        .ctl(&["group", "delete", "tmp", "--yes"])
+                        .status
+                        .success()
+                    {
                         self.model.remove("tmp");
                     }
                 } else {

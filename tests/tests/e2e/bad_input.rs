@@ -132,7 +132,7 @@ fn failoverctl_refuses_bad_input_and_nothing_changes() {
             "whole number of milliseconds",
         ),
         (&["group", "show", "nope"], "does not exist"),
-        (&["group", "delete", "nope"], "does not exist"),
+        (&["group", "delete", "nope", "--yes"], "does not exist"),
         (
             &["group", "promote", "nope", "--to", "rec-1"],
             "does not exist",

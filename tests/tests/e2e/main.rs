@@ -5,6 +5,7 @@
 
 mod availability;
 mod bad_input;
+mod cli;
 mod failover;
 mod hardening;
 mod identity;

@@ -75,7 +75,7 @@ fn deleting_a_group_steps_its_primary_down_and_epochs_continue() {
     c.wait_nodes(&["rec-1"]);
     c.add_group("recorders", &["rec-1"]);
     c.wait_hook("rec-1 promoted", |h| h.role == "primary" && h.epoch == 1);
-    c.ctl_ok(&["group", "delete", "recorders"]);
+    c.ctl_ok(&["group", "delete", "recorders", "--yes"]);
     let down = c.wait_hook("rec-1 steps down", |h| h.role == "secondary");
     assert_eq!(down.previous, "primary");
     let list = c.ctl_json(&["group", "list"]);

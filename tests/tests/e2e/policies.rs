@@ -192,7 +192,7 @@ fn with_auto_failover_off_an_operator_takes_over_and_restores() {
         "{kinds:?}"
     );
 
-    let g = c.ctl_json(&["group", "takeover", "recorders"]);
+    let g = c.ctl_json(&["group", "takeover", "recorders", "--yes"]);
     assert_eq!(g["primary"], "rec-2");
     assert_eq!(g["alarm"], Value::Null);
     c.wait_hook("rec-2 takes over", |h| {
@@ -227,9 +227,9 @@ fn with_auto_failover_off_an_operator_takes_over_and_restores() {
     });
     assert!(down.at_ns < up.at_ns);
 
-    let g = c.ctl_json(&["group", "takeover", "recorders", "--to", "rec-3"]);
+    let g = c.ctl_json(&["group", "takeover", "recorders", "--to", "rec-3", "--yes"]);
     assert_eq!(g["primary"], "rec-3");
-    let out = c.ctl(&["group", "takeover", "recorders", "--to", "rec-9"]);
+    let out = c.ctl(&["group", "takeover", "recorders", "--to", "rec-9", "--yes"]);
     assert!(out.stderr.contains("not a member"), "{}", out.stderr);
 }
 

@@ -116,7 +116,7 @@ fn groups_move_from_the_embedded_store_to_etcd_with_their_epochs_and_floors() {
     c.wait_primary("recorders", "rec-1");
     c.ctl_ok(&["group", "promote", "recorders", "--to", "rec-2"]);
     c.add_group("gone", &["rec-1"]);
-    c.ctl_ok(&["group", "delete", "gone"]);
+    c.ctl_ok(&["group", "delete", "gone", "--yes"]);
     let before = c.group("recorders");
     // The embedded store is exported while no coordinator uses it.
     c.kill_coordinator();

@@ -60,7 +60,7 @@ fn acknowledged_changes_survive_kill_9_and_the_primary_keeps_its_role() {
     ]);
     c.ctl_ok(&["group", "promote", "recorders", "--to", "rec-3"]);
     c.add_group("spare", &["rec-2"]);
-    c.ctl_ok(&["group", "delete", "spare"]);
+    c.ctl_ok(&["group", "delete", "spare", "--yes"]);
     let before = c.group("recorders");
     assert_eq!(member_order(&before), ["rec-2", "rec-1", "rec-3"]);
     assert_eq!(before["primary"], "rec-3");

@@ -89,7 +89,7 @@ fn each_role_may_do_what_it_allows_and_is_told_what_it_lacks() {
     let promoted = c.ctl_as(&strs(&op), &["group", "promote", "g", "--to", "n2"]);
     assert!(promoted.status.success(), "{}", promoted.stderr);
     assert_eq!(c.group("g")["primary"], "n2");
-    let refused = c.ctl_as(&strs(&op), &["group", "delete", "g"]);
+    let refused = c.ctl_as(&strs(&op), &["group", "delete", "g", "--yes"]);
     assert_eq!(refused.status.code(), Some(1));
     assert!(
         refused.stderr.contains("needs the admin role"),
@@ -106,7 +106,7 @@ fn each_role_may_do_what_it_allows_and_is_told_what_it_lacks() {
     );
 
     // An admin deletes it.
-    c.ctl_ok(&["group", "delete", "g"]);
+    c.ctl_ok(&["group", "delete", "g", "--yes"]);
     assert_eq!(c.ctl(&["group", "show", "g"]).status.code(), Some(1));
 
     // Without any identity: refused, with what to present.
@@ -151,7 +151,7 @@ fn tokens_authenticate_operators_and_bad_tokens_are_refused() {
     assert!(c.ctl_as(&tina, &["group", "list"]).status.success());
     let moved = c.ctl_as(&tina, &["group", "promote", "g", "--to", "n2"]);
     assert!(moved.status.success(), "{}", moved.stderr);
-    let refused = c.ctl_as(&tina, &["group", "delete", "g"]);
+    let refused = c.ctl_as(&tina, &["group", "delete", "g", "--yes"]);
     assert_eq!(refused.status.code(), Some(1));
     assert!(
         refused.stderr.contains("needs the admin role"),
