@@ -33,6 +33,9 @@ pub struct Agent {
     driver: Driver,
     /// Latest verdicts of the health checks.
     checks: CheckBoard,
+    /// Stops the running checks (at the end, or when a reload replaces
+    /// them).
+    stop_checks: CancellationToken,
 }
 
 impl Agent {
@@ -67,6 +70,7 @@ impl Agent {
             identity,
             previous_instance,
             checks: CheckBoard::default(),
+            stop_checks: CancellationToken::new(),
         })
     }
 
@@ -75,15 +79,21 @@ impl Agent {
     /// duplicate ([`DuplicateNode`]).
     pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(node = %self.config.node_id, instance = %self.identity.short(), node_uuid = %self.identity.node_uuid, coordinators = ?self.config.coordinators, "agent starting");
-        let stop_checks = CancellationToken::new();
-        self.checks = checks::start(&self.config.checks, &stop_checks);
-        let check_changed = self.checks.changed.clone();
+        self.checks = checks::start(&self.config.checks, &self.stop_checks, None);
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         let mut outcome = Ok(());
         loop {
             self.driver.fence_expired();
             self.driver.drive_hooks();
             self.deliver_reports();
             let lease_wake = self.driver.until_lease_end();
+            let check_changed = self.checks.changed.clone();
+            let reload = async {
+                match hup.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
@@ -91,6 +101,7 @@ impl Agent {
                 Some(done) = self.driver.hook_done() => self.driver.on_hook_done(done),
                 // A check flipped: tell the coordinator now.
                 _ = check_changed.notified() => self.heartbeat(),
+                _ = reload => self.reload(),
                 event = self.link.next() => match event {
                     Ok(event) => self.on_link(event),
                     Err(duplicate) => {
@@ -101,8 +112,72 @@ impl Agent {
             }
         }
         self.stop().await;
-        stop_checks.cancel();
+        self.stop_checks.cancel();
         outcome
+    }
+
+    /// SIGHUP: the configuration again — checks, hooks and the log level
+    /// change now, without touching the session or any role; anything
+    /// wrong in it is refused whole and the running configuration stays.
+    fn reload(&mut self) {
+        let new = match AgentConfig::load(&self.config.source) {
+            Ok(new) => new,
+            Err(e) => {
+                tracing::error!(
+                    "configuration not reloaded (SIGHUP), the running one stays: {}",
+                    format!("{e:#}").replace('\n', " ")
+                );
+                return;
+            }
+        };
+        let problems = new.check_files();
+        if !problems.is_empty() {
+            tracing::error!(
+                "configuration not reloaded (SIGHUP), the running one stays: {}",
+                problems.join("; ")
+            );
+            return;
+        }
+        if let Err(e) = crate::logging::set_level(&new.log.level) {
+            tracing::error!("configuration not reloaded (SIGHUP), the running one stays: {e}");
+            return;
+        }
+        let mut changed = Vec::new();
+        if new.log.level != self.config.log.level {
+            changed.push("[log] level");
+        }
+        if format!("{:?}", new.hooks) != format!("{:?}", self.config.hooks) {
+            self.driver.set_hooks(new.hooks.clone());
+            changed.push("[hooks]");
+        }
+        if format!("{:?}", new.checks) != format!("{:?}", self.config.checks) {
+            let before = self.checks.snapshot();
+            self.stop_checks.cancel();
+            self.stop_checks = CancellationToken::new();
+            self.checks = checks::start(&new.checks, &self.stop_checks, Some(&before));
+            // The coordinator hears of the new set of checks at once.
+            self.heartbeat();
+            changed.push("[[checks]]");
+        }
+        let old = &self.config;
+        let waiting: Vec<&str> = [
+            ("node_id", old.node_id != new.node_id),
+            ("coordinator", old.coordinators != new.coordinators),
+            ("state_dir", old.state_dir != new.state_dir),
+            ("role_log", old.role_log != new.role_log),
+            ("tls", format!("{:?}", old.tls) != format!("{:?}", new.tls)),
+            ("[log] format", old.log.format != new.log.format),
+        ]
+        .into_iter()
+        .filter_map(|(key, differs)| differs.then_some(key))
+        .collect();
+        if !waiting.is_empty() {
+            tracing::warn!(keys = ?waiting, "changed in the configuration, but they take effect only at the next start");
+        }
+        tracing::info!(changed = ?changed, "configuration reloaded (SIGHUP)");
+        self.config.hooks = new.hooks;
+        self.config.checks = new.checks;
+        self.config.log.level = new.log.level;
     }
 
     fn on_link(&mut self, event: LinkEvent) {

@@ -155,19 +155,41 @@ impl CheckBoard {
     }
 }
 
-/// Starts one task per check; they stop with `shutdown`.
-pub fn start(checks: &[CheckConfig], shutdown: &CancellationToken) -> CheckBoard {
+/// Starts one task per check; they stop with `shutdown`. At a reload
+/// (`previous`: the verdicts before it) a check keeps its verdict, and a
+/// new one starts passing: a reload never makes a healthy node look
+/// unhealthy (which would move its roles), nor the reverse — only `fall`
+/// or `rise` runs in a row change a verdict. At the start, every check
+/// starts failing.
+pub fn start(
+    checks: &[CheckConfig],
+    shutdown: &CancellationToken,
+    previous: Option<&[pb::CheckStatus]>,
+) -> CheckBoard {
+    let was = |name: &str| previous.and_then(|p| p.iter().find(|p| p.name == name));
     let board = CheckBoard::default();
     *board
         .states
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner()) = checks
         .iter()
-        .map(|c| pb::CheckStatus {
-            name: c.name.clone(),
-            passing: false,
-            groups: c.groups.clone(),
-            detail: format!("starting: needs {} passing runs", c.rise),
+        .map(|c| match was(&c.name) {
+            Some(before) => pb::CheckStatus {
+                groups: c.groups.clone(),
+                ..before.clone()
+            },
+            None if previous.is_some() => pb::CheckStatus {
+                name: c.name.clone(),
+                passing: true,
+                groups: c.groups.clone(),
+                detail: format!("added by a reload: passes until it fails {} runs", c.fall),
+            },
+            None => pb::CheckStatus {
+                name: c.name.clone(),
+                passing: false,
+                groups: c.groups.clone(),
+                detail: format!("starting: needs {} passing runs", c.rise),
+            },
         })
         .collect();
     for (index, check) in checks.iter().enumerate() {
@@ -175,10 +197,15 @@ pub fn start(checks: &[CheckConfig], shutdown: &CancellationToken) -> CheckBoard
         let Ok(probe) = check.probe() else {
             continue;
         };
+        let passing = match was(&check.name) {
+            Some(before) => before.passing,
+            None => previous.is_some(),
+        };
         tokio::spawn(run(
             index,
             check.clone(),
             probe,
+            passing,
             board.clone(),
             shutdown.clone(),
         ));
@@ -190,11 +217,12 @@ async fn run(
     index: usize,
     check: CheckConfig,
     probe: Probe,
+    mut passing: bool,
     board: CheckBoard,
     shutdown: CancellationToken,
 ) {
     let http = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-    let (mut passing, mut good, mut bad) = (false, 0u32, 0u32);
+    let (mut good, mut bad) = (0u32, 0u32);
     loop {
         let result = match tokio::time::timeout(check.timeout, probe.run(&http)).await {
             Ok(result) => result,
@@ -345,7 +373,7 @@ mod tests {
         ))
         .unwrap();
         let shutdown = CancellationToken::new();
-        let board = start(&[config], &shutdown);
+        let board = start(&[config], &shutdown, None);
         let passing = |b: &CheckBoard| b.snapshot()[0].passing;
         assert!(!passing(&board), "a check starts failing");
         std::fs::write(&flag, "").unwrap();

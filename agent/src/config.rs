@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use crate::checks::CheckConfig;
 
-#[derive(Debug, Parser)]
+#[derive(Debug, Clone, Parser)]
 #[command(
     name = "failover-agent",
     version,
@@ -142,6 +142,8 @@ pub struct AgentConfig {
     /// TLS files for https:// coordinators.
     pub tls: proto::client::ClientTls,
     pub log: LogConfig,
+    /// How it was made (flags over `--config`), to make it again on SIGHUP.
+    pub source: Args,
 }
 
 /// Longest hook timeout accepted.
@@ -253,6 +255,7 @@ impl AgentConfig {
             hooks,
             checks: file.checks,
             log,
+            source: args.clone(),
         })
     }
 }

@@ -122,6 +122,12 @@ impl Driver {
         self.done_rx.recv().await
     }
 
+    /// Hooks started from now on run this way (a running one finishes as
+    /// it began).
+    pub fn set_hooks(&mut self, hooks: HooksConfig) {
+        self.hooks = hooks;
+    }
+
     /// Whether any hook is still running.
     pub fn hooks_running(&self) -> bool {
         self.slots.values().any(|s| s.running.is_some())

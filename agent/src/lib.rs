@@ -12,6 +12,7 @@ pub mod hook_output;
 pub mod hooks;
 pub mod identity;
 pub mod link;
+pub mod logging;
 pub mod role_log;
 pub mod roles;
 

@@ -1,13 +1,12 @@
 //! `failover-agent`: parses flags and configuration, sets up logging and
 //! signal handling, and runs [`agent::run`].
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::process::ExitCode;
 
-use agent::config::{AgentConfig, Args, LogFormat};
+use agent::config::{AgentConfig, Args};
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -48,7 +47,7 @@ fn main() -> ExitCode {
     for problem in config.check_files() {
         eprintln!("warning: {problem}");
     }
-    init_tracing(config.log.format, &config.log.level);
+    agent::logging::init(config.log.format, &config.log.level);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -75,20 +74,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(format: LogFormat, level: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
 /// Cancels `shutdown` on SIGTERM or Ctrl-C. SIGHUP never stops the agent
-/// (its default action would, and the primary's service would fence).
+/// (its default action would, and the primary's service would fence): it
+/// reloads the configuration (`agent.rs`).
 async fn cancel_on_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut hup)) = (
@@ -102,9 +90,8 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
-            _ = hup.recv() => {
-                tracing::info!("SIGHUP ignored: the agent does not reload its configuration; restart it to apply changes");
-            }
+            // Reloads the configuration: agent.rs.
+            _ = hup.recv() => {}
         }
     }
     shutdown.cancel();

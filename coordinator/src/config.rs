@@ -144,6 +144,9 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// `[[notify]]`: where operators are told of events.
     pub notify: Vec<crate::notify::config::NotifyConfig>,
+    /// The file this was read from (`--config`), re-read on SIGHUP.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// `[etcd]`: the etcd cluster coordinator replicas share.
@@ -286,6 +289,7 @@ impl Default for Config {
             log: LogConfig::default(),
             limits: LimitsConfig::default(),
             notify: Vec::new(),
+            source: None,
         }
     }
 }
@@ -298,6 +302,7 @@ impl Config {
             Some(path) => Config::from_file(path)?,
             None => Config::default(),
         };
+        config.source = args.config.clone();
         if let Some(v) = args.listen {
             config.listen = v;
         }
@@ -516,6 +521,18 @@ impl Config {
             .with_context(|| format!("cannot read config file {}", path.display()))?;
         proto::toml_error::parse(&text)
             .map_err(|e| anyhow::anyhow!("config file {} is invalid: {e}", path.display()))
+    }
+
+    /// Checks what a reload may change: `[defaults]`, `[[notify]]`, the
+    /// log level.
+    pub(crate) fn validate_live(&self) -> anyhow::Result<()> {
+        self.defaults
+            .validate()
+            .context("invalid [defaults] in the configuration")?;
+        crate::notify::config::validate_all(&self.notify)?;
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| anyhow::anyhow!("[log] level {:?}: {e}", self.log.level))?;
+        Ok(())
     }
 
     fn validate(&self) -> anyhow::Result<()> {

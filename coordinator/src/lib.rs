@@ -11,6 +11,7 @@ mod auth;
 pub mod backup;
 mod cluster;
 pub mod config;
+mod config_reload;
 mod connections;
 mod convert;
 mod election;
@@ -24,6 +25,7 @@ mod http;
 mod leadership;
 mod limits;
 mod listener;
+pub mod logging;
 mod metrics;
 mod metrics_format;
 pub mod model;
@@ -53,6 +55,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, StoreKind};
 use crate::engine::{Engine, EngineConfig};
+use crate::policy::Policy;
 use crate::runtime::Runtime;
 use crate::store::{EtcdLocation, EtcdStore, SledStore, Store, StoreError};
 
@@ -118,7 +121,6 @@ pub async fn run(
     if let Some(tokens) = &auth.tokens {
         reloadable.push(tokens.clone());
     }
-    tokio::spawn(reload::watch(reloadable, shutdown.clone()));
     if tls.is_some() && !auth.client_certs {
         tracing::warn!(
             "no client CA ([tls] client_ca): agent sessions are not authenticated, anyone who reaches this coordinator may act as any node"
@@ -136,9 +138,10 @@ pub async fn run(
     let grpc_addr = grpc_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;
 
-    let sinks = notify::Sinks::build(&config.notify)?;
-    if !sinks.names().is_empty() {
-        tracing::info!(sinks = ?sinks.names(), "notifying through these sinks");
+    let notifier = notify::Notifier::new(notify::Sinks::build(&config.notify)?);
+    let (defaults_tx, defaults_rx) = watch::channel(config.defaults.clone());
+    if !notifier.names().is_empty() {
+        tracing::info!(sinks = ?notifier.names(), "notifying through these sinks");
     }
     let metrics = metrics::Metrics::new();
     let readiness = http::Readiness::default();
@@ -151,8 +154,16 @@ pub async fn run(
             // The runtime stops as soon as shutdown begins: it must decide
             // nothing more (sessions closing would look like lapses).
             let stop = shutdown.clone();
-            let (runtime, handle, groups) =
-                start_term(&config, &me.id, Arc::new(store), &metrics, &sinks, &stop).await?;
+            let (runtime, handle, groups) = start_term(
+                &config,
+                &me.id,
+                Arc::new(store),
+                &metrics,
+                &notifier,
+                config.defaults.clone(),
+                &stop,
+            )
+            .await?;
             let task = tokio::spawn(runtime.run(stop.clone()));
             readiness.set(true);
             let text = format!("sled in {} ({groups} groups)", config.data_dir.display());
@@ -187,7 +198,8 @@ pub async fn run(
                 part,
                 readiness: readiness.clone(),
                 metrics: metrics.clone(),
-                sinks: sinks.clone(),
+                notifier: notifier.clone(),
+                defaults: defaults_rx.clone(),
                 shutdown: shutdown.clone(),
             }));
             (
@@ -230,6 +242,16 @@ pub async fn run(
         grpc_connections.clone(),
     );
     let cluster_leadership = leadership.clone();
+    if let Some(path) = &config.source {
+        reloadable.push(Arc::new(config_reload::ConfigReload::new(
+            path.clone(),
+            config.clone(),
+            notifier.clone(),
+            leadership.clone(),
+            defaults_tx,
+        )));
+    }
+    tokio::spawn(reload::watch(reloadable, shutdown.clone()));
     let cluster = cluster::Cluster {
         me,
         leadership,
@@ -420,7 +442,8 @@ async fn start_term(
     id: &str,
     store: Arc<dyn Store>,
     metrics: &Arc<metrics::Metrics>,
-    sinks: &notify::Sinks,
+    notifier: &notify::Notifier,
+    defaults: Policy,
     stop: &CancellationToken,
 ) -> anyhow::Result<(Runtime, runtime::Handle, usize)> {
     let reading = store.clone();
@@ -436,8 +459,8 @@ async fn start_term(
         EngineConfig {
             coordinator_id: id.to_owned(),
             clock_drift: config.clock_drift,
-            default_heartbeat_interval: config.defaults.heartbeat_interval,
-            default_policy: config.defaults.clone(),
+            default_heartbeat_interval: defaults.heartbeat_interval,
+            default_policy: defaults,
             // Among replicas the previous leader may act one leader lease
             // past this one's takeover (election.rs).
             takeover_wait: match config.store {
@@ -450,12 +473,13 @@ async fn start_term(
     );
     let (runtime, handle) = Runtime::new(engine, durable, store.clone(), fence, metrics.clone());
     // The sinks deliver what this term records, and stop with it.
-    sinks.start(notify::Term {
+    notifier.start_term(notify::Term {
         store,
         fence,
         live: handle.event_sender(),
         metrics: metrics.clone(),
         stop: stop.clone(),
+        term_stop: stop.clone(),
     });
     Ok((runtime, handle, groups))
 }
@@ -470,7 +494,9 @@ struct Replicas {
     part: watch::Sender<leadership::Part>,
     readiness: http::Readiness,
     metrics: Arc<metrics::Metrics>,
-    sinks: notify::Sinks,
+    notifier: Arc<notify::Notifier>,
+    /// `[defaults]` as last (re)loaded.
+    defaults: watch::Receiver<Policy>,
     shutdown: CancellationToken,
 }
 
@@ -491,7 +517,17 @@ async fn lead_while_elected(r: Replicas) -> anyhow::Result<()> {
         };
         let store: Arc<dyn Store> = r.store.clone();
         let stop = CancellationToken::new();
-        let started = start_term(&r.config, &r.id, store, &r.metrics, &r.sinks, &stop).await;
+        let defaults = r.defaults.borrow().clone();
+        let started = start_term(
+            &r.config,
+            &r.id,
+            store,
+            &r.metrics,
+            &r.notifier,
+            defaults,
+            &stop,
+        )
+        .await;
         let (runtime, handle, groups) = match started {
             Ok(started) => started,
             Err(e) => {

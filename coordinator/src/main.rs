@@ -1,13 +1,12 @@
 //! `failover-coordinator`: parses flags and configuration, sets up logging
 //! and signal handling, and runs [`coordinator::run`].
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
-use coordinator::config::{Args, Config, LogFormat, Subcommand};
+use coordinator::config::{Args, Config, Subcommand};
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -54,7 +53,7 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    init_tracing(config.log.format, &config.log.level);
+    coordinator::logging::init(config.log.format, &config.log.level);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -124,18 +123,6 @@ fn backup_command(command: &Subcommand, config: &Config) -> anyhow::Result<()> {
     }
 }
 
-fn init_tracing(format: LogFormat, level: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
 /// Cancels `shutdown` on SIGTERM or Ctrl-C. SIGHUP never stops the
 /// coordinator (its default action would, and every strict primary would
 /// fence once its lease ran out).
@@ -153,7 +140,8 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
             _ = hup.recv() => {
-                tracing::info!("SIGHUP: TLS certificates and the token file are re-read; the rest of the configuration needs a restart");
+                // Handled in coordinator::reload: the configuration file
+                // (notifications, defaults, log level), TLS files, tokens.
             }
         }
     }

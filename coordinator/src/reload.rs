@@ -1,6 +1,7 @@
 //! Files the coordinator re-reads while it runs — TLS certificates and
 //! keys, the operators' token file — when they change on disk (their
-//! inode, size and times are looked at every two seconds) and on SIGHUP. A
+//! inode, size and times are looked at every two seconds) and on SIGHUP
+//! (the configuration file: only on SIGHUP, `config_reload.rs`). A
 //! file that does not load leaves the running version in place; whoever
 //! reloads logs why.
 
@@ -19,6 +20,10 @@ pub(crate) trait Reload: Send + Sync {
     fn files(&self) -> Vec<PathBuf>;
     /// Makes it again from the files; on failure keeps the old one.
     fn reload(&self, why: &str);
+    /// Whether a change of its files is enough (else only SIGHUP).
+    fn on_change(&self) -> bool {
+        true
+    }
 }
 
 /// Reloads each of `items` whenever one of its files changes, and all of
@@ -51,7 +56,7 @@ pub(crate) async fn watch(items: Vec<Arc<dyn Reload>>, shutdown: CancellationTok
             _ = tick.tick() => {
                 for (item, seen) in items.iter().zip(seen.iter_mut()) {
                     let now = stamps(item.as_ref());
-                    if now != *seen {
+                    if now != *seen && item.on_change() {
                         item.reload("a file changed");
                         // Not again for the same change, even if it did
                         // not load.

@@ -187,7 +187,7 @@ impl Engine {
         match durable.floors.get(name) {
             Some(&(floor, ttl)) => {
                 self.epoch_floors.insert(name.clone(), floor);
-                let ttl = ttl.unwrap_or(self.config.default_policy.failover_timeout);
+                let ttl = ttl.unwrap_or(self.lease_fallback);
                 self.deleted_leases.insert(
                     name.clone(),
                     DeletedLease {

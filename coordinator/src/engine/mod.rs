@@ -148,6 +148,11 @@ pub enum Input {
         actor: String,
         command: AdminCommand,
     },
+    /// The configuration was reloaded: new groups take these settings, and
+    /// nodes in no group this heartbeat interval.
+    Defaults {
+        policy: Policy,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -387,6 +392,10 @@ pub struct Engine {
     /// Groups touched in the current step, whose changed records are
     /// written at its end.
     touched: BTreeSet<String>,
+    /// The lease assumed for a deleted group whose record does not say:
+    /// the longest default failover timeout of this run, so a reload that
+    /// shortens the default never shortens a wait.
+    lease_fallback: Duration,
 }
 
 /// The lease a deleted group's primary may still hold.
@@ -481,6 +490,7 @@ impl Engine {
                 next_seq: recovered.next_event_seq,
             },
             touched: BTreeSet::new(),
+            lease_fallback: default_ttl,
         };
         for record in recovered.groups {
             let name = record.name.clone();
@@ -537,8 +547,17 @@ impl Engine {
                 actor,
                 command,
             } => self.on_admin(reply, &actor, command, now, out),
+            Input::Defaults { policy } => self.set_defaults(policy),
         }
         self.write_changed(out);
+    }
+
+    /// Settings for what is created from now on; nothing that exists
+    /// changes.
+    fn set_defaults(&mut self, policy: Policy) {
+        self.lease_fallback = self.lease_fallback.max(policy.failover_timeout);
+        self.config.default_heartbeat_interval = policy.heartbeat_interval;
+        self.config.default_policy = policy;
     }
 
     /// Acts on every deadline that has passed.

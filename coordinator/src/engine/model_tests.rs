@@ -784,9 +784,19 @@ impl World {
             }
             71..78 => self.random_admin(),
             78..79 => self.restart(),
-            79..81 => {
+            79..80 => {
                 self.disk_full = !self.disk_full;
                 self.trace.push(format!("disk full: {}", self.disk_full));
+            }
+            80..81 => {
+                // A configuration reload: groups created from now on get
+                // another failover timeout.
+                let ms = self.rng.random_range(300..3000);
+                let policy = Policy {
+                    failover_timeout: Duration::from_millis(ms),
+                    ..config().default_policy
+                };
+                self.input(Input::Defaults { policy });
             }
             81..94 => {
                 let ms = self.rng.random_range(10..400);
@@ -928,6 +938,9 @@ fn input_summary(input: &Input) -> String {
         Input::SessionClosed { session } => format!("closed s{session}"),
         Input::IdentityRefused { node, .. } => format!("identity refused {node}"),
         Input::Admin { command, .. } => format!("admin {command:?}"),
+        Input::Defaults { policy } => {
+            format!("defaults: failover timeout {:?}", policy.failover_timeout)
+        }
     }
 }
 

@@ -1865,3 +1865,36 @@ fn admin_changes_that_could_not_be_written_leave_no_trace() {
     );
     assert!(grants, "the primary lost its grants");
 }
+
+#[test]
+fn reloaded_defaults_shape_new_groups_only_and_never_shorten_a_lease_wait() {
+    let mut sim = Sim::new();
+    sim.create("old", &["a"]).unwrap();
+    let longer = Policy {
+        failover_timeout: Duration::from_secs(9),
+        ..Policy::default()
+    };
+    let out = sim.step(Input::Defaults {
+        policy: longer.clone(),
+    });
+    assert!(out.writes.is_empty(), "a reload writes nothing");
+    sim.create("new", &["a"]).unwrap();
+    assert_eq!(
+        sim.view("new").policy.failover_timeout,
+        Duration::from_secs(9)
+    );
+    assert_eq!(
+        sim.view("old").policy.failover_timeout,
+        Policy::default().failover_timeout,
+        "existing groups keep their settings"
+    );
+    // Shortened again: the fallback lease of a deleted group's record
+    // without one stays the longest seen.
+    sim.step(Input::Defaults {
+        policy: Policy {
+            failover_timeout: Duration::from_secs(1),
+            ..Policy::default()
+        },
+    });
+    assert_eq!(sim.engine.lease_fallback, Duration::from_secs(9));
+}

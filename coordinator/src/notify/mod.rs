@@ -98,13 +98,89 @@ impl Sinks {
         self.0.iter().map(|s| s.name.clone()).collect()
     }
 
-    /// Starts delivering, one task per sink, until `stop`.
-    pub(crate) fn start(&self, term: Term) {
+    /// Starts delivering, one task per sink, until `term.stop`.
+    fn start(&self, term: &Term) {
         for index in 0..self.0.len() {
             let sinks = self.0.clone();
             let term = term.clone();
             tokio::spawn(async move { deliver_all(&sinks[index], term).await });
         }
+    }
+}
+
+/// The sinks in use, delivering for the runtime's current term; replaced
+/// whole when the configuration is reloaded. A replaced sink stops where
+/// it is (an event being delivered is delivered again by its successor,
+/// which starts from the same cursor when it keeps its name).
+#[derive(Default)]
+pub(crate) struct Notifier {
+    state: std::sync::Mutex<NotifierState>,
+}
+
+#[derive(Default)]
+struct NotifierState {
+    sinks: Sinks,
+    /// The current term, with the stop of the sinks' current generation.
+    running: Option<Term>,
+}
+
+impl Notifier {
+    pub(crate) fn new(sinks: Sinks) -> Arc<Notifier> {
+        Arc::new(Notifier {
+            state: std::sync::Mutex::new(NotifierState {
+                sinks,
+                running: None,
+            }),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, NotifierState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The sinks deliver what `term` records, until it stops.
+    pub(crate) fn start_term(&self, mut term: Term) {
+        let mut state = self.lock();
+        if let Some(old) = state.running.take() {
+            old.stop.cancel();
+        }
+        term.term_stop = term.stop.clone();
+        term.stop = term.term_stop.child_token();
+        state.sinks.start(&term);
+        state.running = Some(term);
+    }
+
+    /// Delivers through `sinks` from now on.
+    pub(crate) fn replace(&self, sinks: Sinks) {
+        let mut state = self.lock();
+        let gone: Vec<String> = state
+            .sinks
+            .names()
+            .into_iter()
+            .filter(|n| !sinks.names().contains(n))
+            .collect();
+        state.sinks = sinks;
+        let Some(old) = state.running.take() else {
+            return;
+        };
+        old.stop.cancel();
+        for name in gone {
+            let labels = SinkLabels { sink: name };
+            old.metrics.notify_backlog.remove(&labels);
+        }
+        if old.term_stop.is_cancelled() {
+            return;
+        }
+        let mut term = old.clone();
+        term.stop = old.term_stop.child_token();
+        state.sinks.start(&term);
+        state.running = Some(term);
+    }
+
+    pub(crate) fn names(&self) -> Vec<String> {
+        self.lock().sinks.names()
     }
 }
 
@@ -117,7 +193,10 @@ pub(crate) struct Term {
     /// source).
     pub(crate) live: broadcast::Sender<EventRecord>,
     pub(crate) metrics: Arc<Metrics>,
+    /// Ends the sinks' tasks: the term's end, or their replacement.
     pub(crate) stop: CancellationToken,
+    /// The term's own end.
+    pub(crate) term_stop: CancellationToken,
 }
 
 impl Term {

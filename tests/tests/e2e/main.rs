@@ -12,6 +12,7 @@ mod identity;
 mod notify;
 mod operations;
 mod policies;
+mod reload;
 mod replicas;
 mod rest_api;
 mod restart;
