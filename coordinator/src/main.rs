@@ -140,8 +140,8 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
             _ = hup.recv() => {
-                // Handled in coordinator::reload: the configuration file
-                // (notifications, defaults, log level), TLS files, tokens.
+                // The reloading itself is in coordinator::reload.
+                tracing::info!("SIGHUP: re-reading the configuration file, TLS files and tokens (those configured)");
             }
         }
     }

@@ -130,11 +130,18 @@ pub enum EventKind {
     /// Something needs an operator: auto-failover is off, or nobody can
     /// take over from a failing primary.
     Alarm,
+    /// A new primary took over: the group's alarm is over.
+    AlarmCleared,
+    /// A member's agent session ended (it stopped, crashed, or was cut
+    /// off): recorded once per group it is a member of.
+    NodeLost,
+    /// A member that was lost heartbeats again.
+    NodeRegained,
 }
 
 impl EventKind {
     /// Every kind, in the order the README lists them.
-    pub const ALL: [EventKind; 24] = [
+    pub const ALL: [EventKind; 27] = [
         EventKind::GroupCreated,
         EventKind::GroupDeleted,
         EventKind::MemberAdded,
@@ -159,6 +166,9 @@ impl EventKind {
         EventKind::PrimaryLeft,
         EventKind::PrimaryReturned,
         EventKind::Alarm,
+        EventKind::AlarmCleared,
+        EventKind::NodeLost,
+        EventKind::NodeRegained,
     ];
 
     /// The kind a name (as [`EventKind::as_str`] writes it) stands for.
@@ -192,6 +202,9 @@ impl EventKind {
             EventKind::PrimaryLeft => "primary_left",
             EventKind::PrimaryReturned => "primary_returned",
             EventKind::Alarm => "alarm",
+            EventKind::AlarmCleared => "alarm_cleared",
+            EventKind::NodeLost => "node_lost",
+            EventKind::NodeRegained => "node_regained",
         }
     }
 }

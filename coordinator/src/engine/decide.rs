@@ -393,6 +393,7 @@ pub(super) fn promote(g: &mut Group, ctx: &mut Ctx<'_>, node: &str, reason: Stri
         .map(str::to_owned)
         .or_else(|| g.last_primary.clone());
     let switchover = g.switchover.take();
+    let cleared = g.alarm.clone();
     let Ok(epoch) = g.promote(node, &instance) else {
         return epoch_exhausted(g, ctx);
     };
@@ -414,6 +415,17 @@ pub(super) fn promote(g: &mut Group, ctx: &mut Ctx<'_>, node: &str, reason: Stri
         reason,
         actor: &actor,
     });
+    if let Some(alarm) = cleared {
+        ctx.event(NewEvent {
+            group: &name,
+            kind: EventKind::AlarmCleared,
+            epoch,
+            old_primary: old.as_deref(),
+            new_primary: Some(node),
+            reason: format!("{node} is primary; the alarm was: {alarm}"),
+            actor: &actor,
+        });
+    }
 
     // The assignment goes first, then the grant that lets it act: the
     // agent honours a grant only for the epoch it was assigned.

@@ -13,6 +13,7 @@
 //! as [`Now`].
 
 mod admin;
+mod contact;
 mod decide;
 mod durable;
 mod group;

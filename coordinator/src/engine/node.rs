@@ -41,6 +41,8 @@ pub(super) struct Node {
     pub(super) raised: HashSet<String>,
     /// When an `identity_refused` event was last recorded for this node.
     pub(super) identity_refused_at: Option<Instant>,
+    /// What the event log last said of its contact (`contact.rs`).
+    pub(super) contact: super::contact::ContactReport,
 }
 
 /// Refused sessions of another agent instance claiming a connected node.
@@ -95,6 +97,7 @@ impl Node {
             refused_claims: HashMap::new(),
             raised: HashSet::new(),
             identity_refused_at: None,
+            contact: Default::default(),
         }
     }
 

@@ -496,6 +496,7 @@ impl Engine {
             }
         }
         out.sends.push((session, ToAgent::Ack { seq, grants }));
+        self.contact_heard(&node_id, now, out);
 
         // A claim above a group's epoch (held back by the raise limit when
         // it came with the Hello) is looked at again.
@@ -683,11 +684,26 @@ impl Engine {
         let Some(node) = self.nodes.get_mut(&node_id) else {
             return;
         };
+        let mut stopped = false;
         if let Some(s) = node.session.take() {
             self.session_timers.remove(&(s.timer, session));
+            stopped = s.leaving;
         }
         node.health.clear();
         tracing::info!(node = %node_id, session, "agent session closed");
+        self.contact_lost(
+            &node_id,
+            if stopped {
+                "its agent stopped (it said goodbye)"
+            } else {
+                "its session ended (the agent crashed or froze, or the network cut it off)"
+            },
+            now,
+            out,
+        );
+        let Some(node) = self.nodes.get_mut(&node_id) else {
+            return;
+        };
         let groups: Vec<String> = node.groups.iter().cloned().collect();
         if groups.is_empty() {
             self.nodes.remove(&node_id);

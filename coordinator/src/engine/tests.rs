@@ -1898,3 +1898,76 @@ fn reloaded_defaults_shape_new_groups_only_and_never_shorten_a_lease_wait() {
     });
     assert_eq!(sim.engine.lease_fallback, Duration::from_secs(9));
 }
+
+#[test]
+fn a_member_losing_and_regaining_contact_is_recorded_and_flapping_is_bounded() {
+    let mut sim = Sim::new();
+    sim.create("g", &["a", "b"]).unwrap();
+    sim.connect("a");
+    sim.heartbeat("a");
+    sim.connect("b");
+    sim.heartbeat("b");
+    let count =
+        |sim: &Sim, kind: EventKind| sim.event_kinds().into_iter().filter(|k| *k == kind).count();
+    assert_eq!(
+        count(&sim, EventKind::NodeRegained),
+        0,
+        "a first contact is no news"
+    );
+    sim.disconnect("b");
+    assert_eq!(count(&sim, EventKind::NodeLost), 1);
+    sim.connect("b");
+    sim.heartbeat("b");
+    assert_eq!(count(&sim, EventKind::NodeRegained), 1);
+    // A node that flaps a hundred times within a second: a few events.
+    for _ in 0..100 {
+        sim.disconnect("b");
+        sim.connect("b");
+        sim.heartbeat("b");
+        sim.advance(Duration::from_millis(10));
+    }
+    let regained = count(&sim, EventKind::NodeRegained);
+    let lost = count(&sim, EventKind::NodeLost);
+    assert!(regained <= 4, "{regained} regains recorded");
+    assert!(lost <= regained + 1, "{lost} losses, {regained} regains");
+    // Once it settles, a regain not yet recorded is, at a later heartbeat.
+    sim.disconnect("b");
+    sim.advance(Duration::from_secs(60));
+    sim.connect("b");
+    sim.heartbeat("b");
+    assert!(
+        count(&sim, EventKind::NodeRegained) > regained,
+        "the return is told"
+    );
+}
+
+#[test]
+fn a_promotion_clears_the_alarm_and_says_so() {
+    let mut sim = Sim::new();
+    sim.create("g", &["a", "b"]).unwrap();
+    sim.set(
+        "g",
+        PolicyPatch {
+            auto_failover: Some(false),
+            ..PolicyPatch::default()
+        },
+    )
+    .unwrap();
+    sim.connect("a");
+    sim.heartbeat("a");
+    sim.connect("b");
+    sim.heartbeat("b");
+    sim.disconnect("a");
+    sim.run_for(Duration::from_secs(10), &["b"]);
+    assert!(
+        sim.view("g").alarm.is_some(),
+        "auto-failover is off: an alarm"
+    );
+    sim.admin(AdminCommand::Takeover {
+        group: "g".into(),
+        to: Some("b".into()),
+    });
+    sim.run_for(Duration::from_secs(1), &["b"]);
+    assert!(sim.view("g").alarm.is_none());
+    assert!(sim.event_kinds().contains(&EventKind::AlarmCleared));
+}

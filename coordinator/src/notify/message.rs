@@ -45,6 +45,19 @@ pub(crate) fn subject(event: &EventRecord) -> String {
         }
         EventKind::NoPrimary => "no primary".into(),
         EventKind::Alarm => "ALARM".into(),
+        EventKind::AlarmCleared => "alarm cleared".into(),
+        EventKind::NodeLost => event
+            .reason
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_owned(),
+        EventKind::NodeRegained => event
+            .reason
+            .split(" (from")
+            .next()
+            .unwrap_or_default()
+            .to_owned(),
         kind => kind.as_str().replace('_', " "),
     };
     format!("[failover] {}: {what}", event.group)

@@ -107,11 +107,26 @@ fn the_event_log_records_the_failover() {
         .iter()
         .map(|e| e["kind"].as_str().expect("kind"))
         .collect();
+    // The kill ends rec-1's session at once: contact lost, then its lease
+    // lapses.
     assert_eq!(
         kinds,
-        ["group_created", "promoted", "primary_lapsed", "promoted"]
+        [
+            "group_created",
+            "promoted",
+            "node_lost",
+            "primary_lapsed",
+            "promoted"
+        ]
     );
-    let last = &events[3];
+    assert!(
+        events[2]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("lost contact with rec-1"),
+        "{events}"
+    );
+    let last = &events[4];
     assert_eq!(
         (last["old_primary"].as_str(), last["new_primary"].as_str()),
         (Some("rec-1"), Some("rec-2"))

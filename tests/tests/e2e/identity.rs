@@ -339,7 +339,7 @@ fn sighup_stops_neither_the_coordinator_nor_the_agent() {
     c.wait_hook("n1 promoted", |h| h.node == "n1" && h.role == "primary");
     c.coordinator.as_ref().unwrap().signal(Signal::SIGHUP);
     c.agent("n1").signal(Signal::SIGHUP);
-    c.wait_until("both logged that HUP is ignored", || {
+    c.wait_until("both logged that they reload", || {
         let both = c
             .coordinator
             .as_ref()
