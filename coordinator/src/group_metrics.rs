@@ -3,11 +3,15 @@
 //! `node list` say at that moment. A follower has none (it holds no
 //! groups); scrape every replica and keep `failover_leader == 1`.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use proto::vocab::{Named, Phase};
+use tokio::time::Instant;
 
 use crate::engine::{AdminCommand, AdminReply, GroupView, NodeView};
 use crate::leadership::Leadership;
@@ -31,9 +35,47 @@ struct NodeLabels {
     node: String,
 }
 
+/// How long one reading of the groups serves scrapes: scrapes cannot
+/// keep the runtime busy, however many come.
+const FRESH_FOR: Duration = Duration::from_secs(1);
+
+/// The group and node gauges as OpenMetrics text, read from the runtime
+/// at most once per [`FRESH_FOR`] (scrapes meanwhile share the reading,
+/// and wait for one that is under way).
+#[derive(Clone)]
+pub(crate) struct GroupGauges {
+    leadership: Leadership,
+    last: Arc<tokio::sync::Mutex<Option<(Instant, String)>>>,
+}
+
+impl GroupGauges {
+    pub(crate) fn new(leadership: Leadership) -> GroupGauges {
+        GroupGauges {
+            leadership,
+            last: Arc::default(),
+        }
+    }
+
+    pub(crate) async fn text(&self) -> String {
+        let mut last = self.last.lock().await;
+        if let Some((at, text)) = last.as_ref()
+            && at.elapsed() < FRESH_FOR
+        {
+            return text.clone();
+        }
+        let mut text = String::new();
+        let _ = prometheus_client::encoding::text::encode_registry(
+            &mut text,
+            &registry(&self.leadership).await,
+        );
+        *last = Some((Instant::now(), text.clone()));
+        text
+    }
+}
+
 /// The gauges of every group and node, or an empty registry on a replica
 /// that does not lead.
-pub(crate) async fn registry(leadership: &Leadership) -> Registry {
+async fn registry(leadership: &Leadership) -> Registry {
     let mut registry = Registry::with_prefix("failover");
     let Ok(handle) = leadership.handle() else {
         return registry;

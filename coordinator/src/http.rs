@@ -10,7 +10,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use crate::leadership::Leadership;
+use crate::group_metrics::GroupGauges;
 use crate::metrics::Metrics;
 use crate::metrics_format::{CLASSIC, OPEN_METRICS, to_classic, wants_open_metrics};
 
@@ -29,24 +29,19 @@ impl Readiness {
     }
 }
 
-pub(crate) fn router(
-    readiness: Readiness,
-    metrics: Arc<Metrics>,
-    leadership: Leadership,
-) -> Router {
+pub(crate) fn router(readiness: Readiness, metrics: Arc<Metrics>, gauges: GroupGauges) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .with_state(readiness)
-        .route("/metrics", get(render).with_state((metrics, leadership)))
+        .route("/metrics", get(render).with_state((metrics, gauges)))
 }
 
 async fn render(
-    State((metrics, leadership)): State<(Arc<Metrics>, Leadership)>,
+    State((metrics, gauges)): State<(Arc<Metrics>, GroupGauges)>,
     headers: axum::http::HeaderMap,
 ) -> impl IntoResponse {
-    let scraped = crate::group_metrics::registry(&leadership).await;
-    let text = metrics.render(&scraped);
+    let text = metrics.render(&gauges.text().await);
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     if wants_open_metrics(accept) {
         ([(header::CONTENT_TYPE, OPEN_METRICS)], text)

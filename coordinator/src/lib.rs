@@ -283,9 +283,13 @@ pub async fn run(
         ),
         grpc_routes,
     );
-    let routes = http::router(readiness.clone(), metrics, cluster_leadership)
-        .merge(rest::router(admin))
-        .merge(status_page::router());
+    let routes = http::router(
+        readiness.clone(),
+        metrics,
+        group_metrics::GroupGauges::new(cluster_leadership),
+    )
+    .merge(rest::router(admin))
+    .merge(status_page::router());
     let stopped = shutdown.clone();
     let (grpc_task, http_task) = match &tls {
         Some(tls) => {

@@ -185,14 +185,14 @@ impl Metrics {
         Arc::new(Metrics { registry, ..m })
     }
 
-    /// Every metric, and those of `scraped` (made for this scrape), as
-    /// OpenMetrics text.
-    pub(crate) fn render(&self, scraped: &Registry) -> String {
+    /// Every metric, then `scraped` (families made for scrapes, already
+    /// OpenMetrics text), as OpenMetrics text.
+    pub(crate) fn render(&self, scraped: &str) -> String {
         use prometheus_client::encoding::text::{encode_eof, encode_registry};
         let mut text = String::new();
         // Writing to a String cannot fail.
         let _ = encode_registry(&mut text, &self.registry);
-        let _ = encode_registry(&mut text, scraped);
+        text.push_str(scraped);
         let _ = encode_eof(&mut text);
         text
     }
@@ -215,7 +215,7 @@ mod tests {
                 kind: "promoted".into(),
             })
             .inc();
-        let text = m.render(&Registry::default());
+        let text = m.render("");
         assert!(
             text.contains("failover_coordinator_overhead_seconds_bucket"),
             "{text}"

@@ -15,7 +15,6 @@ import time
 
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
-from selenium.webdriver.common.by import By
 
 DEADLINE_S = 60
 
@@ -25,8 +24,12 @@ def say(line):
 
 
 def primary_shown(driver, group):
-    cards = driver.find_elements(By.CSS_SELECTOR, f'article[data-group="{group}"] [data-field="primary"]')
-    return cards[0].text if cards else None
+    # Read in one step in the page: the page redraws its cards, and an
+    # element found in one call may be gone by the next.
+    return driver.execute_script(
+        "const e = document.querySelector(arguments[0]); return e ? e.textContent : null;",
+        f'article[data-group="{group}"] [data-field="primary"]',
+    )
 
 
 def wait_for(what, check):
@@ -70,7 +73,8 @@ def main():
                 driver.save_screenshot(screenshot)
                 say("saved")
             elif command[0] == "text":
-                say("text " + driver.find_element(By.TAG_NAME, "body").text.replace("\n", " | "))
+                text = driver.execute_script("return document.body.innerText;") or ""
+                say("text " + text.replace("\n", " | "))
     finally:
         driver.quit()
 

@@ -4,8 +4,8 @@
 //! it over and over — cannot flood the log: regains are recorded at most
 //! [`REGAIN_BURST`] at once and then one per [`REGAIN_EVERY`] per node
 //! (a regain not recorded is recorded at a later heartbeat), and a loss is
-//! recorded only after a recorded contact, so losses never outnumber
-//! regains by more than one.
+//! recorded only after a recorded regain or the node's first contact of
+//! this run, so losses never outnumber regains by more than one.
 
 use std::time::Duration;
 
@@ -92,13 +92,28 @@ impl Engine {
         }
     }
 
-    /// `node`'s session ended: recorded as lost if it was reported in
-    /// contact.
-    pub(super) fn contact_lost(&mut self, node: &str, why: &str, now: Now, out: &mut Effects) {
+    /// `node`'s session ended (`heard`: it had heartbeated): recorded as
+    /// lost unless the log already says so. (Nothing said yet — the first
+    /// session since this coordinator started, perhaps from before the
+    /// node joined a group — counts as contact once it heartbeated; that
+    /// happens once per node and run, so losses stay bounded by regains.)
+    pub(super) fn contact_lost(
+        &mut self,
+        node: &str,
+        why: &str,
+        heard: bool,
+        now: Now,
+        out: &mut Effects,
+    ) {
         let Some(n) = self.nodes.get_mut(node) else {
             return;
         };
-        if n.groups.is_empty() || n.contact.said != Said::Connected {
+        let in_contact = match n.contact.said {
+            Said::Connected => true,
+            Said::Nothing => heard,
+            Said::Lost => false,
+        };
+        if n.groups.is_empty() || !in_contact {
             return;
         }
         n.contact.said = Said::Lost;

@@ -684,10 +684,11 @@ impl Engine {
         let Some(node) = self.nodes.get_mut(&node_id) else {
             return;
         };
-        let mut stopped = false;
+        let (mut stopped, mut heard) = (false, false);
         if let Some(s) = node.session.take() {
             self.session_timers.remove(&(s.timer, session));
             stopped = s.leaving;
+            heard = s.last_heartbeat.is_some();
         }
         node.health.clear();
         tracing::info!(node = %node_id, session, "agent session closed");
@@ -698,6 +699,7 @@ impl Engine {
             } else {
                 "its session ended (the agent crashed or froze, or the network cut it off)"
             },
+            heard,
             now,
             out,
         );
