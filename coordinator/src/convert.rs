@@ -145,6 +145,7 @@ pub(crate) fn event_to_proto(e: EventRecord) -> pb::Event {
         new_primary: e.new_primary.unwrap_or_default(),
         reason: e.reason,
         actor: e.actor,
+        node: e.node.unwrap_or_default(),
     }
 }
 

@@ -143,6 +143,9 @@ pub async fn run(
     if !notifier.names().is_empty() {
         tracing::info!(sinks = ?notifier.names(), "notifying through these sinks");
     }
+    for problem in config.notify.iter().filter_map(|n| n.program_problem()) {
+        tracing::warn!("{problem}: its deliveries will fail until it is there");
+    }
     let metrics = metrics::Metrics::new();
     let readiness = http::Readiness::default();
     let me = election::Replica {
@@ -583,6 +586,7 @@ pub fn check_files(config: &config::Config) -> Vec<String> {
     {
         problems.push(format!("[auth] tokens: {e:#}"));
     }
+    problems.extend(config.notify.iter().filter_map(|n| n.program_problem()));
     problems
 }
 

@@ -78,6 +78,10 @@ pub struct EventRecord {
     pub reason: String,
     /// `coordinator` for automatic decisions, otherwise the admin client.
     pub actor: String,
+    /// The node the event is about, when it is about one node that is not
+    /// the primary (contact lost or regained).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -491,9 +491,34 @@ async fn list_nodes(State(admin): Admin, caller: Caller) -> Answer {
 struct EventQuery {
     group: Option<String>,
     limit: Option<u32>,
+    /// Only events since then: an RFC 3339 time or a duration ago.
+    since: Option<String>,
 }
 
 impl EventQuery {
+    /// `since` as Unix milliseconds (0: no bound).
+    fn since_ms(&self) -> Result<u64, ApiFailure> {
+        let Some(text) = &self.since else {
+            return Ok(0);
+        };
+        let at = match humantime::parse_rfc3339_weak(text) {
+            Ok(at) => at,
+            Err(_) => {
+                let ago = proto::duration::parse(text).map_err(|_| {
+                    bad_request(format!(
+                        "since {text:?} is neither a time (2026-11-24T04:00:00Z) nor a duration (10m, 2h)"
+                    ))
+                })?;
+                std::time::SystemTime::now()
+                    .checked_sub(ago)
+                    .unwrap_or(std::time::UNIX_EPOCH)
+            }
+        };
+        Ok(at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)))
+    }
+
     fn request(self) -> Result<pb::ListEventsRequest, ApiFailure> {
         if let Some(group) = &self.group {
             proto::names::validate_group_name(group).map_err(|e| bad_request(e.to_string()))?;
@@ -520,12 +545,18 @@ async fn list_events(
     query: Result<Query<EventQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Answer {
     let Query(query) = query.map_err(query_failure)?;
+    let since = query.since_ms()?;
     let events = admin
         .list_events(call(&caller, query.request()?))
         .await?
         .into_inner();
     Ok(axum::Json(Value::Array(
-        events.events.iter().map(json::event_json).collect(),
+        events
+            .events
+            .iter()
+            .filter(|e| e.unix_ms >= since)
+            .map(json::event_json)
+            .collect(),
     )))
 }
 
@@ -542,6 +573,7 @@ async fn stream_events(
     query: Result<Query<EventQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiFailure> {
     let Query(query) = query.map_err(query_failure)?;
+    let since = query.since_ms()?;
     let absent = query.limit.is_none();
     let mut request = query.request()?;
     if absent {
@@ -552,11 +584,14 @@ async fn stream_events(
         .await?
         .into_inner();
     let events = watching
-        .scan(false, |ended, item| {
+        .scan(false, move |ended, item| {
             if *ended {
                 return futures::future::ready(None);
             }
             let sse = match item {
+                Ok(event) if event.unix_ms < since => {
+                    return futures::future::ready(Some(Ok(SseEvent::default().comment(""))));
+                }
                 Ok(event) => SseEvent::default()
                     .id(event.seq.to_string())
                     .event("event")

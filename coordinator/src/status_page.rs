@@ -26,6 +26,11 @@ pub(crate) fn router() -> Router {
             "/status.css",
             get(|| async { asset("text/css; charset=utf-8", STYLE) }),
         )
+        // Browsers ask for one; there is none.
+        .route(
+            "/favicon.ico",
+            get(|| async { axum::http::StatusCode::NO_CONTENT }),
+        )
 }
 
 /// One file of the page, with headers that keep it to its own origin.

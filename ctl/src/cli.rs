@@ -72,8 +72,14 @@ pub(crate) enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Print this manual page (roff): `failoverctl man > failoverctl.1`.
-    Man,
+    /// Print this manual page (roff): `failoverctl man > failoverctl.1`;
+    /// with --dir, write a page for every command and subcommand there.
+    Man {
+        /// Write failoverctl.1, failoverctl-group.1, failoverctl-group-add.1,
+        /// ... into DIR.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, Args)]

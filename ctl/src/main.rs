@@ -307,6 +307,86 @@ async fn primary_since(client: &mut Client, g: &pb::GroupStatus) -> Option<u64> 
         .map(|e| e.unix_ms)
 }
 
+/// `events --follow`: prints each event as it comes; when the stream ends
+/// (the coordinator restarted, the leader changed, the watch fell behind)
+/// it connects again — to the leader a replica names — and goes on after
+/// the last event printed, saying so on stderr. Ends only on a refusal
+/// (a credential or role) or when interrupted.
+async fn follow(
+    cli: &Cli,
+    mut client: Client,
+    mut request: pb::ListEventsRequest,
+    mut show: impl FnMut(&pb::Event),
+) -> anyhow::Result<()> {
+    let mut last: Option<u64> = None;
+    let mut target = cli.clone();
+    loop {
+        let ended = match client.watch_events(request.clone()).await {
+            Ok(stream) => {
+                let mut stream = stream.into_inner();
+                loop {
+                    match stream.next().await {
+                        Some(Ok(event)) => {
+                            if last.is_some_and(|l| event.seq <= l) {
+                                continue;
+                            }
+                            if let Some(l) = last
+                                && event.seq > l.saturating_add(1)
+                            {
+                                eprintln!(
+                                    "note: events #{}..#{} are no longer in the log (event_retention)",
+                                    l.saturating_add(1),
+                                    event.seq - 1
+                                );
+                            }
+                            last = Some(event.seq);
+                            show(&event);
+                        }
+                        Some(Err(status)) => break status,
+                        None => {
+                            break tonic::Status::unavailable("the coordinator ended the stream");
+                        }
+                    }
+                }
+            }
+            Err(status) => status,
+        };
+        use tonic::Code;
+        if !matches!(
+            ended.code(),
+            Code::Unavailable
+                | Code::Cancelled
+                | Code::Unknown
+                | Code::Internal
+                | Code::DataLoss
+                | Code::DeadlineExceeded
+        ) {
+            return Err(ended.into());
+        }
+        eprintln!(
+            "note: the event stream ended ({}); reconnecting",
+            status_line(&ended, &target.coordinator)
+        );
+        if let Some(leader) = leader_hint(&anyhow::Error::from(ended.clone())) {
+            target.coordinator = leader;
+        }
+        client = loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            match connect(&target).await {
+                Ok(client) => break client,
+                Err(_) if target.coordinator != cli.coordinator => {
+                    // The named leader is gone too: ask the given ones.
+                    target.coordinator = cli.coordinator.clone();
+                }
+                Err(_) => {}
+            }
+        };
+        // After a reconnect: as much of the recent log as one answer
+        // holds; what was printed already is skipped.
+        request.limit = if last.is_some() { 0 } else { request.limit };
+    }
+}
+
 /// Prints what `render` makes once, or — with an interval — again and
 /// again until interrupted (on a terminal, each time on a clear screen).
 /// While watching, a failure is shown and the next turn tries again.
@@ -339,12 +419,14 @@ where
     }
 }
 
-/// Asks on the terminal before something destructive; without a
-/// terminal, refuses (the caller adds --yes).
-fn confirm(question: &str) -> anyhow::Result<()> {
+/// Asks `question` on the terminal before something destructive
+/// (`doing`); without a terminal, refuses (the caller adds --yes).
+fn confirm(question: &str, doing: &str) -> anyhow::Result<()> {
     use std::io::{BufRead, IsTerminal, Write};
     if !std::io::stdin().is_terminal() {
-        anyhow::bail!("{question} Not asked without a terminal: add --yes to go ahead");
+        anyhow::bail!(
+            "not {doing} without confirmation (no terminal to ask on): add --yes to go ahead"
+        );
     }
     eprint!("{question} [y/N] ");
     let _ = std::io::stderr().flush();
@@ -402,8 +484,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             say(String::from_utf8_lossy(&script).trim_end());
             return Ok(());
         }
-        Command::Man => {
+        Command::Man { dir } => {
             let command = <Cli as clap::CommandFactory>::command();
+            if let Some(dir) = dir {
+                // One page per command and subcommand (failoverctl-group-add.1, ...).
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
+                clap_mangen::generate_to(command, dir)
+                    .with_context(|| format!("cannot write the pages into {}", dir.display()))?;
+                return Ok(());
+            }
             let mut page = Vec::new();
             clap_mangen::Man::new(command).render(&mut page)?;
             say(String::from_utf8_lossy(&page).trim_end());
@@ -442,6 +532,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         };
     }
     let mut client = connect(&cli).await?;
+    let reconnect = cli.clone();
     let out = cli.output;
     match cli.command {
         Command::Group(GroupCommand::Add(args)) => {
@@ -474,10 +565,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .find(|m| m.node == g.primary)
                     .is_some_and(|m| m.connected && m.healthy);
                 if healthy {
-                    confirm(&format!(
-                        "The primary of {name}, {}, is healthy: a takeover moves the role away from it. Take over?",
-                        g.primary
-                    ))?;
+                    confirm(
+                        &format!(
+                            "The primary of {name}, {}, is healthy: a takeover moves the role away from it. Take over?",
+                            g.primary
+                        ),
+                        &format!("taking {name} over from its healthy primary {}", g.primary),
+                    )?;
                 }
             }
             let request = pb::TakeoverRequest {
@@ -535,9 +629,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Group(GroupCommand::Delete { name, yes }) => {
             if !yes {
-                confirm(&format!(
-                    "Delete group {name}? Its primary steps down and its members stop serving it."
-                ))?;
+                confirm(
+                    &format!(
+                        "Delete group {name}? Its primary steps down and its members stop serving it."
+                    ),
+                    &format!("deleting group {name}"),
+                )?;
             }
             client
                 .delete_group(pb::DeleteGroupRequest { name: name.clone() })
@@ -621,7 +718,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         // Handled above, without a coordinator.
-        Command::Pki(_) | Command::Completions { .. } | Command::Man => {}
+        Command::Pki(_) | Command::Completions { .. } | Command::Man { .. } => {}
         Command::Cluster(ClusterCommand::Status) => {
             let status = client
                 .cluster_status(pb::ClusterStatusRequest {})
@@ -644,17 +741,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             });
             let wanted = |e: &pb::Event| since_ms.is_none_or(|s| e.unix_ms >= s);
             if args.follow {
-                let mut stream = client.watch_events(request).await?.into_inner();
-                while let Some(event) = stream.next().await {
-                    let event = event?;
-                    if !wanted(&event) {
-                        continue;
+                follow(&reconnect, client, request, |event| {
+                    if wanted(event) {
+                        match out {
+                            Output::Json => say(&proto::json::event_json(event).to_string()),
+                            Output::Table => say(&output::event_line(event)),
+                        }
                     }
-                    match out {
-                        Output::Json => say(&proto::json::event_json(&event).to_string()),
-                        Output::Table => say(&output::event_line(&event)),
-                    }
-                }
+                })
+                .await?;
             } else {
                 let mut events = client.list_events(request).await?.into_inner().events;
                 events.retain(wanted);

@@ -268,8 +268,13 @@ pub(crate) fn event_line(e: &pb::Event) -> String {
             if new.is_empty() { "-" } else { new }
         ),
     };
+    let node = if e.node.is_empty() {
+        String::new()
+    } else {
+        format!(" node={}", e.node)
+    };
     format!(
-        "{time} #{} {} {} epoch={}{change} by {}: {}",
+        "{time} #{} {} {} epoch={}{change}{node} by {}: {}",
         e.seq, e.group, e.kind, e.epoch, e.actor, e.reason
     )
 }

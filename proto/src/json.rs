@@ -105,6 +105,7 @@ pub fn event_json(e: &pb::Event) -> Value {
         "new_primary": non_empty(&e.new_primary),
         "reason": e.reason,
         "actor": e.actor,
+        "node": non_empty(&e.node),
     })
 }
 

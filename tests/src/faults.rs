@@ -19,6 +19,7 @@ use serde::Serialize;
 
 use crate::checker::{self, Inflicted};
 use crate::proxy::Mode;
+use crate::sinks::WebhookReceiver;
 use crate::{Cluster, SmallDisk, member, member_order};
 
 /// Beyond `failover_timeout × (1 + rho)`, how long a group may take to have
@@ -41,6 +42,11 @@ const GROUPS: [(&str, [&str; 3]); 2] = [
 /// The coordinator's data directory: far more than a run writes, small
 /// enough to fill in a moment.
 const DISK_SIZE: &str = "128m";
+/// The shared secret of the coordinator's webhook sink in the runs.
+const SINK_SECRET: &str = "fault-runner-sink-secret";
+/// How long a sink may take, at the end, to deliver what it missed (its
+/// backoff reaches a minute).
+const SINK_CATCH_UP: Duration = Duration::from_secs(90);
 
 const REPLICAS: usize = 3;
 const ETCD_MEMBERS: usize = 3;
@@ -106,6 +112,8 @@ pub struct Report {
     /// coordinator was running (lease waits included: they are the price
     /// of never having two).
     pub dark_ms: u64,
+    /// Events the coordinator's webhook sink got (with one coordinator).
+    pub notified: usize,
     pub violations: Vec<String>,
     /// Where the run's logs were kept (only when something was violated).
     pub kept_logs: Option<String>,
@@ -122,12 +130,13 @@ impl std::fmt::Display for Report {
         write!(
             f,
             "seed {}: {total} faults ({}), {} failovers, slowest convergence {} ms, \
-             dark time {} ms, {} violations",
+             dark time {} ms, {} events notified, {} violations",
             self.seed,
             kinds.join(", "),
             self.failovers,
             self.slowest_convergence_ms,
             self.dark_ms,
+            self.notified,
             self.violations.len()
         )?;
         for v in &self.violations {
@@ -171,6 +180,9 @@ struct Run {
     model: BTreeMap<String, Vec<String>>,
     /// Spans (ns) during which no coordinator was running.
     coordinator_down: Vec<(u128, u128)>,
+    /// The coordinator's webhook sink (with one coordinator): every event
+    /// must reach it at least once, in order, whatever the faults.
+    sink: Option<WebhookReceiver>,
 }
 
 impl Run {
@@ -184,8 +196,24 @@ impl Run {
                 Cluster::prepare()
             };
             let disk = c.use_small_disk(DISK_SIZE);
+            let sink = WebhookReceiver::start(SINK_SECRET);
+            let file = c.path("notify.toml");
+            std::fs::write(
+                &file,
+                format!(
+                    "[[notify]]\nkind = \"webhook\"\nname = \"runner\"\nurl = \"{}\"\nsecret = \"{SINK_SECRET}\"\ntimeout = \"2s\"\n",
+                    sink.url()
+                ),
+            )
+            .expect("the sink's configuration");
+            c.coordinator_args
+                .extend(["--config".to_owned(), file.display().to_string()]);
             c.start_coordinator();
-            (c, Some(disk))
+            (c, Some((disk, sink)))
+        };
+        let (disk, sink) = match disk {
+            Some((disk, sink)) => (Some(disk), Some(sink)),
+            None => (None, None),
         };
         for (i, node) in NODES.iter().enumerate() {
             c.start_agent_proxied(node, config.seed * 10 + i as u64);
@@ -203,6 +231,7 @@ impl Run {
             },
             model: BTreeMap::new(),
             coordinator_down: Vec::new(),
+            sink,
         };
         for (name, members) in GROUPS {
             run.create_group(name, &members);
@@ -327,8 +356,82 @@ impl Run {
             85..90 if self.config.tls => self.impostor_session(),
             85..90 => self.hostile_session(),
             90..94 => self.disk_full(),
+            94..96 => self.sink_down(),
             _ => self.admin(),
         }
+    }
+
+    /// The webhook receiver goes away for a while (events keep happening
+    /// meanwhile), then comes back.
+    fn sink_down(&mut self) {
+        self.count("sink_down");
+        if let Some(sink) = self.sink.as_mut() {
+            sink.pause();
+        }
+        self.admin_change();
+        self.hold(1.0..4.0);
+        if let Some(sink) = self.sink.as_mut() {
+            sink.resume();
+        }
+    }
+
+    /// Every event the log holds reached the sink at least once, and in
+    /// order: each one first arrived after every earlier one had.
+    fn check_sink(&mut self) {
+        let Some(sink) = self.sink.as_ref() else {
+            return;
+        };
+        let logged: Vec<u64> = self
+            .c
+            .try_ctl_json(&["events", "--limit", "0"])
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|e| e["seq"].as_u64())
+            .collect();
+        let deadline = Instant::now() + SINK_CATCH_UP;
+        let missing = loop {
+            let got: std::collections::BTreeSet<u64> = sink
+                .events()
+                .iter()
+                .filter_map(|e| e["seq"].as_u64())
+                .collect();
+            let missing: Vec<u64> = logged
+                .iter()
+                .filter(|s| !got.contains(s))
+                .copied()
+                .collect();
+            if missing.is_empty() || Instant::now() >= deadline {
+                break missing;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        if !missing.is_empty() {
+            self.report.violations.push(format!(
+                "the webhook sink never got {} of the {} logged events (first: {:?})",
+                missing.len(),
+                logged.len(),
+                &missing[..missing.len().min(5)]
+            ));
+        }
+        let mut first_seen = Vec::new();
+        for seq in sink.events().iter().filter_map(|e| e["seq"].as_u64()) {
+            if !first_seen.contains(&seq) {
+                first_seen.push(seq);
+            }
+        }
+        if first_seen.windows(2).any(|w| w[0] > w[1]) {
+            self.report.violations.push(format!(
+                "the webhook sink got events out of order: {first_seen:?}"
+            ));
+        }
+        if sink.forged() > 0 {
+            self.report.violations.push(format!(
+                "{} deliveries had a wrong signature",
+                sink.forged()
+            ));
+        }
+        self.report.notified = first_seen.len();
     }
 
     /// An agent that gave up (refused as a duplicate while an impostor or
@@ -980,7 +1083,8 @@ impl Run {
         })
     }
 
-    fn finish(self) -> Report {
+    fn finish(mut self) -> Report {
+        self.check_sink();
         let Run {
             c,
             inflicted,

@@ -136,16 +136,14 @@ impl Engine {
         out: &mut Effects,
     ) {
         for name in self.node_groups(node) {
-            let (epoch, primary) = self
-                .groups
-                .get(&name)
-                .map_or((0, None), |g| (g.epoch(), g.primary().map(str::to_owned)));
-            self.record_event(
+            let epoch = self.groups.get(&name).map_or(0, |g| g.epoch());
+            self.events.record_about(
+                node,
                 NewEvent {
                     group: &name,
                     kind,
                     epoch,
-                    old_primary: primary.as_deref(),
+                    old_primary: None,
                     new_primary: None,
                     reason: reason.to_owned(),
                     actor: COORDINATOR,

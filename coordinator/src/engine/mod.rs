@@ -430,7 +430,16 @@ impl EventLog {
             new_primary: event.new_primary.map(str::to_owned),
             reason: event.reason,
             actor: event.actor.to_owned(),
+            node: None,
         }));
+    }
+
+    /// Appends an event about `node` to the log.
+    fn record_about(&mut self, node: &str, event: NewEvent<'_>, now: Now, out: &mut Effects) {
+        self.record(event, now, out);
+        if let Some(Write::Event(recorded)) = out.writes.last_mut() {
+            recorded.node = Some(node.to_owned());
+        }
     }
 }
 

@@ -184,6 +184,43 @@ impl NotifyConfig {
         text
     }
 
+    /// What is wrong with the program an exec sink runs, if anything: a
+    /// path that does not name an executable file. (A bare name is looked
+    /// up in PATH when it runs.)
+    pub(crate) fn program_problem(&self) -> Option<String> {
+        use std::os::unix::fs::PermissionsExt;
+        let program = self.command.first()?;
+        if self.kind != SinkKind::Exec || !program.contains('/') {
+            return None;
+        }
+        let executable = std::fs::metadata(program)
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+        (!executable).then(|| {
+            format!(
+                "[[notify]] {}: command {program:?} is not an executable file",
+                self.name()
+            )
+        })
+    }
+
+    /// Where the sink delivers, for the log: the URL without its query,
+    /// the mail server and recipients, or the program.
+    pub(crate) fn destination(&self) -> String {
+        match self.kind {
+            SinkKind::Webhook => {
+                let url = self.url.as_deref().unwrap_or_default();
+                url.split(['?', '#']).next().unwrap_or_default().to_owned()
+            }
+            SinkKind::Smtp => format!(
+                "smtp://{}:{} to {}",
+                self.host.as_deref().unwrap_or_default(),
+                self.smtp_port(),
+                self.to.join(",")
+            ),
+            SinkKind::Exec => self.command.first().cloned().unwrap_or_default(),
+        }
+    }
+
     pub(crate) fn timeout(&self) -> Duration {
         self.timeout.unwrap_or(DEFAULT_TIMEOUT)
     }

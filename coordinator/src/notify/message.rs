@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use crate::model::{EventKind, EventRecord};
 
 /// The event as JSON: `seq`, `time`, `unix_ms`, `group`, `kind`, `epoch`,
-/// `old_primary`, `new_primary` (null when none), `reason`, `actor`.
+/// `old_primary`, `new_primary`, `node` (null when none), `reason`, `actor`.
 pub(crate) fn json(event: &EventRecord) -> Value {
     json!({
         "seq": event.seq,
@@ -22,6 +22,7 @@ pub(crate) fn json(event: &EventRecord) -> Value {
         "new_primary": event.new_primary,
         "reason": event.reason,
         "actor": event.actor,
+        "node": event.node,
     })
 }
 
@@ -34,12 +35,18 @@ pub(crate) fn time(unix_ms: u64) -> String {
 pub(crate) fn subject(event: &EventRecord) -> String {
     let who = |n: &Option<String>| n.clone().unwrap_or_else(|| "-".into());
     let what = match event.kind {
-        EventKind::Promoted => format!(
-            "{} is primary (epoch {}), was {}",
-            who(&event.new_primary),
-            event.epoch,
-            who(&event.old_primary)
-        ),
+        EventKind::Promoted => match &event.old_primary {
+            Some(old) => format!(
+                "{} is primary (epoch {}), was {old}",
+                who(&event.new_primary),
+                event.epoch,
+            ),
+            None => format!(
+                "{} is primary (epoch {})",
+                who(&event.new_primary),
+                event.epoch
+            ),
+        },
         EventKind::PrimaryLapsed => {
             format!("primary {} lost, failing over", who(&event.old_primary))
         }
@@ -109,6 +116,10 @@ pub(crate) fn environment(event: &EventRecord) -> Vec<(&'static str, String)> {
         ),
         ("FAILOVER_EVENT_REASON", event.reason.clone()),
         ("FAILOVER_EVENT_ACTOR", event.actor.clone()),
+        (
+            "FAILOVER_EVENT_NODE",
+            event.node.clone().unwrap_or_default(),
+        ),
     ]
 }
 
@@ -128,6 +139,7 @@ mod tests {
             new_primary: Some("rec-2".into()),
             reason: "rec-1 lapsed".into(),
             actor: "coordinator".into(),
+            node: None,
         };
         assert_eq!(
             subject(&event),

@@ -60,6 +60,8 @@ impl Deliver {
 /// One configured sink, ready to deliver.
 struct Sink {
     name: String,
+    /// Where it delivers, for the log (never a secret).
+    destination: String,
     config: NotifyConfig,
     deliver: Deliver,
 }
@@ -87,6 +89,7 @@ impl Sinks {
             };
             sinks.push(Sink {
                 name: config.name(),
+                destination: config.destination(),
                 config: config.clone(),
                 deliver,
             });
@@ -399,6 +402,7 @@ async fn deliver_one(
                     warned = Some(tokio::time::Instant::now());
                     tracing::warn!(
                         sink = %sink.name,
+                        to = %sink.destination,
                         seq = event.seq,
                         kind = event.kind.as_str(),
                         group = %event.group,

@@ -49,6 +49,11 @@ function badge(text, kind) {
   return el("span", { class: "badge " + (kind || text) }, text);
 }
 
+/// A time as people read it here: UTC, like failoverctl.
+function utc(iso) {
+  return iso ? new Date(iso).toISOString().slice(11, 19) + " UTC" : "-";
+}
+
 function ago(iso) {
   if (!iso) return "never";
   const s = Math.max(0, (Date.now() - Date.parse(iso)) / 1000);
@@ -64,7 +69,7 @@ function memberRow(m, checks) {
     checkCells.append(el("span", { class: c.passing ? "pass" : "fail", title: c.detail }, (c.passing ? "✔ " : "✘ ") + c.name));
   }
   return el("tr", { "data-node": m.node },
-    el("td", {}, m.position + 1),
+    el("td", {}, m.position),
     el("td", {}, el("b", {}, m.node)),
     el("td", { "data-field": "role" }, badge(role, role === "primary" ? "primary" : (m.connected ? "" : "disconnected"))),
     el("td", {}, m.connected ? "yes" : "no"),
@@ -80,10 +85,10 @@ function groupCard(g, checksOf) {
   card.append(el("div", { class: "facts" },
     el("span", {}, "primary ", el("b", { "data-field": "primary" }, g.primary || "none")),
     el("span", {}, "epoch ", el("b", { "data-field": "epoch" }, g.epoch)),
-    el("span", {}, g.phase + " since " + (g.phase_since ? new Date(g.phase_since).toLocaleTimeString() : "-"))));
+    el("span", {}, g.phase + " since " + utc(g.phase_since))));
   if (g.alarm) card.append(el("p", { class: "alarm", "data-field": "alarm" }, "⚠ " + g.alarm));
   const table = el("table", {},
-    el("thead", {}, el("tr", {}, ...["#", "node", "role", "connected", "healthy", "", "checks", "why not"].map((h) => el("th", {}, h)))));
+    el("thead", {}, el("tr", {}, ...["pos", "node", "role", "connected", "healthy", "", "checks", "why not"].map((h) => el("th", {}, h)))));
   const body = el("tbody");
   for (const m of g.members) body.append(memberRow(m, checksOf(m.node, g.name)));
   table.append(body);
@@ -105,7 +110,7 @@ async function refresh() {
     if (groups.length === 0) {
       section.append(el("p", { class: "muted" }, "No groups yet: failoverctl group add NAME --members A,B"));
     }
-    document.getElementById("updated").textContent = "updated " + new Date().toLocaleTimeString();
+    document.getElementById("updated").textContent = "updated " + utc(new Date().toISOString());
     document.getElementById("problem").hidden = true;
   } catch (e) {
     showProblem(e);
@@ -123,11 +128,11 @@ function renderEvents() {
   const body = document.querySelector("#events tbody");
   body.replaceChildren(...events.slice(0, EVENTS_SHOWN).map((e) => el("tr", { "data-seq": e.seq },
     el("td", {}, e.seq),
-    el("td", { title: e.time }, new Date(e.time).toLocaleTimeString()),
+    el("td", { title: e.time }, utc(e.time)),
     el("td", {}, e.group),
     el("td", {}, e.kind),
     el("td", {}, e.epoch),
-    el("td", {}, (e.old_primary || "-") + " → " + (e.new_primary || "-")),
+    el("td", {}, e.node ? "node " + e.node : (e.old_primary || "-") + " → " + (e.new_primary || "-")),
     el("td", { class: "muted" }, e.actor),
     el("td", {}, e.reason))));
 }

@@ -134,6 +134,7 @@ pub(crate) fn event(seq: u64, group: &str) -> EventRecord {
         new_primary: Some("a".into()),
         reason: "test".into(),
         actor: "test".into(),
+        node: None,
     }
 }
 

@@ -58,6 +58,7 @@ fn parse_range(s: &str) -> Result<std::ops::Range<u64>, String> {
 fn main() -> ExitCode {
     let args = Args::parse();
     let (mut faults, mut failovers, mut violations, mut dark_ms) = (0u32, 0usize, 0usize, 0u64);
+    let mut notified = 0usize;
     for seed in args.seeds.clone() {
         let mut config = FaultConfig::new(seed, args.per_seed);
         config.heartbeat = args.heartbeat;
@@ -70,10 +71,11 @@ fn main() -> ExitCode {
         failovers += report.failovers;
         violations += report.violations.len();
         dark_ms = dark_ms.max(report.dark_ms);
+        notified += report.notified;
     }
     println!(
         "summary: {} seeds, {faults} faults injected, {failovers} failovers, {violations} violations, \
-         longest dark time {dark_ms} ms",
+         longest dark time {dark_ms} ms, {notified} events notified (at least once, in order)",
         args.seeds.end - args.seeds.start
     );
     if violations == 0 {

@@ -81,7 +81,7 @@ fn destructive_commands_ask_first_unless_yes() {
     let out = c.ctl(&["group", "takeover", "db", "--to", "rec-2"]);
     assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
     assert!(
-        out.stderr.contains("is healthy") && out.stderr.contains("--yes"),
+        out.stderr.contains("healthy primary rec-1") && out.stderr.contains("--yes"),
         "{}",
         out.stderr
     );
@@ -127,6 +127,41 @@ fn adding_a_member_that_never_connected_warns_of_a_typo() {
 }
 
 #[test]
+fn events_follow_goes_on_across_a_coordinator_restart() {
+    let mut c = Cluster::start();
+    c.add_group("db", &["rec-1"]);
+    let mut follow = c
+        .ctl_command()
+        .args(["events", "--follow", "--limit", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    let out = BufReader::new(follow.stdout.take().unwrap());
+    std::thread::spawn(move || {
+        for line in out.lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let next = || lines.recv_timeout(tests::PATIENCE).expect("an event line");
+    assert!(next().contains("group_created"));
+    c.kill_coordinator();
+    c.start_coordinator();
+    c.add_group("web", &["rec-2"]);
+    let line = next();
+    assert!(
+        line.contains("web") && line.contains("group_created"),
+        "{line}"
+    );
+    assert!(follow.try_wait().unwrap().is_none(), "still following");
+    let _ = follow.kill();
+    let output = follow.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("reconnecting"), "{stderr}");
+}
+
+#[test]
 fn events_since_a_time_or_a_while_ago() {
     let c = Cluster::start();
     c.add_group("db", &["rec-1"]);
@@ -151,6 +186,13 @@ fn completions_and_manual_pages_come_from_the_command_line_definitions() {
         assert!(script.contains("takeover"), "{shell}: {script}");
     }
     assert!(run("failoverctl", &["man"]).contains(".TH failoverctl 1"));
+    let pages = tempfile::tempdir().unwrap();
+    run(
+        "failoverctl",
+        &["man", "--dir", pages.path().to_str().unwrap()],
+    );
+    let page = std::fs::read_to_string(pages.path().join("failoverctl-group-add.1")).unwrap();
+    assert!(page.contains("member"), "a page per subcommand: {page}");
     assert!(run("failover-coordinator", &["--man-page"]).contains(".TH failover-coordinator 1"));
     assert!(run("failover-agent", &["--man-page"]).contains(".TH failover-agent 1"));
     // clap's hints are kept.

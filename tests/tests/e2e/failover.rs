@@ -126,6 +126,7 @@ fn the_event_log_records_the_failover() {
             .contains("lost contact with rec-1"),
         "{events}"
     );
+    assert_eq!(events[2]["node"], "rec-1", "the event names the node");
     let last = &events[4];
     assert_eq!(
         (last["old_primary"].as_str(), last["new_primary"].as_str()),

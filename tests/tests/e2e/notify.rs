@@ -260,6 +260,10 @@ fn a_bad_sink_is_refused_naming_the_key() {
             "[[notify]] #2 (smtp): password_file /nonexistent/pw",
         ),
         ("[[notify]]\nkind = \"pager\"\n", "unknown variant `pager`"),
+        (
+            "[[notify]]\nkind = \"exec\"\nname = \"page\"\ncommand = [\"/nonexistent/page.sh\"]\n",
+            "[[notify]] page: command \"/nonexistent/page.sh\" is not an executable file",
+        ),
     ];
     for (i, (text, expect)) in cases.iter().enumerate() {
         let path = dir.path().join(format!("{i}.toml"));

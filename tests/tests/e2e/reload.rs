@@ -18,7 +18,12 @@ fn coordinator_config(receiver: &WebhookReceiver, failover_timeout: &str, level:
 }
 
 fn sessions_opened(c: &Cluster) -> usize {
-    c.logs().matches("agent session opened").count()
+    c.coordinator
+        .as_ref()
+        .unwrap()
+        .log_text()
+        .matches("agent session opened")
+        .count()
 }
 
 #[test]
@@ -82,6 +87,18 @@ fn sighup_makes_the_coordinator_take_new_sinks_defaults_and_log_level_without_dr
             .then_some(())
     });
     assert!(c.logs().contains("not_a_key"), "the reason names the key");
+    // So is a sink that cannot work.
+    std::fs::write(
+        &file,
+        "[[notify]]\nkind = \"smtp\"\nhost = \"mail\"\nto = [\"oncall@example.com\"]\n",
+    )
+    .unwrap();
+    c.coordinator.as_ref().unwrap().signal(Signal::SIGHUP);
+    c.wait_until("the bad sink is refused, naming the key", || {
+        c.logs()
+            .contains("[[notify]] #1 (smtp): from is missing")
+            .then_some(())
+    });
     let g = c.ctl_json(&["group", "add", "api", "--member", "rec-2"]);
     assert_eq!(
         g["policy"]["failover_timeout"], "7s",

@@ -53,7 +53,9 @@ fn the_rest_api_answers_and_acts_like_failoverctl() {
     ));
     assert_eq!(code, 200, "{promoted}");
     c.wait_primary("db", "rec-2");
-    let (_, events) = json(c.http_get("/api/v1/events?group=db&limit=50"));
+    let (_, none) = json(c.http_get("/api/v1/events?since=2999-01-01T00:00:00Z"));
+    assert_eq!(none, serde_json::json!([]), "nothing since a time to come");
+    let (_, events) = json(c.http_get("/api/v1/events?group=db&limit=50&since=1h"));
     assert!(
         events
             .as_array()
