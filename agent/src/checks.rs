@@ -157,16 +157,18 @@ impl CheckBoard {
 
 /// Starts one task per check; they stop with `shutdown`. At a reload
 /// (`previous`: the verdicts before it) a check keeps its verdict, and a
-/// new one starts passing: a reload never makes a healthy node look
-/// unhealthy (which would move its roles), nor the reverse — only `fall`
-/// or `rise` runs in a row change a verdict. At the start, every check
-/// starts failing.
+/// new one starts with the node's verdict — passing if every check passed,
+/// failing otherwise (a failing check renamed stays failing): a reload
+/// never makes a healthy node look unhealthy (which would move its roles),
+/// nor the reverse — only `fall` or `rise` runs in a row change a verdict.
+/// At the start, every check starts failing.
 pub fn start(
     checks: &[CheckConfig],
     shutdown: &CancellationToken,
     previous: Option<&[pb::CheckStatus]>,
 ) -> CheckBoard {
     let was = |name: &str| previous.and_then(|p| p.iter().find(|p| p.name == name));
+    let node_passed = previous.is_some_and(|p| p.iter().all(|c| c.passing));
     let board = CheckBoard::default();
     *board
         .states
@@ -178,7 +180,7 @@ pub fn start(
                 groups: c.groups.clone(),
                 ..before.clone()
             },
-            None if previous.is_some() => pb::CheckStatus {
+            None if node_passed => pb::CheckStatus {
                 name: c.name.clone(),
                 passing: true,
                 groups: c.groups.clone(),
@@ -199,7 +201,7 @@ pub fn start(
         };
         let passing = match was(&check.name) {
             Some(before) => before.passing,
-            None => previous.is_some(),
+            None => node_passed,
         };
         tokio::spawn(run(
             index,
@@ -361,6 +363,37 @@ mod tests {
         assert!(Probe::Tcp(addr.clone()).run(&http).await.is_ok());
         drop(listener);
         assert!(Probe::Tcp(addr).run(&http).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_reload_keeps_verdicts_and_a_new_check_starts_with_the_node() {
+        let config = |name: &str| -> CheckConfig {
+            toml::from_str(&format!(
+                "name = \"{name}\"\nexec = \"exit 1\"\ninterval = \"1h\"\nfall = 100"
+            ))
+            .unwrap()
+        };
+        let status = |name: &str, passing: bool| pb::CheckStatus {
+            name: name.into(),
+            passing,
+            groups: vec![],
+            detail: String::new(),
+        };
+        let shutdown = CancellationToken::new();
+        // A failing check renamed: still failing.
+        let board = start(
+            &[config("bad-renamed")],
+            &shutdown,
+            Some(&[status("bad", false)]),
+        );
+        assert!(!board.snapshot()[0].passing);
+        // A healthy node's new check: passing until it fails `fall` runs.
+        let board = start(&[config("new")], &shutdown, Some(&[status("ok", true)]));
+        assert!(board.snapshot()[0].passing);
+        // A kept check keeps its verdict.
+        let board = start(&[config("ok")], &shutdown, Some(&[status("ok", true)]));
+        assert!(board.snapshot()[0].passing);
+        shutdown.cancel();
     }
 
     #[tokio::test]

@@ -50,7 +50,7 @@ impl AdminApi {
     /// Who made a request: the operator its client certificate or bearer
     /// token names, or else an anonymous caller known by its address (an
     /// admin while authentication is off, nobody otherwise).
-    fn actor<T>(&self, request: &Request<T>) -> Actor {
+    pub(crate) fn actor<T>(&self, request: &Request<T>) -> Actor {
         let address = request.remote_addr().map(|a| a.ip());
         let mut rejected = Vec::new();
         // A certificate wins over a token when both are presented.

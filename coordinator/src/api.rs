@@ -63,6 +63,11 @@ impl Actor {
         }
     }
 
+    /// Whether the actor may see groups and nodes (a viewer or more).
+    pub(crate) fn can_view(&self) -> bool {
+        self.access().is_some_and(|a| a >= Access::Viewer)
+    }
+
     /// Refuses the call unless the actor's role includes `needed`.
     fn may(&self, needed: Access, what: &str) -> Result<(), ApiError> {
         match self.access() {

@@ -6,6 +6,7 @@
 //! HTTP listener. See ARCHITECTURE.md for the map.
 
 mod admin;
+mod answer_budget;
 pub mod api;
 mod auth;
 pub mod backup;
@@ -290,9 +291,11 @@ pub async fn run(
         readiness.clone(),
         metrics,
         group_metrics::GroupGauges::new(cluster_leadership),
+        admin.clone(),
     )
     .merge(rest::router(admin))
-    .merge(status_page::router());
+    .merge(status_page::router())
+    .layer(axum::middleware::from_fn(answer_budget::hold));
     let stopped = shutdown.clone();
     let (grpc_task, http_task) = match &tls {
         Some(tls) => {

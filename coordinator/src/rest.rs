@@ -55,7 +55,44 @@ pub(crate) fn router(admin: Arc<AdminApi>) -> Router {
         .route("/api/v1/cluster", get(cluster))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(at_the_edge))
         .with_state(admin)
+}
+
+/// What is refused before any call: a body announced larger than any
+/// call takes (at once, without waiting for it), and a group or node name
+/// in the path that is no name (its message never echoes more than 63
+/// characters of it).
+async fn at_the_edge(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let announced = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return ApiFailure {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            code: "invalid_argument",
+            message: format!("a request body may be at most {MAX_BODY_BYTES} bytes"),
+            leader: None,
+        }
+        .into_response();
+    }
+    let segments: Vec<&str> = request.uri().path().split('/').collect();
+    // "", "api", "v1", "groups", NAME, "members", NODE
+    if segments.get(1..4) == Some(&["api", "v1", "groups"][..]) {
+        let checked = segments
+            .get(4)
+            .map_or(Ok(()), |name| proto::names::validate_group_name(name))
+            .and_then(|()| match (segments.get(5), segments.get(6)) {
+                (Some(&"members"), Some(node)) => proto::names::validate_node_id(node),
+                _ => Ok(()),
+            });
+        if let Err(e) = checked {
+            return bad_request(e.to_string()).into_response();
+        }
+    }
+    next.run(request).await
 }
 
 /// A refusal: the HTTP status of the gRPC code, and `{"error", "code"}`.
@@ -131,6 +168,11 @@ fn call<T>(caller: &Caller, message: T) -> tonic::Request<T> {
     *request.headers_mut() = caller.headers.clone();
     *request.extensions_mut() = caller.extensions.clone();
     tonic::Request::from_http(request)
+}
+
+/// Whether the caller of an HTTP request may see groups and nodes.
+pub(crate) fn can_view(admin: &AdminApi, caller: &Caller) -> bool {
+    admin.actor(&call(caller, ())).can_view()
 }
 
 /// Who made an HTTP request: its headers (`Authorization`) and what the

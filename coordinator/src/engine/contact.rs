@@ -45,13 +45,11 @@ impl ContactReport {
             now.saturating_duration_since(since).as_millis() / REGAIN_EVERY.as_millis(),
         )
         .unwrap_or(u32::MAX);
-        let (left, since) = if earned > 0 {
-            (
-                left.saturating_add(earned).min(REGAIN_BURST),
-                since + REGAIN_EVERY * earned.min(REGAIN_BURST),
-            )
-        } else {
-            (left, since)
+        let (left, since) = match left.saturating_add(earned) {
+            // Full again: counted from now, so a long quiet earns no more
+            // than a full allowance.
+            full if full >= REGAIN_BURST => (REGAIN_BURST, now),
+            partial => (partial, since + REGAIN_EVERY * earned),
         };
         if left == 0 {
             self.allowance = Some((0, since));
@@ -174,5 +172,9 @@ mod tests {
             report.take(start + REGAIN_EVERY * 100),
             "a long quiet refills"
         );
+        // ... but only up to the burst, however long it was.
+        let later = start + REGAIN_EVERY * 100_000;
+        let granted = (0..1000).filter(|_| report.take(later)).count();
+        assert_eq!(granted, REGAIN_BURST as usize);
     }
 }

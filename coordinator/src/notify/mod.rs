@@ -305,12 +305,16 @@ async fn deliver_all(sink: &Sink, term: Term) {
     let Some(cursor) = start_cursor(sink, &term).await else {
         return;
     };
+    // The backlog counts from the log's end, not from what this task has
+    // seen: after a restart or a reload it may be long.
+    let last = term.blocking(|s| s.last_event_seq()).await;
     let mut progress = Progress {
         cursor,
-        head: cursor,
+        head: last.ok().flatten().unwrap_or(cursor).max(cursor),
         live,
         backlog: term.metrics.notify_backlog.get_or_create(&labels).clone(),
     };
+    progress.update();
     loop {
         let after = progress.cursor;
         let page = term
@@ -329,11 +333,11 @@ async fn deliver_all(sink: &Sink, term: Term) {
         let Some(last) = page.last() else {
             progress.update();
             tokio::select! {
-                news = progress.live.recv() => {
-                    if let Ok(event) = news {
-                        progress.head = progress.head.max(event.seq);
-                    }
-                }
+                news = progress.live.recv() => match news {
+                    Ok(event) => progress.head = progress.head.max(event.seq),
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
                 _ = tokio::time::sleep(IDLE_LOOK) => {}
                 _ = term.stop.cancelled() => return,
             }
@@ -413,8 +417,22 @@ async fn deliver_one(
                 }
             }
         }
-        if !term.pause(backoff).await {
-            return false;
+        // Waits out the backoff, keeping the backlog current meanwhile.
+        let until = tokio::time::Instant::now() + backoff;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => break,
+                _ = term.stop.cancelled() => return false,
+                news = progress.live.recv() => match news {
+                    Ok(event) => {
+                        progress.head = progress.head.max(event.seq);
+                        progress.update();
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    // The runtime is gone: so is this term.
+                    Err(broadcast::error::RecvError::Closed) => return false,
+                }
+            }
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }

@@ -84,8 +84,9 @@ impl Webhook {
         .map_err(|_| anyhow::anyhow!("no answer within {:?}", self.timeout))?;
         let (status, text) = answer.map_err(|e| anyhow::anyhow!("{e:#}"))?;
         if !status.is_success() {
+            // Quoted: what a receiver says cannot forge log lines.
             anyhow::bail!(
-                "the receiver answered {status}: {}",
+                "the receiver answered {status}: {:?}",
                 String::from_utf8_lossy(&text).trim()
             );
         }

@@ -66,6 +66,7 @@ fn the_rest_api_answers_and_acts_like_failoverctl() {
     );
 
     // Refusals: the gRPC code as an HTTP status, one line, nothing changed.
+    let long_name = format!("/api/v1/groups/{}", "a".repeat(5000));
     let cases = [
         (
             "POST",
@@ -97,6 +98,7 @@ fn the_rest_api_answers_and_acts_like_failoverctl() {
             "not allowed",
         ),
         ("GET", "/api/v1/elsewhere", None, 404, "openapi.json"),
+        ("GET", &long_name, None, 400, "longer than 63"),
     ];
     for (method, path, body, status, says) in cases {
         let (code, answer) = json(c.http_call(method, path, None, body));
@@ -150,6 +152,20 @@ fn the_rest_api_takes_the_same_credentials_and_roles_as_grpc() {
         "{refused}"
     );
     assert_eq!(c.group("db")["name"], "db", "still there");
+
+    // Metrics: totals for anyone, names only for those who may see them.
+    let (code, totals) = c.http_call("GET", "/metrics", None, None).unwrap();
+    assert_eq!(code, 200);
+    assert!(totals.contains("failover_heartbeats_total"), "{totals}");
+    assert!(
+        !totals.contains("group=\"db\""),
+        "no names for strangers: {totals}"
+    );
+    let (_, named) = c.http_call("GET", "/metrics", Some(&viewer), None).unwrap();
+    assert!(
+        named.contains("failover_group_epoch{group=\"db\"}"),
+        "{named}"
+    );
 }
 
 #[test]
