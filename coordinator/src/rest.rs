@@ -53,17 +53,31 @@ pub(crate) fn router(admin: Arc<AdminApi>) -> Router {
         .route("/api/v1/events", get(list_events))
         .route("/api/v1/events/stream", get(stream_events))
         .route("/api/v1/cluster", get(cluster))
+        // Only where a route and method match: anything else is 404 or
+        // 405 as it is.
+        .route_layer(axum::middleware::from_fn(at_the_edge))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(axum::middleware::from_fn(at_the_edge))
         .with_state(admin)
 }
 
+/// REST calls being answered at once (event streams aside: they count as
+/// watches). Building a large answer takes CPU the runtime needs for
+/// heartbeats, so however many callers come, a few are served at a time.
+const MAX_CALLS: usize = 8;
+
+static CALLS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_CALLS);
+
 /// What is refused before any call: a body announced larger than any
-/// call takes (at once, without waiting for it), and a group or node name
-/// in the path that is no name (its message never echoes more than 63
-/// characters of it).
+/// call takes (at once, without waiting for it); a group or node name in
+/// the path that is no name (its message never echoes more than 63
+/// characters of it); and more calls at once than [`MAX_CALLS`]. (Every
+/// POST needs `Content-Type: application/json`, which a page on another
+/// site can send only after asking, and asking is refused: no page
+/// elsewhere can act through an operator's browser.)
 async fn at_the_edge(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    // Only POST can come from a form on another site without asking.
+
     let announced = request
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -92,6 +106,18 @@ async fn at_the_edge(request: axum::extract::Request, next: axum::middleware::Ne
             return bad_request(e.to_string()).into_response();
         }
     }
+    if request.uri().path() == "/api/v1/events/stream" {
+        return next.run(request).await;
+    }
+    let Ok(_turn) = CALLS.try_acquire() else {
+        return ApiFailure {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            code: "resource_exhausted",
+            message: format!("{MAX_CALLS} REST calls are being answered: try again"),
+            leader: None,
+        }
+        .into_response();
+    };
     next.run(request).await
 }
 
@@ -150,6 +176,9 @@ impl From<tonic::Status> for ApiFailure {
 
 impl From<JsonRejection> for ApiFailure {
     fn from(r: JsonRejection) -> ApiFailure {
+        if matches!(r, JsonRejection::MissingJsonContentType(_)) {
+            return not_json();
+        }
         ApiFailure {
             status: StatusCode::BAD_REQUEST,
             code: "invalid_argument",
@@ -474,7 +503,41 @@ async fn takeover(
     group_answer(admin.takeover(call(&caller, request)).await)
 }
 
-async fn restore(State(admin): Admin, caller: Caller, Path(group): Path<String>) -> Answer {
+/// A POST without a JSON body declared.
+fn not_json() -> ApiFailure {
+    ApiFailure {
+        status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        code: "invalid_argument",
+        message:
+            "a POST needs Content-Type: application/json (with a body of {} where none is needed)"
+                .into(),
+        leader: None,
+    }
+}
+
+/// Nothing: the body of a call that needs none (`{}` or empty).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Nothing {}
+
+async fn restore(
+    State(admin): Admin,
+    caller: Caller,
+    Path(group): Path<String>,
+    headers: HeaderMap,
+    body: bytes::Bytes,
+) -> Answer {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/json"));
+    if !json {
+        return Err(not_json());
+    }
+    if !body.is_empty() {
+        serde_json::from_slice::<Nothing>(&body)
+            .map_err(|e| bad_request(format!("the request body: {e}")))?;
+    }
     let request = pb::RestoreRequest { group };
     group_answer(admin.restore(call(&caller, request)).await)
 }

@@ -99,6 +99,14 @@ fn the_rest_api_answers_and_acts_like_failoverctl() {
         ),
         ("GET", "/api/v1/elsewhere", None, 404, "openapi.json"),
         ("GET", &long_name, None, 400, "longer than 63"),
+        // A form on another site cannot act: a POST must declare JSON.
+        (
+            "POST",
+            "/api/v1/groups/db/restore",
+            None,
+            415,
+            "application/json",
+        ),
     ];
     for (method, path, body, status, says) in cases {
         let (code, answer) = json(c.http_call(method, path, None, body));
