@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use crate::policy::Policy;
 
-#[derive(Debug, Parser)]
+#[derive(Debug, Clone, Parser)]
 #[command(
     name = "failover-coordinator",
     version,
@@ -81,7 +81,7 @@ pub struct Args {
 }
 
 /// What to do instead of serving.
-#[derive(Debug, clap::Subcommand)]
+#[derive(Debug, Clone, clap::Subcommand)]
 pub enum Subcommand {
     /// Write every group (members, settings, epoch, primary) and every
     /// deleted group's epoch floor from the configured store as JSON: a
@@ -147,6 +147,10 @@ pub struct Config {
     /// The file this was read from (`--config`), re-read on SIGHUP.
     #[serde(skip)]
     pub source: Option<PathBuf>,
+    /// The command line it was made with: a reload applies its flags over
+    /// the file again, as the start did.
+    #[serde(skip)]
+    pub flags: Option<Args>,
 }
 
 /// `[etcd]`: the etcd cluster coordinator replicas share.
@@ -290,6 +294,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             notify: Vec::new(),
             source: None,
+            flags: None,
         }
     }
 }
@@ -303,6 +308,7 @@ impl Config {
             None => Config::default(),
         };
         config.source = args.config.clone();
+        config.flags = Some(args.clone());
         if let Some(v) = args.listen {
             config.listen = v;
         }

@@ -42,9 +42,19 @@ impl ConfigReload {
         }
     }
 
-    /// The file's new configuration and its sinks, each checked.
+    /// The file's new configuration (with the command line's flags over
+    /// it, as at the start) and its sinks, each checked.
     fn load(&self) -> anyhow::Result<(Config, Sinks)> {
-        let new = Config::from_file(&self.path)?;
+        let running = self
+            .running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .flags
+            .clone();
+        let new = match &running {
+            Some(flags) => Config::load(flags)?,
+            None => Config::from_file(&self.path)?,
+        };
         new.validate_live()?;
         let sinks = Sinks::build(&new.notify)?;
         Ok((new, sinks))

@@ -51,6 +51,17 @@ fn sighup_makes_the_coordinator_take_new_sinks_defaults_and_log_level_without_dr
             .contains("configuration reloaded (SIGHUP)")
             .then_some(())
     });
+    // The harness gives --listen, --http-listen and --data-dir as flags:
+    // the file not naming them is no change waiting for a restart.
+    assert!(
+        !c.coordinator
+            .as_ref()
+            .unwrap()
+            .log_text()
+            .contains("take effect only at the next start"),
+        "{}",
+        c.logs()
+    );
     // New groups take the new defaults; events go to the new sink.
     let g = c.ctl_json(&["group", "add", "web", "--member", "rec-2"]);
     assert_eq!(g["policy"]["failover_timeout"], "7s", "{g}");
