@@ -43,23 +43,62 @@ impl EtcdCluster {
 
     /// Like [`EtcdCluster::start`], serving clients over TLS (with client
     /// certificates required) when `tls` is given.
+    ///
+    /// Its ports are chosen free just before etcd binds them, so another
+    /// test can take one meanwhile: a cluster that does not become healthy
+    /// is started again, from nothing, on other ports (three tries).
     pub fn start_with(dir: PathBuf, n: usize, tls: Option<EtcdTls>) -> EtcdCluster {
-        std::fs::create_dir_all(&dir).expect("etcd directory");
-        let members = (0..n)
-            .map(|i| Member {
-                name: format!("etcd-{i}"),
-                client: free_port(),
-                peer: free_port(),
-                proc: None,
-                starts: 0,
-            })
-            .collect();
-        let mut cluster = EtcdCluster { dir, members, tls };
-        for i in 0..n {
-            cluster.start_member(i);
+        const TRIES: usize = 3;
+        for attempt in 1..=TRIES {
+            std::fs::create_dir_all(&dir).expect("etcd directory");
+            let members = (0..n)
+                .map(|i| Member {
+                    name: format!("etcd-{i}"),
+                    client: free_port(),
+                    peer: free_port(),
+                    proc: None,
+                    starts: 0,
+                })
+                .collect();
+            let mut cluster = EtcdCluster {
+                dir: dir.clone(),
+                members,
+                tls: tls.clone(),
+            };
+            for i in 0..n {
+                cluster.start_member(i);
+            }
+            if attempt == TRIES {
+                cluster.wait_healthy();
+                return cluster;
+            }
+            if cluster.healthy_within(PATIENCE) {
+                return cluster;
+            }
+            eprintln!("etcd did not become healthy; starting it again on other ports");
+            for i in 0..n {
+                cluster.kill_member(i);
+                let _ = std::fs::remove_dir_all(dir.join(&cluster.members[i].name));
+            }
         }
-        cluster.wait_healthy();
-        cluster
+        unreachable!("the last try returns or fails")
+    }
+
+    /// Whether every running member is healthy within `patience`.
+    fn healthy_within(&self, patience: Duration) -> bool {
+        let deadline = Instant::now() + patience;
+        loop {
+            let running: Vec<usize> = (0..self.members.len())
+                .filter(|i| self.members[*i].proc.is_some())
+                .collect();
+            if running.iter().all(|i| self.member_healthy(*i)) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Every member's client address.
