@@ -138,7 +138,7 @@ impl Agent {
             );
             return;
         }
-        if let Err(e) = crate::logging::set_level(&new.log.level) {
+        if let Err(e) = proto::logging::set_level(&new.log.level) {
             tracing::error!("configuration not reloaded (SIGHUP), the running one stays: {e}");
             return;
         }

@@ -12,7 +12,6 @@ pub mod hook_output;
 pub mod hooks;
 pub mod identity;
 pub mod link;
-pub mod logging;
 pub mod role_log;
 pub mod roles;
 

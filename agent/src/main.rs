@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use agent::config::{AgentConfig, Args};
+use agent::config::{AgentConfig, Args, LogFormat};
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
@@ -47,7 +47,7 @@ fn main() -> ExitCode {
     for problem in config.check_files() {
         eprintln!("warning: {problem}");
     }
-    agent::logging::init(config.log.format, &config.log.level);
+    proto::logging::init(config.log.format == LogFormat::Json, &config.log.level);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

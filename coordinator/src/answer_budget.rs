@@ -68,3 +68,35 @@ impl HttpBody for Held {
         self.body.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::routing::get;
+    use tower::ServiceExt;
+
+    fn router() -> axum::Router {
+        axum::Router::new()
+            .route("/small", get(|| async { "a small answer" }))
+            .route("/huge", get(|| async { vec![b'x'; (BUDGET_KIB + 1) * 1024] }))
+            .layer(axum::middleware::from_fn(hold))
+    }
+
+    async fn status(path: &str) -> StatusCode {
+        let request = http::Request::get(path).body(Body::empty()).unwrap();
+        router().oneshot(request).await.unwrap().status()
+    }
+
+    #[tokio::test]
+    async fn an_answer_larger_than_the_budget_is_refused_and_the_budget_comes_back() {
+        assert_eq!(status("/huge").await, StatusCode::TOO_MANY_REQUESTS);
+        // Held while the answer lives, given back when it is dropped.
+        let request = http::Request::get("/small").body(Body::empty()).unwrap();
+        let held = router().oneshot(request).await.unwrap();
+        assert_eq!(held.status(), StatusCode::OK);
+        assert!(BUDGET.available_permits() < BUDGET_KIB);
+        drop(held);
+        assert_eq!(BUDGET.available_permits(), BUDGET_KIB);
+        assert_eq!(status("/small").await, StatusCode::OK);
+    }
+}

@@ -536,8 +536,7 @@ impl Config {
             .validate()
             .context("invalid [defaults] in the configuration")?;
         crate::notify::config::validate_all(&self.notify)?;
-        tracing_subscriber::EnvFilter::try_new(&self.log.level)
-            .map_err(|e| anyhow::anyhow!("[log] level {:?}: {e}", self.log.level))?;
+        proto::logging::check_level(&self.log.level).map_err(anyhow::Error::msg)?;
         Ok(())
     }
 

@@ -148,7 +148,7 @@ impl crate::reload::Reload for ConfigReload {
         };
         let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
         let mut applied = Vec::new();
-        if let Err(e) = crate::logging::set_level(&new.log.level) {
+        if let Err(e) = proto::logging::set_level(&new.log.level) {
             tracing::error!("configuration not reloaded ({why}), the running one stays: {e}");
             return;
         }

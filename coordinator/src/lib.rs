@@ -26,7 +26,6 @@ mod http;
 mod leadership;
 mod limits;
 mod listener;
-pub mod logging;
 mod metrics;
 mod metrics_format;
 pub mod model;

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
-use coordinator::config::{Args, Config, Subcommand};
+use coordinator::config::{Args, Config, LogFormat, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
@@ -53,7 +53,7 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    coordinator::logging::init(config.log.format, &config.log.level);
+    proto::logging::init(config.log.format == LogFormat::Json, &config.log.level);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures::{Stream, StreamExt};
 use proto::json;
+use proto::pages::all_pages;
 use proto::v1 as pb;
 use proto::v1::admin_service_server::AdminService;
 use serde::Deserialize;
@@ -263,23 +264,21 @@ fn group_answer(answer: Result<tonic::Response<pb::GroupStatus>, tonic::Status>)
 }
 
 async fn list_groups(State(admin): Admin, caller: Caller) -> Answer {
-    let mut groups = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let request = pb::ListGroupsRequest {
-            page_size: 0,
-            page_token,
-        };
-        let page = admin
-            .list_groups(call(&caller, request))
-            .await?
-            .into_inner();
-        groups.extend(page.groups);
-        if page.next_page_token.is_empty() {
-            break;
+    let groups = all_pages(|page_token| {
+        let request = call(
+            &caller,
+            pb::ListGroupsRequest {
+                page_size: 0,
+                page_token,
+            },
+        );
+        let admin = admin.clone();
+        async move {
+            let page = admin.list_groups(request).await?.into_inner();
+            Ok((page.groups, page.next_page_token))
         }
-        page_token = page.next_page_token;
-    }
+    })
+    .await?;
     Ok(axum::Json(json::groups_json(&groups)))
 }
 
@@ -572,20 +571,21 @@ async fn undrain(
 }
 
 async fn list_nodes(State(admin): Admin, caller: Caller) -> Answer {
-    let mut nodes = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let request = pb::ListNodesRequest {
-            page_size: 0,
-            page_token,
-        };
-        let page = admin.list_nodes(call(&caller, request)).await?.into_inner();
-        nodes.extend(page.nodes);
-        if page.next_page_token.is_empty() {
-            break;
+    let nodes = all_pages(|page_token| {
+        let request = call(
+            &caller,
+            pb::ListNodesRequest {
+                page_size: 0,
+                page_token,
+            },
+        );
+        let admin = admin.clone();
+        async move {
+            let page = admin.list_nodes(request).await?.into_inner();
+            Ok((page.nodes, page.next_page_token))
         }
-        page_token = page.next_page_token;
-    }
+    })
+    .await?;
     Ok(axum::Json(json::nodes_json(&nodes)))
 }
 

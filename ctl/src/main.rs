@@ -273,7 +273,7 @@ fn pretty(json: &serde_json::Value) -> String {
 
 /// Every group, in name order.
 async fn all_groups(client: &Client) -> Result<Vec<pb::GroupStatus>, tonic::Status> {
-    all_pages(|page_token| {
+    proto::pages::all_pages(|page_token| {
         let mut client = client.clone();
         async move {
             let page = client
@@ -284,6 +284,24 @@ async fn all_groups(client: &Client) -> Result<Vec<pb::GroupStatus>, tonic::Stat
                 .await?
                 .into_inner();
             Ok((page.groups, page.next_page_token))
+        }
+    })
+    .await
+}
+
+/// Every node, in name order.
+async fn all_nodes(client: &Client) -> Result<Vec<pb::NodeStatus>, tonic::Status> {
+    proto::pages::all_pages(|page_token| {
+        let mut client = client.clone();
+        async move {
+            let page = client
+                .list_nodes(pb::ListNodesRequest {
+                    page_size: 0,
+                    page_token,
+                })
+                .await?
+                .into_inner();
+            Ok((page.nodes, page.next_page_token))
         }
     })
     .await
@@ -452,26 +470,6 @@ fn warn_unknown_members(g: &pb::GroupStatus, node: Option<&str>) {
                 m.node
             );
         }
-    }
-}
-
-/// Every entry of a listing the coordinator answers in pages: `fetch`
-/// gets the page after a token (empty: the first) and the next token
-/// (empty: that was the last).
-async fn all_pages<T, Fut>(mut fetch: impl FnMut(String) -> Fut) -> Result<Vec<T>, tonic::Status>
-where
-    Fut: Future<Output = Result<(Vec<T>, String), tonic::Status>>,
-{
-    let mut all = Vec::new();
-    let mut token = String::new();
-    loop {
-        let (page, next) = fetch(token.clone()).await?;
-        all.extend(page);
-        // A token that does not move on would loop forever.
-        if next.is_empty() || next == token {
-            return Ok(all);
-        }
-        token = next;
     }
 }
 
@@ -697,20 +695,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print_group(out, &g);
         }
         Command::Node(NodeCommand::List) => {
-            let nodes = all_pages(|page_token| {
-                let mut client = client.clone();
-                async move {
-                    let page = client
-                        .list_nodes(pb::ListNodesRequest {
-                            page_size: 0,
-                            page_token,
-                        })
-                        .await?
-                        .into_inner();
-                    Ok((page.nodes, page.next_page_token))
-                }
-            })
-            .await?;
+            let nodes = all_nodes(&client).await?;
             print(
                 out,
                 proto::json::nodes_json(&nodes),

@@ -5,7 +5,9 @@ pub mod client;
 pub mod duration;
 pub mod identity;
 pub mod json;
+pub mod logging;
 pub mod names;
+pub mod pages;
 pub mod toml_error;
 pub mod vocab;
 

@@ -1092,6 +1092,32 @@ fn parse_hook_line(line: &str) -> Option<HookLine> {
     })
 }
 
+/// `BINARY --config FILE --check-config`, the file holding `text`
+/// (written as `name` in `dir`).
+pub fn check_config(binary: &str, dir: &Path, name: &str, text: &str) -> Output {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("config file");
+    Command::new(bin(binary))
+        .arg("--config")
+        .arg(&path)
+        .arg("--check-config")
+        .output()
+        .expect("runs")
+}
+
+/// The lines a child process writes, as they come (read on a thread of
+/// their own, so a test can wait for the next one with a deadline).
+pub fn lines_of(out: impl Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    lines
+}
+
 /// A minimal HTTP/1.0 GET: status code and body.
 pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     http_request(addr, "GET", path, None, None)

@@ -296,14 +296,7 @@ fn malformed_config_files_are_refused_with_the_reason() {
         ("failover-coordinator", "clock_drift = 3.0\n", "clock_drift"),
     ];
     for (i, (binary, text, expect)) in cases.iter().enumerate() {
-        let path = dir.path().join(format!("{i}.toml"));
-        std::fs::write(&path, text).unwrap();
-        let out = Command::new(bin(binary))
-            .arg("--config")
-            .arg(&path)
-            .arg("--check-config")
-            .output()
-            .expect("runs");
+        let out = tests::check_config(binary, dir.path(), &format!("{i}.toml"), text);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{binary} accepted {text:?}");
         assert!(stderr.contains(expect), "{binary} {text:?}: {stderr}");

@@ -137,13 +137,7 @@ fn events_follow_goes_on_across_a_coordinator_restart() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let (tx, lines) = std::sync::mpsc::channel();
-    let out = BufReader::new(follow.stdout.take().unwrap());
-    std::thread::spawn(move || {
-        for line in out.lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let lines = tests::lines_of(follow.stdout.take().unwrap());
     let next = || lines.recv_timeout(tests::PATIENCE).expect("an event line");
     assert!(next().contains("group_created"));
     c.kill_coordinator();

@@ -3,13 +3,12 @@
 //! in order, across a coordinator kill; bad sinks are refused.
 
 use std::collections::BTreeSet;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tests::sinks::{Mailbox, WebhookReceiver};
 use tests::tls::Pki;
-use tests::{Cluster, FAST, bin};
+use tests::{Cluster, FAST};
 
 const SECRET: &str = "a-shared-secret-for-tests";
 
@@ -266,14 +265,12 @@ fn a_bad_sink_is_refused_naming_the_key() {
         ),
     ];
     for (i, (text, expect)) in cases.iter().enumerate() {
-        let path = dir.path().join(format!("{i}.toml"));
-        std::fs::write(&path, text).unwrap();
-        let out = Command::new(bin("failover-coordinator"))
-            .arg("--config")
-            .arg(&path)
-            .arg("--check-config")
-            .output()
-            .expect("runs");
+        let out = tests::check_config(
+            "failover-coordinator",
+            dir.path(),
+            &format!("{i}.toml"),
+            text,
+        );
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "accepted {text:?}");
         assert!(stderr.contains(expect), "{text:?}: {stderr}");

@@ -1,7 +1,7 @@
 //! The live status page in a real headless Chromium: a failover shows up
 //! on the page without a reload.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 
@@ -24,13 +24,7 @@ impl Browser {
             .stdout(Stdio::piped())
             .spawn()
             .expect("the browser driver starts");
-        let out = BufReader::new(child.stdout.take().unwrap());
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in out.lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
+        let lines = tests::lines_of(child.stdout.take().unwrap());
         Browser { child, lines }
     }
 

@@ -1,5 +1,5 @@
-//! The log: text or JSON lines on stderr, filtered by a level that a
-//! configuration reload (SIGHUP) can change while the agent runs (the
+//! The daemons' log: text or JSON lines on stderr, filtered by a level
+//! that a configuration reload (SIGHUP) can change while they run (the
 //! `RUST_LOG` environment variable, when set, wins over the file).
 
 use std::io::IsTerminal;
@@ -9,12 +9,10 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Registry, reload};
 
-use crate::config::LogFormat;
-
 static LEVEL: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
 
-/// Sets up the log for the whole process (once).
-pub fn init(format: LogFormat, level: &str) {
+/// Sets up the log for the whole process (once): JSON lines or text.
+pub fn init(json: bool, level: &str) {
     let filter = match from_environment() {
         Some(directives) => {
             EnvFilter::try_new(directives).unwrap_or_else(|_| EnvFilter::new(level))
@@ -27,15 +25,23 @@ pub fn init(format: LogFormat, level: &str) {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
     let registry = tracing_subscriber::registry().with(filter);
-    let _ = match format {
-        LogFormat::Text => registry.with(lines).try_init(),
-        LogFormat::Json => registry.with(lines.json()).try_init(),
+    let _ = if json {
+        registry.with(lines.json()).try_init()
+    } else {
+        registry.with(lines).try_init()
     };
+}
+
+/// Whether `level` is a filter the log takes (`info`, `info,coordinator=debug`).
+pub fn check_level(level: &str) -> Result<(), String> {
+    EnvFilter::try_new(level)
+        .map(|_| ())
+        .map_err(|e| format!("[log] level {level:?}: {e}"))
 }
 
 /// Filters the log by `level` from now on; refused (the old level kept)
 /// when it is no filter. With `RUST_LOG` set, nothing changes.
-pub(crate) fn set_level(level: &str) -> Result<(), String> {
+pub fn set_level(level: &str) -> Result<(), String> {
     let filter = EnvFilter::try_new(level).map_err(|e| format!("[log] level {level:?}: {e}"))?;
     if from_environment().is_some() {
         return Ok(());
