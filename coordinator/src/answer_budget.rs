@@ -78,7 +78,10 @@ mod tests {
     fn router() -> axum::Router {
         axum::Router::new()
             .route("/small", get(|| async { "a small answer" }))
-            .route("/huge", get(|| async { vec![b'x'; (BUDGET_KIB + 1) * 1024] }))
+            .route(
+                "/huge",
+                get(|| async { vec![b'x'; (BUDGET_KIB + 1) * 1024] }),
+            )
             .layer(axum::middleware::from_fn(hold))
     }
 
