@@ -12,8 +12,10 @@ use crate::checks::{self, CheckBoard};
 use crate::config::AgentConfig;
 use crate::driver::Driver;
 use crate::identity::{self, Identity};
-use crate::link::{Link, LinkEvent};
+use crate::link::{Link, LinkEvent, PeerAdvert};
 use crate::role_log::RoleLog;
+use crate::sync::{RoleBoard, SyncBoard};
+use tokio::sync::watch;
 
 pub use crate::link::{DUPLICATE_EXIT_STATUS, DuplicateNode};
 
@@ -36,6 +38,10 @@ pub struct Agent {
     /// Stops the running checks (at the end, or when a reload replaces
     /// them).
     stop_checks: CancellationToken,
+    /// The state syncs' shared board, and this node's roles as they see
+    /// them (published every turn).
+    syncs: SyncBoard,
+    roles_tx: watch::Sender<RoleBoard>,
 }
 
 impl Agent {
@@ -58,14 +64,23 @@ impl Agent {
         })?;
         let previous_instance =
             identity::read_previous_instance(&config.state_dir, &config.node_id);
+        let syncs = SyncBoard::default();
         Ok(Agent {
             link: Link::new(
                 config.coordinators.clone(),
                 config.tls.clone(),
                 config.node_id.clone(),
                 identity.clone(),
+                syncs.clone(),
             ),
-            driver: Driver::new(config.node_id.clone(), config.hooks.clone(), role_log),
+            driver: Driver::new(
+                config.node_id.clone(),
+                config.hooks.clone(),
+                role_log,
+                syncs.clone(),
+            ),
+            syncs,
+            roles_tx: watch::channel(RoleBoard::new()).0,
             config,
             identity,
             previous_instance,
@@ -80,10 +95,19 @@ impl Agent {
     pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(node = %self.config.node_id, instance = %self.identity.short(), node_uuid = %self.identity.node_uuid, coordinators = ?self.config.coordinators, "agent starting");
         self.checks = checks::start(&self.config.checks, &self.stop_checks, None);
+        self.start_syncs(&shutdown).await?;
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         let mut outcome = Ok(());
         loop {
             self.driver.fence_expired();
+            let board = self.driver.role_board();
+            self.roles_tx.send_if_modified(|current| {
+                let changed = *current != board;
+                if changed {
+                    *current = board;
+                }
+                changed
+            });
             self.driver.drive_hooks();
             self.deliver_reports();
             let lease_wake = self.driver.until_lease_end();
@@ -114,6 +138,44 @@ impl Agent {
         self.stop().await;
         self.stop_checks.cancel();
         outcome
+    }
+
+    /// Starts the peer service and the state syncs, if any are configured,
+    /// and what the Hello advertises for them.
+    async fn start_syncs(&mut self, shutdown: &CancellationToken) -> anyhow::Result<()> {
+        if self.config.syncs.is_empty() {
+            return Ok(());
+        }
+        let tls = match (
+            &self.config.tls.ca,
+            &self.config.tls.cert,
+            &self.config.tls.key,
+        ) {
+            (Some(ca), Some(cert), Some(key)) => {
+                Some(crate::sync::tls::PeerTls::load(ca, cert, key)?)
+            }
+            _ => None,
+        };
+        let started = crate::sync::start(
+            crate::sync::Setup {
+                node_id: self.config.node_id.clone(),
+                state_dir: self.config.state_dir.clone(),
+                syncs: self.config.syncs.clone(),
+                listen: self.config.peer_listen.clone(),
+                tls,
+            },
+            self.syncs.clone(),
+            self.roles_tx.subscribe(),
+            shutdown.clone(),
+        )
+        .await?;
+        let advert = match (&self.config.peer_advertise, started.peer_port) {
+            (Some(fixed), _) => PeerAdvert::Fixed(fixed.clone()),
+            (None, Some(port)) => PeerAdvert::Port(port),
+            (None, None) => PeerAdvert::None,
+        };
+        self.link.advertise_peer(advert);
+        Ok(())
     }
 
     /// SIGHUP: the configuration again — checks, hooks and the log level
@@ -167,6 +229,9 @@ impl Agent {
             ("role_log", old.role_log != new.role_log),
             ("tls", format!("{:?}", old.tls) != format!("{:?}", new.tls)),
             ("[log] format", old.log.format != new.log.format),
+            ("[[sync]]", old.syncs != new.syncs),
+            ("peer_listen", old.peer_listen != new.peer_listen),
+            ("peer_advertise", old.peer_advertise != new.peer_advertise),
         ]
         .into_iter()
         .filter_map(|(key, differs)| differs.then_some(key))

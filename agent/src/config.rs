@@ -9,6 +9,7 @@ use clap::{Parser, ValueEnum};
 use serde::Deserialize;
 
 use crate::checks::CheckConfig;
+use crate::sync::SyncConfig;
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -81,6 +82,10 @@ struct FileConfig {
     tls: TlsConfig,
     #[serde(default)]
     log: LogConfig,
+    peer_listen: Option<String>,
+    peer_advertise: Option<String>,
+    #[serde(default)]
+    sync: Vec<SyncConfig>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -142,6 +147,12 @@ pub struct AgentConfig {
     /// TLS files for https:// coordinators.
     pub tls: proto::client::ClientTls,
     pub log: LogConfig,
+    /// Where the peer service listens (for `[[sync]]`).
+    pub peer_listen: String,
+    /// What other agents connect to instead of the local address (NAT).
+    pub peer_advertise: Option<String>,
+    /// State syncs, each validated.
+    pub syncs: Vec<SyncConfig>,
     /// How it was made (flags over `--config`), to make it again on SIGHUP.
     pub source: Args,
 }
@@ -246,7 +257,54 @@ impl AgentConfig {
                 );
             }
         }
+        if file.sync.len() > crate::sync::config::MAX_SYNCS {
+            bail!(
+                "{} [[sync]] sections: at most {} are allowed",
+                file.sync.len(),
+                crate::sync::config::MAX_SYNCS
+            );
+        }
+        for (i, sync) in file.sync.iter().enumerate() {
+            sync.validate()?;
+            if file.sync[..i].iter().any(|s| s.name == sync.name) {
+                bail!(
+                    "two [[sync]] sections are named {:?}: names must be unique",
+                    sync.name
+                );
+            }
+            if let Some(other) = file.sync[..i].iter().find(|s| s.path == sync.path) {
+                bail!(
+                    "[[sync]] {:?} and {:?} both sync {}: one path, one sync",
+                    other.name,
+                    sync.name,
+                    sync.path.display()
+                );
+            }
+        }
+        let peer_listen = file.peer_listen.unwrap_or_else(|| "0.0.0.0:0".into());
+        if peer_listen.parse::<std::net::SocketAddr>().is_err() {
+            bail!(
+                "peer_listen {peer_listen:?} must be an IP address and a port, e.g. \"0.0.0.0:7600\" \
+                 (port 0: any free port)"
+            );
+        }
+        if let Some(advertise) = &file.peer_advertise {
+            let ok = advertise.len() <= 255
+                && advertise.bytes().all(|b| b.is_ascii_graphic())
+                && advertise.rsplit_once(':').is_some_and(|(host, port)| {
+                    !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+                });
+            if !ok {
+                bail!(
+                    "peer_advertise {advertise:?} must be HOST:PORT, the address other agents \
+                     reach this one's peer service at"
+                );
+            }
+        }
         Ok(AgentConfig {
+            peer_listen,
+            peer_advertise: file.peer_advertise,
+            syncs: file.sync,
             node_id,
             coordinators,
             role_log: file.role_log,
@@ -273,6 +331,12 @@ impl AgentConfig {
         );
         if let Some(log) = &self.role_log {
             text.push_str(&format!("role_log = {}\n", path(log)));
+        }
+        if !self.syncs.is_empty() {
+            text.push_str(&format!("peer_listen = {:?}\n", self.peer_listen));
+            if let Some(advertise) = &self.peer_advertise {
+                text.push_str(&format!("peer_advertise = {advertise:?}\n"));
+            }
         }
         text.push_str("\n[hooks]\n");
         if let Some(hook) = &self.hooks.on_role_change {
@@ -322,6 +386,19 @@ impl AgentConfig {
                 check.fall,
                 check.groups
             ));
+        }
+        for sync in &self.syncs {
+            text.push_str(&format!(
+                "\n[[sync]]\nname = {:?}\ngroups = {:?}\npath = {}\ninterval = \"{}\"\n",
+                sync.name,
+                sync.groups,
+                path(&sync.path),
+                humantime::format_duration(sync.interval)
+            ));
+            if let Some(rate) = &sync.max_rate {
+                text.push_str(&format!("max_rate = {rate:?}\n"));
+            }
+            text.push_str(&format!("exclude = {:?}\n", sync.exclude));
         }
         text
     }
@@ -379,6 +456,11 @@ impl AgentConfig {
                 "state_dir: {} is not a directory",
                 self.state_dir.display()
             ));
+        }
+        for sync in &self.syncs {
+            if let Err(problem) = sync.check_path() {
+                problems.push(problem);
+            }
         }
         problems.extend(proto::client::check_files(
             &self.tls,

@@ -58,6 +58,9 @@ fn refusal_message(e: &anyhow::Error) -> String {
 /// One open session stream.
 pub struct Connection {
     pub url: String,
+    /// This host's address on the route to the coordinator: what other
+    /// agents of the fleet reach it by (advertised for the peer service).
+    pub local_ip: Option<std::net::IpAddr>,
     pub outbound: mpsc::Sender<pb::AgentMessage>,
     pub inbound: Streaming<pb::CoordinatorMessage>,
 }
@@ -148,7 +151,31 @@ async fn open(url: &str, tls: &ClientTls) -> anyhow::Result<Connection> {
         .await?;
     Ok(Connection {
         url: url.to_owned(),
+        local_ip: local_ip_towards(url).await,
         outbound,
         inbound: response.into_inner(),
     })
+}
+
+/// The local address the kernel would send from to reach `url`'s host: a
+/// UDP socket "connected" there (which sends nothing) reports it.
+async fn local_ip_towards(url: &str) -> Option<std::net::IpAddr> {
+    let uri: tonic::transport::Uri = url.parse().ok()?;
+    let host = uri.host()?.trim_start_matches('[').trim_end_matches(']');
+    let port = uri
+        .port_u16()
+        .unwrap_or(if uri.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        });
+    let target = tokio::net::lookup_host((host, port)).await.ok()?.next()?;
+    let bind: std::net::SocketAddr = if target.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = tokio::net::UdpSocket::bind(bind).await.ok()?;
+    socket.connect(target).await.ok()?;
+    Some(socket.local_addr().ok()?.ip())
 }

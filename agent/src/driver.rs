@@ -22,6 +22,7 @@ use crate::config::HooksConfig;
 use crate::hooks::{self, HookEnv, HookRun, Outcome};
 use crate::role_log::RoleLog;
 use crate::roles::{Assignment, Role, Roles, StandbyMode, fence_margin};
+use crate::sync::{RoleBoard, RoleView, SyncBoard};
 
 /// The longest lease a grant may carry (the longest failover timeout a
 /// group may have); a longer one is refused as corrupt.
@@ -71,6 +72,9 @@ pub struct HookDone {
 
 pub struct Driver {
     node_id: String,
+    /// State syncs: FAILOVER_SYNC_STATE, and the gate that keeps a fetched
+    /// copy from replacing this node's while it acts as primary.
+    syncs: SyncBoard,
     hooks: HooksConfig,
     roles: Roles,
     role_log: RoleLog,
@@ -85,9 +89,10 @@ pub struct Driver {
 }
 
 impl Driver {
-    pub fn new(node_id: String, hooks: HooksConfig, role_log: RoleLog) -> Driver {
+    pub fn new(node_id: String, hooks: HooksConfig, role_log: RoleLog, syncs: SyncBoard) -> Driver {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         Driver {
+            syncs,
             node_id,
             hooks,
             roles: Roles::default(),
@@ -140,6 +145,32 @@ impl Driver {
                 running.cancel();
             }
         }
+    }
+
+    /// This node's roles as the state syncs need them.
+    pub fn role_board(&self) -> RoleBoard {
+        self.roles
+            .iter()
+            .map(|(group, g)| {
+                let acting_until = match (g.role, g.lease_until) {
+                    (Role::Primary, Some(_)) if g.fencing == crate::roles::Fencing::None => {
+                        Some(Duration::MAX)
+                    }
+                    (Role::Primary, Some(until)) => Some(until),
+                    _ => None,
+                };
+                (
+                    group.clone(),
+                    RoleView {
+                        role: g.role,
+                        epoch: g.epoch,
+                        primary: g.primary.clone(),
+                        primary_peer: g.primary_peer.clone(),
+                        acting_until,
+                    },
+                )
+            })
+            .collect()
     }
 
     /// The roles this agent holds, as told to the coordinator.
@@ -219,7 +250,12 @@ impl Driver {
                 epoch: state.epoch,
                 primary: state.primary.clone().unwrap_or_default(),
                 standby_mode: state.standby_mode.as_str(),
+                sync_state: self.syncs.hook_state(group),
             };
+            if desired.role() == Role::Primary {
+                // From now on no fetched copy replaces this node's.
+                self.syncs.set_acting(group, true);
+            }
             slot.last_started = Some(desired);
             starts.push(env);
         }
@@ -291,6 +327,10 @@ impl Driver {
     /// Queues a hook result for the coordinator.
     fn report(&mut self, env: &HookEnv, outcome: Outcome, exit_code: Option<i32>, detail: String) {
         let role = env.role.parse().unwrap_or(Role::Fenced);
+        if role != Role::Primary && outcome.took_effect() {
+            // The service stood down: the copy may be replaced again.
+            self.syncs.set_acting(&env.group, false);
+        }
         self.reports.push(pb::HookResult {
             group: env.group.clone(),
             epoch: env.epoch,

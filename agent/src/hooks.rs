@@ -25,11 +25,14 @@ pub struct HookEnv {
     /// Node id of the group's primary, empty when none.
     pub primary: String,
     pub standby_mode: &'static str,
+    /// How this node's synced copies stand (fresh, stale, none); `None`
+    /// when no `[[sync]]` follows the group (the variable is then unset).
+    pub sync_state: Option<&'static str>,
 }
 
 impl HookEnv {
-    fn vars(&self) -> [(&'static str, String); 7] {
-        [
+    fn vars(&self) -> Vec<(&'static str, String)> {
+        let mut vars = vec![
             ("FAILOVER_GROUP", self.group.clone()),
             ("FAILOVER_NODE", self.node.clone()),
             ("FAILOVER_ROLE", self.role.to_owned()),
@@ -37,7 +40,11 @@ impl HookEnv {
             ("FAILOVER_EPOCH", self.epoch.to_string()),
             ("FAILOVER_PRIMARY", self.primary.clone()),
             ("FAILOVER_STANDBY_MODE", self.standby_mode.to_owned()),
-        ]
+        ];
+        if let Some(state) = self.sync_state {
+            vars.push(("FAILOVER_SYNC_STATE", state.to_owned()));
+        }
+        vars
     }
 }
 
@@ -152,6 +159,7 @@ mod tests {
             epoch: 7,
             primary: "n-1".into(),
             standby_mode: "hot",
+            sync_state: None,
         }
     }
 

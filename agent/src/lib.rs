@@ -14,6 +14,7 @@ pub mod identity;
 pub mod link;
 pub mod role_log;
 pub mod roles;
+pub mod sync;
 
 use tokio_util::sync::CancellationToken;
 

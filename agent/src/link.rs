@@ -17,6 +17,7 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 use crate::clock;
 use crate::connection::{self, Connection};
 use crate::identity::Identity;
+use crate::sync::SyncBoard;
 use proto::client::ClientTls;
 
 /// Heartbeats remembered for matching acknowledgements. An acknowledgement
@@ -68,6 +69,9 @@ pub enum LinkEvent {
 type Connecting = Pin<Box<dyn Future<Output = Connection> + Send>>;
 
 pub struct Link {
+    /// The state syncs, reported in every heartbeat.
+    syncs: SyncBoard,
+    peer: PeerAdvert,
     urls: Vec<String>,
     tls: ClientTls,
     node_id: String,
@@ -97,6 +101,18 @@ pub struct Link {
     welcomed: bool,
 }
 
+/// What this agent tells the coordinator about its peer service.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PeerAdvert {
+    /// It syncs nothing.
+    None,
+    /// This port, at the local address of the connection to the
+    /// coordinator.
+    Port(u16),
+    /// `peer_advertise`, as configured (behind NAT).
+    Fixed(String),
+}
+
 struct Refusals {
     since: Instant,
     patience: Duration,
@@ -104,9 +120,17 @@ struct Refusals {
 }
 
 impl Link {
-    pub fn new(urls: Vec<String>, tls: ClientTls, node_id: String, identity: Identity) -> Link {
+    pub fn new(
+        urls: Vec<String>,
+        tls: ClientTls,
+        node_id: String,
+        identity: Identity,
+        syncs: SyncBoard,
+    ) -> Link {
         let interval = Duration::from_millis(500);
         Link {
+            syncs,
+            peer: PeerAdvert::None,
             urls,
             tls,
             node_id,
@@ -125,6 +149,23 @@ impl Link {
             forbidden: false,
             forbidden_logged: None,
             welcomed: false,
+        }
+    }
+
+    /// What to advertise for the peer service from the next Hello on.
+    pub fn advertise_peer(&mut self, peer: PeerAdvert) {
+        self.peer = peer;
+    }
+
+    /// The peer address for a Hello on the current connection.
+    fn peer_address(&self) -> String {
+        match &self.peer {
+            PeerAdvert::None => String::new(),
+            PeerAdvert::Fixed(address) => address.clone(),
+            PeerAdvert::Port(port) => match self.conn.as_ref().and_then(|c| c.local_ip) {
+                Some(ip) => std::net::SocketAddr::new(ip, *port).to_string(),
+                None => String::new(),
+            },
         }
     }
 
@@ -212,6 +253,7 @@ impl Link {
             instance_id: self.identity.instance.clone(),
             node_uuid: self.identity.node_uuid.clone(),
             previous_instance: previous_instance.unwrap_or_default(),
+            peer_address: self.peer_address(),
         }));
         self.heartbeat(roles, checks);
         self.heartbeats.reset();
@@ -238,7 +280,13 @@ impl Link {
         self.next_seq = self.next_seq.saturating_add(1);
         // The lease is counted from this instant, taken before sending.
         let sent_at = clock::now();
-        if self.send(Out::Heartbeat(pb::Heartbeat { seq, checks, roles })) {
+        let syncs = self.syncs.statuses();
+        if self.send(Out::Heartbeat(pb::Heartbeat {
+            seq,
+            checks,
+            roles,
+            syncs,
+        })) {
             if self.sent.len() == SENT_WINDOW {
                 self.sent.pop_front();
             }

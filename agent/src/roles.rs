@@ -31,6 +31,8 @@ pub struct GroupState {
     pub standby_mode: StandbyMode,
     pub fencing: Fencing,
     pub shutdown_grace: Duration,
+    /// Where the primary serves its synced paths, if known.
+    pub primary_peer: Option<String>,
     /// While primary: until when (boot clock) the lease lets it act.
     pub lease_until: Option<Duration>,
     /// The node was released from the group while primary: it steps down,
@@ -82,6 +84,7 @@ impl Roles {
                     standby_mode: a.standby_mode,
                     fencing: a.fencing,
                     shutdown_grace: a.shutdown_grace,
+                    primary_peer: a.primary_peer,
                     lease_until: None,
                     released: false,
                 },
@@ -112,6 +115,7 @@ impl Roles {
             standby_mode: a.standby_mode,
             fencing: a.fencing,
             shutdown_grace: a.shutdown_grace,
+            primary_peer: a.primary_peer,
             lease_until: if keeps_lease {
                 current.lease_until
             } else {
@@ -169,6 +173,7 @@ impl Roles {
             g.role = Role::Secondary;
             g.epoch = epoch;
             g.primary = None;
+            g.primary_peer = None;
             g.lease_until = None;
             g.released = true;
         } else {
@@ -186,6 +191,7 @@ impl Roles {
             if g.role == Role::Primary && g.shutdown_grace.is_zero() {
                 g.role = Role::Secondary;
                 g.primary = None;
+                g.primary_peer = None;
                 g.lease_until = None;
                 stepped.push(name.clone());
             }
@@ -248,6 +254,7 @@ mod tests {
             standby_mode: StandbyMode::Hot,
             fencing: Fencing::Strict,
             shutdown_grace: Duration::ZERO,
+            primary_peer: None,
         }
     }
 

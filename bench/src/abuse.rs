@@ -235,6 +235,7 @@ fn oversized_text(url: &str, count: usize, stop: &AtomicBool) {
         while !stop.load(Ordering::Relaxed) {
             for s in &sessions {
                 s.send(pb::agent_message::Kind::Heartbeat(pb::Heartbeat {
+                    syncs: Vec::new(),
                     seq,
                     checks: vec![pb::CheckStatus {
                         name: "big".into(),

@@ -6,7 +6,7 @@ use std::time::Duration;
 use proto::v1 as pb;
 
 use crate::engine::{AdminCommand, AdminError, GroupView, NodeView, ToAgent};
-use crate::model::{CheckStatus, EventRecord};
+use crate::model::{CheckStatus, EventRecord, SyncReport};
 use crate::policy::{policy_patch_from_proto, policy_to_proto};
 
 fn millis(d: Duration) -> u64 {
@@ -73,6 +73,46 @@ pub(crate) fn checks_from_proto(checks: Vec<pb::CheckStatus>) -> Vec<CheckStatus
         .collect()
 }
 
+/// An agent's sync reports, bounded and checked: at most `MAX_SYNCS`, each
+/// for a well-named group and sync, a snapshot that is 64 hex digits (or
+/// none), an unknown state read as none; texts cut to their bounds.
+pub(crate) fn syncs_from_proto(syncs: Vec<pb::SyncStatus>) -> Vec<SyncReport> {
+    use crate::limits::{MAX_DETAIL, MAX_SYNCS, clip};
+    use proto::vocab::SyncState;
+    syncs
+        .into_iter()
+        .take(MAX_SYNCS)
+        .filter(|s| proto::names::validate_group_name(&s.group).is_ok())
+        .filter(|s| proto::names::validate_node_id(&s.name).is_ok())
+        .map(|s| {
+            let snapshot_ok =
+                s.snapshot.len() == 64 && s.snapshot.bytes().all(|b| b.is_ascii_hexdigit());
+            let state = SyncState::try_from(s.state).unwrap_or(SyncState::None);
+            SyncReport {
+                group: s.group,
+                name: s.name,
+                snapshot: if snapshot_ok {
+                    s.snapshot.to_ascii_lowercase()
+                } else {
+                    String::new()
+                },
+                epoch: s.epoch,
+                age: s
+                    .age_ms
+                    .filter(|_| snapshot_ok)
+                    .map(|ms| Duration::from_millis(ms.min(crate::limits::MAX_SYNC_AGE_MS))),
+                bytes: s.bytes,
+                state: if snapshot_ok || state == SyncState::None {
+                    state
+                } else {
+                    SyncState::None
+                },
+                error: clip(s.error, MAX_DETAIL),
+            }
+        })
+        .collect()
+}
+
 pub(crate) fn group_to_proto(v: GroupView) -> pb::GroupStatus {
     pb::GroupStatus {
         name: v.name,
@@ -94,6 +134,20 @@ pub(crate) fn group_to_proto(v: GroupView) -> pb::GroupStatus {
                 duplicate: m.duplicate.unwrap_or_default(),
                 qualifies: m.qualifies,
                 why_not: m.why_not.unwrap_or_default(),
+                syncs: m
+                    .syncs
+                    .into_iter()
+                    .map(|s| pb::SyncStatus {
+                        group: String::new(),
+                        name: s.name,
+                        snapshot: s.snapshot,
+                        epoch: s.epoch,
+                        age_ms: s.age.map(proto::duration::to_ms),
+                        bytes: s.bytes,
+                        state: pb::SyncState::from(s.state) as i32,
+                        error: s.error,
+                    })
+                    .collect(),
             })
             .collect(),
         policy: Some(policy_to_proto(&v.policy)),

@@ -57,19 +57,48 @@ fn role() -> impl Strategy<Value = pb::GroupRole> {
     })
 }
 
+fn sync() -> impl Strategy<Value = pb::SyncStatus> {
+    (
+        (text(), text(), prop_oneof![text(), "[0-9a-fA-F]{64}"]),
+        (
+            any::<u64>(),
+            any::<Option<u64>>(),
+            any::<u64>(),
+            any::<i32>(),
+        ),
+        text(),
+    )
+        .prop_map(
+            |((group, name, snapshot), (epoch, age_ms, bytes, state), error)| pb::SyncStatus {
+                group,
+                name,
+                snapshot,
+                epoch,
+                age_ms,
+                bytes,
+                state,
+                error,
+            },
+        )
+}
+
 fn message() -> impl Strategy<Value = pb::agent_message::Kind> {
     use pb::agent_message::Kind;
     prop_oneof![
         (
             any::<u64>(),
             prop::collection::vec(check(), 0..80),
-            prop::collection::vec(role(), 0..8)
+            prop::collection::vec(role(), 0..8),
+            prop::collection::vec(sync(), 0..80)
         )
-            .prop_map(|(seq, checks, roles)| Kind::Heartbeat(pb::Heartbeat {
-                seq,
-                checks,
-                roles
-            })),
+            .prop_map(
+                |(seq, checks, roles, syncs)| Kind::Heartbeat(pb::Heartbeat {
+                    syncs,
+                    seq,
+                    checks,
+                    roles
+                })
+            ),
         (
             text(),
             any::<u64>(),
@@ -97,7 +126,20 @@ fn assert_bounded(input: &Input) {
     // A cut text ends with "… (N bytes cut)": allow for that.
     let within = |text: &str, max: usize| text.len() <= max + 40;
     match input {
-        Input::Heartbeat { checks, roles, .. } => {
+        Input::Heartbeat {
+            checks,
+            roles,
+            syncs,
+            ..
+        } => {
+            assert!(syncs.len() <= crate::limits::MAX_SYNCS);
+            for s in syncs {
+                assert!(proto::names::validate_group_name(&s.group).is_ok());
+                assert!(proto::names::validate_node_id(&s.name).is_ok());
+                assert!(s.snapshot.is_empty() || s.snapshot.len() == 64);
+                assert!(s.age.is_none_or(|a| a.as_millis() <= u128::from(crate::limits::MAX_SYNC_AGE_MS)));
+                assert!(within(&s.error, MAX_DETAIL), "sync error {}", s.error.len());
+            }
             assert!(checks.len() <= MAX_CHECKS);
             assert!(roles.len() <= MAX_CLAIMS);
             for c in checks {
@@ -160,6 +202,7 @@ proptest! {
         agent_version in text(),
     ) {
         let hello = pb::Hello {
+            peer_address: agent_version.clone(),
             node_id,
             agent_version,
             roles: vec![],

@@ -31,6 +31,13 @@ struct PhaseLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SyncLabels {
+    group: String,
+    node: String,
+    sync: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct NodeLabels {
     node: String,
 }
@@ -115,7 +122,30 @@ async fn registry(leadership: &Leadership) -> Registry {
     let alarm = Family::<GroupLabels, Gauge>::default();
     let members = Family::<GroupLabels, Gauge>::default();
     let phase = Family::<PhaseLabels, Gauge>::default();
+    let sync_age = Family::<SyncLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+    let sync_bytes = Family::<SyncLabels, Gauge>::default();
+    let sync_fresh = Family::<SyncLabels, Gauge>::default();
     for g in &groups {
+        for m in &g.members {
+            for s in &m.syncs {
+                let labels = SyncLabels {
+                    group: g.name.clone(),
+                    node: m.node.clone(),
+                    sync: s.name.clone(),
+                };
+                // No copy: no age (absent, not zero).
+                if let Some(age) = s.age {
+                    sync_age.get_or_create(&labels).set(age.as_secs_f64());
+                }
+                sync_bytes
+                    .get_or_create(&labels)
+                    .set(i64::try_from(s.bytes).unwrap_or(i64::MAX));
+                sync_fresh.get_or_create(&labels).set(i64::from(matches!(
+                    s.state,
+                    proto::vocab::SyncState::Source | proto::vocab::SyncState::Fresh
+                )));
+            }
+        }
         let labels = GroupLabels {
             group: g.name.clone(),
         };
@@ -170,6 +200,21 @@ async fn registry(leadership: &Leadership) -> Registry {
         alarm,
     );
     registry.register("group_members", "Members of the group", members);
+    registry.register(
+        "sync_age_seconds",
+        "How long since the member's synced copy was last the primary's latest (0 at the primary; absent without a copy)",
+        sync_age,
+    );
+    registry.register(
+        "sync_transferred_bytes",
+        "Bytes of content the member's agent sent (primary) or received (standby) for the sync since it started",
+        sync_bytes,
+    );
+    registry.register(
+        "sync_fresh",
+        "1 while the member's copy is the primary's latest (or it is the primary), 0 while stale or absent",
+        sync_fresh,
+    );
     registry.register(
         "node_connected",
         "1 while the node's agent is connected and heartbeating",

@@ -13,6 +13,13 @@ pub(crate) const MAX_DETAIL: usize = 512;
 pub(crate) const MAX_LABEL: usize = 64;
 /// Health checks per heartbeat, and groups per check.
 pub(crate) const MAX_CHECKS: usize = 64;
+/// State syncs reported in one heartbeat (syncs × groups).
+pub(crate) const MAX_SYNCS: usize = 64;
+/// The oldest copy age a report may carry (a year): beyond it, all ages
+/// compare the same.
+pub(crate) const MAX_SYNC_AGE_MS: u64 = 365 * 24 * 3600 * 1000;
+/// A peer address (host:port) in a Hello.
+pub(crate) const MAX_PEER_ADDRESS: usize = 255;
 /// Roles claimed in one Hello or heartbeat (the groups one agent is in).
 pub(crate) const MAX_CLAIMS: usize = 1024;
 

@@ -223,6 +223,23 @@ pub struct CheckStatus {
     pub detail: String,
 }
 
+/// One state sync of one group, as a member's agent last reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncReport {
+    pub group: String,
+    pub name: String,
+    /// The snapshot it holds (SHA-256 hex of its manifest); empty: none.
+    pub snapshot: String,
+    /// The epoch at which the snapshot's publisher was primary.
+    pub epoch: u64,
+    /// How long since its copy was last known to be the primary's latest,
+    /// when the report was sent; `None` without a copy.
+    pub age: Option<std::time::Duration>,
+    pub bytes: u64,
+    pub state: proto::vocab::SyncState,
+    pub error: String,
+}
+
 impl CheckStatus {
     pub fn applies_to(&self, group: &str) -> bool {
         self.groups.is_empty() || self.groups.iter().any(|g| g == group)

@@ -136,6 +136,10 @@ pub struct Policy {
     pub min_failover_interval: Duration,
     pub standby_mode: StandbyMode,
     pub fencing: Fencing,
+    /// Automatic promotion skips a member whose synced copy is older than
+    /// this while a fresher member can serve (zero: off).
+    #[serde(with = "proto::duration::serde")]
+    pub max_sync_lag: Duration,
 }
 
 impl Default for Policy {
@@ -154,6 +158,7 @@ impl Default for Policy {
             min_failover_interval: Duration::from_secs(10),
             standby_mode: StandbyMode::Hot,
             fencing: Fencing::Strict,
+            max_sync_lag: Duration::ZERO,
         }
     }
 }
@@ -162,7 +167,7 @@ const MS: fn(u64) -> Duration = Duration::from_millis;
 const S: fn(u64) -> Duration = Duration::from_secs;
 
 /// Allowed range of every duration setting: `(name, min, max)`.
-pub fn ranges() -> [(&'static str, Duration, Duration); 8] {
+pub fn ranges() -> [(&'static str, Duration, Duration); 9] {
     [
         ("heartbeat-interval", MS(10), S(60)),
         ("failover-timeout", MS(50), S(600)),
@@ -172,6 +177,7 @@ pub fn ranges() -> [(&'static str, Duration, Duration); 8] {
         ("abnormal-timeout", Duration::ZERO, S(3600)),
         ("failback-delay", S(1), S(86_400)),
         ("min-failover-interval", Duration::ZERO, S(3600)),
+        ("max-sync-lag", Duration::ZERO, S(86_400)),
     ]
 }
 
@@ -192,6 +198,7 @@ pub struct PolicyPatch {
     pub min_failover_interval: Option<Duration>,
     pub standby_mode: Option<StandbyMode>,
     pub fencing: Option<Fencing>,
+    pub max_sync_lag: Option<Duration>,
 }
 
 impl PolicyPatch {
@@ -250,7 +257,8 @@ impl Policy {
             failback_window,
             min_failover_interval,
             standby_mode,
-            fencing
+            fencing,
+            max_sync_lag
         );
         p.validate()?;
         Ok(p)
@@ -266,6 +274,7 @@ impl Policy {
             self.abnormal_timeout,
             self.failback_delay,
             self.min_failover_interval,
+            self.max_sync_lag,
         ];
         for ((setting, min, max), got) in ranges().into_iter().zip(values) {
             if got < min || got > max {
@@ -339,6 +348,7 @@ pub(crate) fn policy_patch_from_proto(p: Option<pb::Policy>) -> Result<PolicyPat
         min_failover_interval: ms(p.min_failover_interval_ms),
         standby_mode,
         fencing,
+        max_sync_lag: ms(p.max_sync_lag_ms),
     })
 }
 
@@ -357,6 +367,7 @@ pub(crate) fn policy_to_proto(p: &Policy) -> pb::Policy {
         failback_delay_ms: Some(millis(p.failback_delay)),
         failback_window: p.failback_window.map(|w| w.to_string()),
         min_failover_interval_ms: Some(millis(p.min_failover_interval)),
+        max_sync_lag_ms: Some(millis(p.max_sync_lag)),
     }
 }
 

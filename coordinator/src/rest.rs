@@ -311,6 +311,7 @@ struct Settings {
     min_failover_interval: Option<String>,
     standby_mode: Option<String>,
     fencing: Option<String>,
+    max_sync_lag: Option<String>,
 }
 
 fn bad_request(message: String) -> ApiFailure {
@@ -363,6 +364,7 @@ impl Settings {
             min_failover_interval_ms: ms("min_failover_interval", &self.min_failover_interval)?,
             standby_mode: named::<StandbyMode, _, pb::StandbyMode>(&self.standby_mode)?,
             fencing: named::<Fencing, _, pb::Fencing>(&self.fencing)?,
+            max_sync_lag_ms: ms("max_sync_lag", &self.max_sync_lag)?,
         })
     }
 }

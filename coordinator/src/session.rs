@@ -267,6 +267,7 @@ async fn run_session(
                 .then_some(hello.previous_instance),
             agent_version: clip(hello.agent_version, MAX_LABEL),
             address,
+            peer_address: peer_address(hello.peer_address),
             roles: claims,
         },
     };
@@ -275,6 +276,19 @@ async fn run_session(
     relay(handle, inbound, outbound, cancel, input, session, node)
         .instrument(span)
         .await;
+}
+
+/// A Hello's peer address, if it is one: `host:port` with a port, within
+/// `MAX_PEER_ADDRESS` characters and without spaces or controls (it is
+/// handed to other agents to connect to; anything else is dropped).
+fn peer_address(text: String) -> Option<String> {
+    let fits = !text.is_empty()
+        && text.len() <= crate::limits::MAX_PEER_ADDRESS
+        && text.bytes().all(|b| b.is_ascii_graphic());
+    let port_ok = text
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+    (fits && port_ok).then_some(text)
 }
 
 /// Registers the session and relays what the agent sends until the stream
@@ -337,6 +351,7 @@ pub(crate) fn input_of(session: u64, kind: Kind) -> Result<Option<Input>, Second
             received: Instant::now(),
             checks: checks_from_proto(hb.checks),
             roles: claims_from_proto(hb.roles),
+            syncs: crate::convert::syncs_from_proto(hb.syncs),
         },
         Kind::HookResult(r) => {
             let Ok(role) = Role::try_from(r.role) else {

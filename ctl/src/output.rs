@@ -8,7 +8,7 @@ use comfy_table::presets::NOTHING;
 use comfy_table::{Cell, Color, Table};
 use proto::json::{name, policy_json, role_name};
 use proto::v1 as pb;
-use proto::vocab::Phase;
+use proto::vocab::{Phase, SyncState};
 
 use serde_json::Value;
 
@@ -59,11 +59,11 @@ fn shown_role(m: &pb::MemberStatus) -> String {
 /// A role, phase or flag, coloured by what it means.
 fn painted(text: String) -> Cell {
     let colour = match text.as_str() {
-        "primary" | "active" | "yes" => Some(Color::Green),
+        "primary" | "active" | "yes" | "source" | "fresh" => Some(Color::Green),
         "disconnected" | "primary (disconnected)" | "no_primary" | "fenced" | "no" => {
             Some(Color::Red)
         }
-        "failing_over" | "maintenance" => Some(Color::Yellow),
+        "failing_over" | "maintenance" | "stale" => Some(Color::Yellow),
         _ => None,
     };
     match colour {
@@ -139,7 +139,35 @@ pub(crate) fn group_table(g: &pb::GroupStatus, since: Option<u64>) -> String {
         ]);
     }
     out.push_str(&t.to_string());
+    if g.members.iter().any(|m| !m.syncs.is_empty()) {
+        out.push_str("\n\n");
+        out.push_str(&syncs_table(g));
+    }
     out
+}
+
+/// Each member's copy of each synced path: the snapshot it holds, how
+/// old it is, the bytes its agent moved, the last error.
+fn syncs_table(g: &pb::GroupStatus) -> String {
+    let mut t = table(&["NODE", "SYNC", "STATE", "SNAPSHOT", "AGE", "BYTES", "ERROR"]);
+    for m in &g.members {
+        for s in &m.syncs {
+            let age = s.age_ms.map_or_else(
+                || "-".to_owned(),
+                |ms| humantime::format_duration(Duration::from_secs(ms / 1000)).to_string(),
+            );
+            t.add_row(vec![
+                Cell::new(&m.node),
+                Cell::new(&s.name),
+                painted(name::<SyncState>(s.state)),
+                Cell::new(s.snapshot.get(..12).unwrap_or("-")),
+                Cell::new(age),
+                Cell::new(s.bytes),
+                Cell::new(&s.error),
+            ]);
+        }
+    }
+    t.to_string()
 }
 
 fn rfc3339(unix_ms: u64) -> String {

@@ -61,6 +61,10 @@ pub(crate) struct PolicyArgs {
     /// What a primary does when its lease runs out.
     #[arg(long, value_parser = names::<Fencing>())]
     pub fencing: Option<Fencing>,
+    /// Automatic promotion skips a member whose synced copy is older than
+    /// this while a fresher member can serve; 0 = off [0..24h].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_or_zero)]
+    pub max_sync_lag: Option<Duration>,
 }
 
 /// A clap parser for one of the vocabulary's closed sets of names, with
@@ -90,6 +94,7 @@ impl PolicyArgs {
             min_failover_interval_ms: ms(self.min_failover_interval),
             standby_mode: self.standby_mode.map(|m| pb::StandbyMode::from(m) as i32),
             fencing: self.fencing.map(|f| pb::Fencing::from(f) as i32),
+            max_sync_lag_ms: ms(self.max_sync_lag),
         }
     }
 }

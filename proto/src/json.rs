@@ -7,7 +7,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use serde_json::{Value, json};
 
 use crate::v1 as pb;
-use crate::vocab::{Failback, Fencing, Phase, Role, StandbyMode};
+use crate::vocab::{Failback, Fencing, Phase, Role, StandbyMode, SyncState};
 
 /// A wire enum value by its name, or `unknown`.
 pub fn name<T: TryFrom<i32> + Copy + std::fmt::Display>(value: i32) -> String {
@@ -53,8 +53,23 @@ pub fn group_json(g: &pb::GroupStatus) -> Value {
             "why_not": non_empty(&m.why_not),
             "duplicate": non_empty(&m.duplicate),
             "last_contact": time(m.last_contact_unix_ms),
+            "syncs": m.syncs.iter().map(sync_json).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
         "policy": policy_json(&g.policy.clone().unwrap_or_default()),
+    })
+}
+
+/// One member's state sync: `name`, `state`, `snapshot` (hex or null),
+/// `epoch`, `age_ms` (null without a copy), `bytes`, `error`.
+pub fn sync_json(s: &pb::SyncStatus) -> Value {
+    json!({
+        "name": s.name,
+        "state": name::<SyncState>(s.state),
+        "snapshot": non_empty(&s.snapshot),
+        "epoch": s.epoch,
+        "age_ms": s.age_ms,
+        "bytes": s.bytes,
+        "error": non_empty(&s.error),
     })
 }
 
@@ -137,6 +152,7 @@ pub fn policy_json(p: &pb::Policy) -> Value {
         "min_failover_interval": duration_ms(p.min_failover_interval_ms),
         "standby_mode": setting::<StandbyMode>(p.standby_mode),
         "fencing": setting::<Fencing>(p.fencing),
+        "max_sync_lag": duration_ms(p.max_sync_lag_ms),
     })
 }
 

@@ -195,6 +195,21 @@ vocabulary! {
     }
 }
 
+vocabulary! {
+    /// How a member's copy of a synced path stands (FAILOVER_SYNC_STATE
+    /// passes the last three to hooks).
+    SyncState: "sync state", pb::SyncState {
+        /// The group's primary: it publishes its copy.
+        Source = "source" => Source,
+        /// Its copy was the primary's latest snapshot when last compared.
+        Fresh = "fresh" => Fresh,
+        /// It holds a copy that is not, or not known to be, the latest.
+        Stale = "stale" => Stale,
+        /// It holds no copy.
+        None = "none" => None,
+    }
+}
+
 impl HookOutcome {
     /// The role change took effect on the node (the application was told).
     pub fn took_effect(self) -> bool {
@@ -221,6 +236,8 @@ pub struct Assignment {
     pub fencing: Fencing,
     /// Zero: a primary whose agent stops steps down first.
     pub shutdown_grace: Duration,
+    /// Where the primary serves its synced paths (host:port), if known.
+    pub primary_peer: Option<String>,
 }
 
 impl From<Assignment> for pb::Assignment {
@@ -233,6 +250,7 @@ impl From<Assignment> for pb::Assignment {
             standby_mode: pb::StandbyMode::from(a.standby_mode) as i32,
             fencing: pb::Fencing::from(a.fencing) as i32,
             shutdown_grace_ms: u64::try_from(a.shutdown_grace.as_millis()).unwrap_or(u64::MAX),
+            primary_peer: a.primary_peer.unwrap_or_default(),
         }
     }
 }
@@ -249,6 +267,7 @@ impl TryFrom<pb::Assignment> for Assignment {
             fencing: Fencing::try_from(a.fencing).unwrap_or_default(),
             shutdown_grace: Duration::from_millis(a.shutdown_grace_ms),
             primary: (!a.primary.is_empty()).then_some(a.primary),
+            primary_peer: (!a.primary_peer.is_empty()).then_some(a.primary_peer),
             group: a.group,
             epoch: a.epoch,
         })
@@ -295,6 +314,7 @@ mod tests {
             standby_mode: StandbyMode::Warm,
             fencing: Fencing::None,
             shutdown_grace: Duration::from_secs(3),
+            primary_peer: Some("127.0.0.1:7500".into()),
         };
         assert_eq!(Assignment::try_from(pb::Assignment::from(a.clone())), Ok(a));
     }

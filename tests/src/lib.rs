@@ -229,6 +229,8 @@ pub struct HookLine {
     pub epoch: u64,
     pub primary: String,
     pub standby_mode: String,
+    /// FAILOVER_SYNC_STATE, or "unset".
+    pub sync_state: String,
 }
 
 /// What failoverctl printed and how it exited.
@@ -401,7 +403,8 @@ impl Cluster {
                 "#!/bin/sh\n\
                  echo \"at=$(date +%s%N) node=$FAILOVER_NODE group=$FAILOVER_GROUP \
                  role=$FAILOVER_ROLE prev=$FAILOVER_PREVIOUS_ROLE epoch=$FAILOVER_EPOCH \
-                 primary=$FAILOVER_PRIMARY mode=$FAILOVER_STANDBY_MODE\" >> {}\n",
+                 primary=$FAILOVER_PRIMARY mode=$FAILOVER_STANDBY_MODE \
+                 sync=${{FAILOVER_SYNC_STATE-unset}}\" >> {}\n",
                 dir.path().join("hooks.log").display()
             ),
         )
@@ -1089,6 +1092,7 @@ fn parse_hook_line(line: &str) -> Option<HookLine> {
         epoch: fields.get("epoch")?.parse().ok()?,
         primary: fields.get("primary").copied().unwrap_or("").to_string(),
         standby_mode: fields.get("mode").copied().unwrap_or("").to_string(),
+        sync_state: fields.get("sync").copied().unwrap_or("unset").to_string(),
     })
 }
 

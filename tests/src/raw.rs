@@ -25,6 +25,7 @@ pub fn hello(node: &str, roles: Vec<pb::GroupRole>) -> pb::Hello {
 /// A Hello for `node` from the given agent instance.
 pub fn hello_as(node: &str, instance: &str, roles: Vec<pb::GroupRole>) -> pb::Hello {
     pb::Hello {
+        peer_address: String::new(),
         node_id: node.to_owned(),
         agent_version: "raw".into(),
         roles,
@@ -88,6 +89,7 @@ impl RawSession {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.send(pb::agent_message::Kind::Heartbeat(pb::Heartbeat {
+            syncs: Vec::new(),
             seq,
             checks: vec![],
             roles,
@@ -223,6 +225,7 @@ pub fn hostile(
                     }
                     5 => {
                         s.send(pb::agent_message::Kind::Heartbeat(pb::Heartbeat {
+                            syncs: Vec::new(),
                             seq: 1,
                             checks: vec![],
                             roles: claims.clone(),

@@ -345,7 +345,7 @@ async fn session(
                 seq += 1;
                 sent.insert(seq, Instant::now());
                 tx.send(pb::AgentMessage {
-                    kind: Some(pb::agent_message::Kind::Heartbeat(pb::Heartbeat { seq, checks: vec![], roles: vec![] })),
+                    kind: Some(pb::agent_message::Kind::Heartbeat(pb::Heartbeat { seq, checks: vec![], roles: vec![], syncs: vec![] })),
                 }).await?;
                 counters.heartbeats.fetch_add(1, Ordering::Relaxed);
                 next += interval;

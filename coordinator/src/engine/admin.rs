@@ -726,7 +726,8 @@ fn successor(g: &Group, nodes: &node::Nodes, exclude: Option<&str>, now: Now) ->
         g.members()
             .iter()
             .filter(|m| Some(m.as_str()) != exclude)
-            .find(|m| eligible(g, nodes, m, now))
+            .filter(|m| eligible(g, nodes, m, now))
+            .find(|m| !super::sync_lag::too_stale(g, nodes, m, exclude, now))
             .cloned()
     })
 }

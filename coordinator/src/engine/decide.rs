@@ -33,6 +33,7 @@ use std::time::Duration;
 
 use super::group::{Group, RoleState, Switchover};
 use super::node::{Node, Nodes};
+use super::sync_lag;
 use super::views::group_view;
 use super::*;
 use crate::policy::Failback;
@@ -224,6 +225,10 @@ fn failback_target(
     let position = g.record().position(primary)?;
     let above = &g.members()[..position];
     let best = above.iter().find(|m| qualifies(g, nodes, m, now, wake))?;
+    if !sync_lag::within_lag(g, nodes, best, now) {
+        // Its copy catches up first; its next report looks again.
+        return None;
+    }
     let since = nodes.get(best)?.healthy_since(g.name())?;
     let policy = g.policy();
     let ready = since + policy.failback_delay;
@@ -556,6 +561,7 @@ pub(super) fn vacancy_candidate(
         .iter()
         .filter(|m| Some(m.as_str()) != exclude)
         .filter(|m| eligible(g, nodes, m, now))
+        .filter(|m| !sync_lag::too_stale(g, nodes, m, exclude, now))
         .find(|m| match g.hook_retry_at(m, MIN_HOOK_RETRY) {
             Some(at) if now.mono < at => {
                 wake.at(at);
@@ -578,6 +584,7 @@ pub(super) fn first_candidate(
     g.members()
         .iter()
         .filter(|m| Some(m.as_str()) != exclude)
+        .filter(|m| !sync_lag::too_stale(g, nodes, m, exclude, now))
         .find(|m| qualifies(g, nodes, m, now, wake))
         .cloned()
 }
@@ -627,8 +634,13 @@ pub(super) fn eligible(g: &Group, nodes: &Nodes, node: &str, now: Now) -> bool {
 }
 
 /// What `node` should be told about group `g` right now.
-pub(super) fn assignment_for(g: &Group, node: &str) -> Assignment {
+pub(super) fn assignment_for(g: &Group, nodes: &Nodes, node: &str) -> Assignment {
     let policy = g.policy();
+    let primary_peer = g
+        .primary()
+        .and_then(|p| nodes.get(p))
+        .filter(|p| p.session.is_some())
+        .and_then(|p| p.peer_address.clone());
     Assignment {
         group: g.name().to_owned(),
         epoch: g.epoch(),
@@ -641,13 +653,14 @@ pub(super) fn assignment_for(g: &Group, node: &str) -> Assignment {
         standby_mode: policy.standby_mode,
         fencing: policy.fencing,
         shutdown_grace: policy.shutdown_grace,
+        primary_peer,
     }
 }
 
 /// Sends `node` its assignment for `g` if it has a session and the
 /// assignment differs from the last one it was sent.
 pub(super) fn send_assignment(g: &Group, nodes: &mut Nodes, node: &str, out: &mut Effects) {
-    let assignment = assignment_for(g, node);
+    let assignment = assignment_for(g, nodes, node);
     let Some(session) = nodes.get_mut(node).and_then(|n| n.session.as_mut()) else {
         return;
     };

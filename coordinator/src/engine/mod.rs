@@ -22,6 +22,7 @@ mod lease;
 mod model_tests;
 mod node;
 mod sessions;
+mod sync_lag;
 #[cfg(test)]
 mod tests;
 mod views;
@@ -34,7 +35,9 @@ use std::time::Duration;
 use thiserror::Error;
 use tokio::time::Instant;
 
-use crate::model::{CheckStatus, EventKind, EventRecord, GroupRecord, HookOutcome, Phase, Role};
+use crate::model::{
+    CheckStatus, EventKind, EventRecord, GroupRecord, HookOutcome, Phase, Role, SyncReport,
+};
 use crate::policy::{Policy, PolicyPatch};
 use group::Group;
 use lease::Leases;
@@ -87,6 +90,8 @@ pub struct Hello {
     pub previous_instance: Option<String>,
     pub agent_version: String,
     pub address: String,
+    /// Where the agent serves its synced paths (host:port), if it does.
+    pub peer_address: Option<String>,
     pub roles: Vec<ClaimedRole>,
 }
 
@@ -124,6 +129,8 @@ pub enum Input {
         checks: Vec<CheckStatus>,
         /// The roles the agent says it holds right now.
         roles: Vec<ClaimedRole>,
+        /// Its state syncs.
+        syncs: Vec<SyncReport>,
     },
     HookResult {
         session: SessionId,
@@ -533,12 +540,14 @@ impl Engine {
                 received,
                 checks,
                 roles,
+                syncs,
             } => self.on_heartbeat(
                 session,
                 Beat {
                     seq,
                     received,
                     checks,
+                    syncs,
                     roles,
                 },
                 now,
@@ -685,6 +694,7 @@ struct Beat {
     received: Instant,
     checks: Vec<CheckStatus>,
     roles: Vec<ClaimedRole>,
+    syncs: Vec<SyncReport>,
 }
 
 /// The parts of an event the caller supplies.

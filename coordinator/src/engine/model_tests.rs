@@ -502,6 +502,7 @@ impl World {
         self.input(Input::SessionOpened {
             session,
             hello: Hello {
+                peer_address: None,
                 node,
                 instance: instance.id,
                 node_uuid: "00000000-0000-4000-8000-000000000000".into(),
@@ -561,7 +562,9 @@ impl World {
             // that is what the agent's lease would count from.
             s.received.entry(seq).or_insert(now);
         }
+        let syncs = self.random_syncs();
         self.input(Input::Heartbeat {
+            syncs,
             session,
             seq,
             received: now,
@@ -674,6 +677,38 @@ impl World {
         self.admin(command);
     }
 
+    /// Sync reports of any state and age, honest or not: they may change
+    /// who is chosen, never whether a promotion is safe.
+    fn random_syncs(&mut self) -> Vec<crate::model::SyncReport> {
+        use proto::vocab::SyncState;
+        (0..self.rng.random_range(0..3))
+            .map(|_| {
+                let group = self.random_group();
+                let state = [
+                    SyncState::Source,
+                    SyncState::Fresh,
+                    SyncState::Stale,
+                    SyncState::None,
+                ][self.rng.random_range(0..4)];
+                let age = match self.rng.random_range(0..4) {
+                    0 => None,
+                    1 => Some(Duration::MAX),
+                    _ => Some(Duration::from_millis(self.rng.random_range(0..60_000))),
+                };
+                crate::model::SyncReport {
+                    group,
+                    name: ["data", "conf"][self.rng.random_range(0..2)].into(),
+                    snapshot: "ab".repeat(32),
+                    epoch: self.rng.random_range(0..5),
+                    age,
+                    bytes: self.rng.random(),
+                    state,
+                    error: String::new(),
+                }
+            })
+            .collect()
+    }
+
     fn random_policy(&mut self) -> PolicyPatch {
         let ms = Duration::from_millis;
         let mut p = PolicyPatch::default();
@@ -692,6 +727,9 @@ impl World {
             }
             3 => p.shutdown_grace = Some([ms(0), ms(500), ms(2000)][self.rng.random_range(0..3)]),
             4 => p.abnormal_timeout = Some([ms(0), ms(700)][self.rng.random_range(0..2)]),
+            5 if self.rng.random_bool(0.5) => {
+                p.max_sync_lag = Some([ms(0), ms(500), ms(30_000)][self.rng.random_range(0..3)])
+            }
             _ => p.min_failover_interval = Some([ms(0), ms(2000)][self.rng.random_range(0..2)]),
         }
         p
@@ -735,6 +773,7 @@ impl World {
             self.input(Input::SessionOpened {
                 session,
                 hello: Hello {
+                    peer_address: None,
                     node,
                     instance: id,
                     node_uuid: "00000000-0000-4000-8000-000000000000".into(),
@@ -858,6 +897,7 @@ impl World {
             self.input(Input::SessionOpened {
                 session,
                 hello: Hello {
+                    peer_address: None,
                     node: node.into(),
                     instance: instance.id,
                     node_uuid: "00000000-0000-4000-8000-000000000000".into(),

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{Assignment, SessionId};
-use crate::model::CheckStatus;
+use crate::model::{CheckStatus, SyncReport};
 
 /// Every node that is a member of a group or has a session, by id.
 pub(super) type Nodes = BTreeMap<String, Node>;
@@ -20,8 +20,13 @@ pub(super) struct Node {
     /// Last message from the node (wall clock); 0 = not since start.
     pub(super) last_contact_ms: u64,
     pub(super) address: String,
+    /// Where its agent serves its synced paths (from its Hello).
+    pub(super) peer_address: Option<String>,
     pub(super) agent_version: String,
     pub(super) checks: Vec<CheckStatus>,
+    /// Its state syncs as last reported, and when that heartbeat arrived.
+    pub(super) syncs: Vec<SyncReport>,
+    pub(super) syncs_at: Option<Instant>,
     /// Per group: whether the node is connected and passes that group's
     /// checks, and since when (for failback and failed members).
     pub(super) health: HashMap<String, (bool, Instant)>,
@@ -88,8 +93,11 @@ impl Node {
             session: None,
             last_contact_ms: 0,
             address: String::new(),
+            peer_address: None,
             agent_version: String::new(),
             checks: Vec::new(),
+            syncs: Vec::new(),
+            syncs_at: None,
             health: HashMap::new(),
             goodbye: None,
             node_uuid: None,

@@ -80,6 +80,7 @@ impl Engine {
         });
         node.last_contact_ms = now.wall_ms;
         node.address = hello.address;
+        node.peer_address = hello.peer_address;
         node.agent_version = hello.agent_version;
         node.node_uuid = Some(hello.node_uuid);
         self.sessions.insert(session, node_id.clone());
@@ -433,6 +434,7 @@ impl Engine {
             received,
             checks,
             roles,
+            syncs,
         } = beat;
         let limit = self.silence_limit(&node_id);
         let Some(node) = self.nodes.get_mut(&node_id) else {
@@ -460,6 +462,24 @@ impl Engine {
         if node.checks != checks {
             node.checks = checks;
         }
+        // Groups where a member's sync state changed may choose otherwise
+        // (max_sync_lag, failback waiting for a fresh copy).
+        let sync_moved: Vec<String> = node
+            .groups
+            .iter()
+            .filter(|g| {
+                let state = |list: &[crate::model::SyncReport]| {
+                    list.iter()
+                        .filter(|r| &r.group == *g)
+                        .map(|r| (r.name.clone(), r.state))
+                        .collect::<Vec<_>>()
+                };
+                state(&node.syncs) != state(&syncs)
+            })
+            .cloned()
+            .collect();
+        node.syncs = syncs;
+        node.syncs_at = Some(received);
         // Groups whose health verdict for this node flipped (or is new).
         let mut flipped = Vec::new();
         for name in &node.groups {
@@ -520,6 +540,7 @@ impl Engine {
             vacant
         };
         groups.extend(flipped.into_iter().map(|(name, _)| name));
+        groups.extend(sync_moved);
         groups.sort();
         groups.dedup();
         for name in groups {

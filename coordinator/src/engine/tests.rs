@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use super::*;
+use proto::vocab::SyncState;
 
 const TTL: Duration = Duration::from_secs(3);
 /// `TTL * (1 + rho)` with the default rho of 1%.
@@ -20,6 +21,8 @@ struct Sim {
     seqs: HashMap<String, u64>,
     /// The checks each node reports in its heartbeats.
     checks: HashMap<String, Vec<CheckStatus>>,
+    /// The sync reports each node sends in its heartbeats.
+    syncs: HashMap<String, Vec<SyncReport>>,
     /// Every effect emitted, in order.
     log: Vec<Effects>,
 }
@@ -62,6 +65,7 @@ impl Sim {
             instances: HashMap::new(),
             seqs: HashMap::new(),
             checks: HashMap::new(),
+            syncs: HashMap::new(),
             log: Vec::new(),
         }
     }
@@ -113,6 +117,7 @@ impl Sim {
         self.step(Input::SessionOpened {
             session,
             hello: Hello {
+                peer_address: None,
                 node: node.into(),
                 instance,
                 node_uuid: "00000000-0000-4000-8000-000000000001".into(),
@@ -138,6 +143,7 @@ impl Sim {
         let seq = self.seqs.entry(node.into()).or_default();
         *seq += 1;
         let input = Input::Heartbeat {
+            syncs: self.syncs.get(node).cloned().unwrap_or_default(),
             session: self.sessions[node],
             seq: *seq,
             received: self.now.mono,
@@ -156,6 +162,25 @@ impl Sim {
             detail: String::new(),
         };
         self.checks.insert(node.into(), vec![check]);
+    }
+
+    /// From now on `node` reports its copy of sync "data" in `group`.
+    fn set_sync(&mut self, node: &str, group: &str, state: SyncState, age_secs: Option<u64>) {
+        let report = SyncReport {
+            group: group.into(),
+            name: "data".into(),
+            snapshot: if age_secs.is_some() {
+                "ab".repeat(32)
+            } else {
+                String::new()
+            },
+            epoch: 1,
+            age: age_secs.map(Duration::from_secs),
+            bytes: 0,
+            state,
+            error: String::new(),
+        };
+        self.syncs.insert(node.into(), vec![report]);
     }
 
     fn goodbye(&mut self, node: &str) {
@@ -729,6 +754,7 @@ fn stale_session_heartbeats_are_ignored() {
     let old = sim.sessions["rec-2"];
     sim.connect("rec-2");
     let out = sim.step(Input::Heartbeat {
+        syncs: Vec::new(),
         session: old,
         seq: 99,
         received: sim.now.mono,
@@ -1227,6 +1253,7 @@ fn a_new_agent_naming_the_one_that_left_takes_the_role_and_it_is_recorded() {
     sim.step(Input::SessionOpened {
         session,
         hello: Hello {
+            peer_address: None,
             node: "rec-1".into(),
             instance,
             node_uuid: "00000000-0000-4000-8000-000000000001".into(),
@@ -1277,6 +1304,7 @@ fn a_session_that_never_heartbeats_is_closed_after_the_startup_timeout() {
     sim.step(Input::SessionOpened {
         session: 77,
         hello: Hello {
+            peer_address: None,
             node: "rec-1".into(),
             instance: instance_id("rec-1", 0),
             node_uuid: String::new(),
@@ -1640,6 +1668,7 @@ fn replayed_heartbeats_earn_nothing() {
     let session = sim.sessions["rec-1"];
     let seq = sim.seqs["rec-1"];
     let out = sim.step(Input::Heartbeat {
+        syncs: Vec::new(),
         session,
         seq,
         received: sim.now.mono,
@@ -1978,4 +2007,85 @@ fn a_promotion_clears_the_alarm_and_says_so() {
     sim.run_for(Duration::from_secs(1), &["b"]);
     assert!(sim.view("g").alarm.is_none());
     assert!(sim.event_kinds().contains(&EventKind::AlarmCleared));
+}
+
+/// rec-1 is primary and goes silent; rec-2 (next in order) and rec-3
+/// report copies of the given ages (`None`: no copy).
+fn lapse_with_copies(max_sync_lag: Duration, rec2: Option<u64>, rec3: Option<u64>) -> Sim {
+    let mut sim = with_copies(max_sync_lag, rec2, rec3);
+    sim.run_for(WAIT + Duration::from_millis(10), &["rec-2", "rec-3"]);
+    sim
+}
+
+fn with_copies(max_sync_lag: Duration, rec2: Option<u64>, rec3: Option<u64>) -> Sim {
+    let mut sim = three_members();
+    sim.set(
+        "recorders",
+        PolicyPatch {
+            max_sync_lag: Some(max_sync_lag),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let state = |age: Option<u64>| match age {
+        None => SyncState::None,
+        Some(a) if a <= 1 => SyncState::Fresh,
+        Some(_) => SyncState::Stale,
+    };
+    sim.set_sync("rec-1", "recorders", SyncState::Source, Some(0));
+    sim.set_sync("rec-2", "recorders", state(rec2), rec2);
+    sim.set_sync("rec-3", "recorders", state(rec3), rec3);
+    for node in ["rec-1", "rec-2", "rec-3"] {
+        sim.heartbeat(node);
+    }
+    sim
+}
+
+#[test]
+fn max_sync_lag_skips_a_stale_copy_while_a_fresher_member_can_serve() {
+    let mut sim = with_copies(Duration::from_secs(30), Some(120), Some(1));
+    let view = sim.view("recorders");
+    let rec2 = view.members.iter().find(|m| m.node == "rec-2").unwrap();
+    assert!(
+        rec2.why_not
+            .as_deref()
+            .unwrap_or("")
+            .contains("synced copy"),
+        "{:?}",
+        rec2.why_not
+    );
+    assert_eq!(rec2.syncs[0].state, SyncState::Stale);
+    sim.run_for(WAIT + Duration::from_millis(10), &["rec-2", "rec-3"]);
+    assert_eq!(sim.primary("recorders").0.as_deref(), Some("rec-3"));
+}
+
+#[test]
+fn the_freshest_member_is_promoted_even_past_max_sync_lag() {
+    // Nobody is within the limit: the freshest copy still serves (no
+    // group stays dark for it); no copy at all ranks last.
+    let mut sim = lapse_with_copies(Duration::from_secs(30), None, Some(120));
+    assert_eq!(sim.primary("recorders").0.as_deref(), Some("rec-3"));
+    let mut sim = lapse_with_copies(Duration::from_secs(30), Some(300), Some(120));
+    assert_eq!(sim.primary("recorders").0.as_deref(), Some("rec-3"));
+    let mut sim = lapse_with_copies(Duration::from_secs(30), Some(60), Some(120));
+    assert_eq!(sim.primary("recorders").0.as_deref(), Some("rec-2"));
+}
+
+#[test]
+fn without_max_sync_lag_the_order_decides() {
+    let mut sim = lapse_with_copies(Duration::ZERO, Some(120), Some(1));
+    assert_eq!(sim.primary("recorders").0.as_deref(), Some("rec-2"));
+}
+
+#[test]
+fn an_operator_may_still_take_over_to_a_stale_member() {
+    let mut sim = lapse_with_copies(Duration::from_secs(30), Some(120), Some(1));
+    sim.run_for(Duration::from_secs(1), &["rec-2", "rec-3"]);
+    let (_, reply) = sim.admin(AdminCommand::Takeover {
+        group: "recorders".into(),
+        to: Some("rec-2".into()),
+    });
+    let _ = reply;
+    sim.run_for(WAIT * 2, &["rec-2", "rec-3"]);
+    assert_eq!(sim.primary("recorders").0.as_deref(), Some("rec-2"));
 }

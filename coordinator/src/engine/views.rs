@@ -39,6 +39,20 @@ pub struct MemberView {
     pub why_not: Option<String>,
     /// Another agent process claims this node id while it is connected.
     pub duplicate: Option<String>,
+    /// Its state syncs for this group, ages counted to the view's moment.
+    pub syncs: Vec<SyncView>,
+}
+
+/// One member's copy of one synced path.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SyncView {
+    pub name: String,
+    pub state: proto::vocab::SyncState,
+    pub snapshot: String,
+    pub epoch: u64,
+    pub age: Option<Duration>,
+    pub bytes: u64,
+    pub error: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -95,7 +109,7 @@ impl Engine {
                         .iter()
                         .filter_map(|g| self.groups.get(g))
                         .map(|g| {
-                            let a = decide::assignment_for(g, id);
+                            let a = decide::assignment_for(g, &self.nodes, id);
                             (g.name().to_owned(), a.role, a.epoch)
                         })
                         .collect(),
@@ -144,6 +158,18 @@ pub(super) fn group_view(g: &Group, nodes: &Nodes, now: Now) -> GroupView {
                 qualifies: why_not.is_none(),
                 why_not: if is_primary { None } else { why_not },
                 duplicate: node.and_then(|n| duplicate_text(m, n, now)),
+                syncs: super::sync_lag::reports_at(g, nodes, m, now)
+                    .into_iter()
+                    .map(|(r, age)| SyncView {
+                        name: r.name.clone(),
+                        state: r.state,
+                        snapshot: r.snapshot.clone(),
+                        epoch: r.epoch,
+                        age,
+                        bytes: r.bytes,
+                        error: r.error.clone(),
+                    })
+                    .collect(),
             }
         })
         .collect();
@@ -208,6 +234,9 @@ fn why_not(g: &Group, nodes: &Nodes, node: &str, now: Now) -> Option<String> {
             if f.count == 1 { "" } else { "s" },
             retry
         ));
+    }
+    if let Some(stale) = super::sync_lag::why_stale(g, nodes, node, now) {
+        return Some(stale);
     }
     match decide::requalifies_at(g, nodes, node, now) {
         Some(at) if now.mono < at => Some(format!(

@@ -310,6 +310,7 @@ async fn malformed_agent_sessions_get_a_clear_status() {
 
     let heartbeat_first = pb::AgentMessage {
         kind: Some(pb::agent_message::Kind::Heartbeat(pb::Heartbeat {
+            syncs: Vec::new(),
             seq: 1,
             checks: vec![],
             roles: vec![],

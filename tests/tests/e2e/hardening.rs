@@ -263,6 +263,7 @@ fn oversized_client_text_is_cut_at_the_edge() {
         }
         assert!(epoch > 0, "n3 was never assigned the role");
         s.send(pb::agent_message::Kind::Heartbeat(pb::Heartbeat {
+            syncs: Vec::new(),
             seq: 1000,
             // Together just under the 256 KiB a message may be.
             checks: vec![pb::CheckStatus {

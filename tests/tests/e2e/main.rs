@@ -20,3 +20,4 @@ mod security;
 mod source;
 mod status_page;
 mod switchover;
+mod sync;

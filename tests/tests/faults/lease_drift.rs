@@ -115,6 +115,7 @@ fn simulate(seed: u64, rate_a: f64) -> (Option<u64>, Option<u64>) {
     for a in &agents {
         let mut out = Effects::default();
         let hello = Hello {
+            peer_address: None,
             node: a.node.into(),
             instance: format!("{:032x}", a.session),
             node_uuid: String::new(),
@@ -188,6 +189,7 @@ fn simulate(seed: u64, rate_a: f64) -> (Option<u64>, Option<u64>) {
                                 standby_mode: roles::StandbyMode::Hot,
                                 fencing: roles::Fencing::Strict,
                                 shutdown_grace: x.shutdown_grace,
+                                primary_peer: x.primary_peer,
                             });
                         }
                         _ => {}
@@ -233,6 +235,7 @@ fn simulate(seed: u64, rate_a: f64) -> (Option<u64>, Option<u64>) {
                         })
                         .collect();
                     let input = Input::Heartbeat {
+                        syncs: Vec::new(),
                         session: a.session,
                         seq,
                         received: now(at).mono,

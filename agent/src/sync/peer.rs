@@ -1,0 +1,384 @@
+//! The peer service on the agent: a group's primary serves the snapshots
+//! it published — the manifest and the files' content — to the other
+//! members, and only while it is that group's primary and may act. Every
+//! transfer goes through the sync's rate limit; a reader that stops
+//! reading is dropped; connections and streams are capped.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use proto::v1 as pb;
+use proto::v1::peer_service_server::{PeerService, PeerServiceServer};
+use proto::vocab::Role;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::{Request, Response, Status};
+
+use super::board::RoleBoard;
+use super::config::SyncConfig;
+use super::manifest::{Manifest, Stat};
+use super::rate::RateLimit;
+use crate::clock;
+
+/// Connections the peer service holds at once; more are closed at once.
+pub const MAX_CONNECTIONS: usize = 64;
+/// Transfers it serves at once (beyond: RESOURCE_EXHAUSTED).
+const MAX_TRANSFERS: usize = 32;
+const MAX_STREAMS_PER_CONNECTION: u32 = 8;
+/// A reader that takes nothing for this long is dropped.
+const STALL_LIMIT: Duration = Duration::from_secs(30);
+/// Entries per manifest page, and bytes per file chunk.
+const PAGE: usize = 1000;
+pub const CHUNK: usize = 64 * 1024;
+/// The largest message either side of the peer service accepts.
+pub const MAX_MESSAGE: usize = 4 * 1024 * 1024;
+
+/// A snapshot the primary published, and each file's stat when hashed:
+/// a file is served only while it still has it.
+pub struct Published {
+    pub manifest: Manifest,
+    pub stats: HashMap<String, Stat>,
+    pub root: PathBuf,
+    index: HashMap<String, usize>,
+}
+
+impl Published {
+    pub fn new(manifest: Manifest, stats: HashMap<String, Stat>, root: PathBuf) -> Published {
+        let index = manifest
+            .entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.path.clone(), i))
+            .collect();
+        Published {
+            manifest,
+            stats,
+            root,
+            index,
+        }
+    }
+}
+
+/// One sync as the peer service knows it.
+pub struct Served {
+    pub config: SyncConfig,
+    pub limit: Option<Arc<RateLimit>>,
+    /// Bytes of content sent since the agent started.
+    pub sent: Arc<AtomicU64>,
+    pub published: Mutex<Option<Arc<Published>>>,
+}
+
+pub struct PeerState {
+    pub node_id: String,
+    pub roles: watch::Receiver<RoleBoard>,
+    pub syncs: HashMap<String, Arc<Served>>,
+    transfers: Arc<Semaphore>,
+}
+
+impl PeerState {
+    pub fn new(
+        node_id: String,
+        roles: watch::Receiver<RoleBoard>,
+        syncs: HashMap<String, Arc<Served>>,
+    ) -> PeerState {
+        PeerState {
+            node_id,
+            roles,
+            syncs,
+            transfers: Arc::new(Semaphore::new(MAX_TRANSFERS)),
+        }
+    }
+
+    /// The sync, its published snapshot and this node's epoch, if it may
+    /// serve `group` now.
+    fn source(
+        &self,
+        group: &str,
+        sync: &str,
+        asked_epoch: u64,
+    ) -> Result<(Arc<Served>, Arc<Published>, u64), Status> {
+        let served = self
+            .syncs
+            .get(sync)
+            .filter(|s| s.config.covers(group))
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "{}: no sync {:?} for group {:?} here",
+                    self.node_id,
+                    clip(sync),
+                    clip(group)
+                ))
+            })?;
+        let epoch = {
+            let roles = self.roles.borrow();
+            match roles.get(group) {
+                Some(view) if view.role == Role::Primary && view.may_act(clock::now()) => {
+                    view.epoch
+                }
+                _ => {
+                    return Err(Status::failed_precondition(format!(
+                        "{} is not the primary of group {} now",
+                        self.node_id,
+                        clip(group)
+                    )));
+                }
+            }
+        };
+        if asked_epoch > epoch {
+            return Err(Status::failed_precondition(format!(
+                "group {} is at epoch {asked_epoch} for the asking member, this primary holds epoch {epoch}",
+                clip(group)
+            )));
+        }
+        let published = served
+            .published
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| Status::unavailable(format!("no snapshot of {sync} yet")))?;
+        Ok((served.clone(), published, epoch))
+    }
+
+    fn permit(&self) -> Result<OwnedSemaphorePermit, Status> {
+        self.transfers
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Status::resource_exhausted("too many transfers at once: try again"))
+    }
+}
+
+fn clip(s: &str) -> String {
+    s.chars().take(63).collect()
+}
+
+/// Sends `item` unless the reader has not taken anything for
+/// [`STALL_LIMIT`]; false when the transfer is over.
+async fn send<T>(tx: &mpsc::Sender<Result<T, Status>>, item: Result<T, Status>) -> bool {
+    matches!(
+        tokio::time::timeout(STALL_LIMIT, tx.send(item)).await,
+        Ok(Ok(()))
+    )
+}
+
+pub struct Peer(pub Arc<PeerState>);
+
+#[tonic::async_trait]
+impl PeerService for Peer {
+    type GetManifestStream = ReceiverStream<Result<pb::ManifestPart, Status>>;
+    type ReadFileStream = ReceiverStream<Result<pb::FileChunk, Status>>;
+
+    async fn get_manifest(
+        &self,
+        request: Request<pb::ManifestRequest>,
+    ) -> Result<Response<Self::GetManifestStream>, Status> {
+        let r = request.into_inner();
+        let (_, published, epoch) = self.0.source(&r.group, &r.sync, r.epoch)?;
+        let permit = self.0.permit()?;
+        let manifest = &published.manifest;
+        let unchanged = r.have == manifest.id;
+        let header = pb::ManifestHeader {
+            node: self.0.node_id.clone(),
+            epoch,
+            snapshot: manifest.id.clone(),
+            entries: manifest.entries.len() as u64,
+            bytes: manifest.bytes,
+            unchanged,
+        };
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            let _permit = permit;
+            let part = |part| pb::ManifestPart { part: Some(part) };
+            if !send(&tx, Ok(part(pb::manifest_part::Part::Header(header)))).await || unchanged {
+                return;
+            }
+            for page in published.manifest.entries.chunks(PAGE) {
+                let entries = pb::ManifestEntries {
+                    entries: page.to_vec(),
+                };
+                if !send(&tx, Ok(part(pb::manifest_part::Part::Entries(entries)))).await {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn read_file(
+        &self,
+        request: Request<pb::ReadFileRequest>,
+    ) -> Result<Response<Self::ReadFileStream>, Status> {
+        let r = request.into_inner();
+        let (served, published, _) = self.0.source(&r.group, &r.sync, r.epoch)?;
+        let entry = published
+            .index
+            .get(&r.path)
+            .map(|&i| &published.manifest.entries[i])
+            .filter(|e| e.kind == pb::EntryKind::File as i32 && e.sha256 == r.sha256)
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "{:?} with that content is not in the current snapshot",
+                    clip(&r.path)
+                ))
+            })?;
+        let size = entry.size;
+        let stat = published.stats.get(&r.path).copied();
+        let path = if r.path.is_empty() {
+            published.root.clone()
+        } else {
+            published.root.join(&r.path)
+        };
+        let permit = self.0.permit()?;
+        let mut file = open_unchanged(&path, stat)
+            .await
+            .map_err(|e| Status::aborted(format!("{}: {e}", clip(&r.path))))?;
+        let (tx, rx) = mpsc::channel(2);
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut left = size;
+            let mut buffer = vec![0u8; CHUNK];
+            while left > 0 {
+                let want = usize::try_from(left.min(CHUNK as u64)).unwrap_or(CHUNK);
+                let n = match file.read(&mut buffer[..want]).await {
+                    Ok(0) => {
+                        let _ = send(
+                            &tx,
+                            Err(Status::aborted("the file shrank while it was sent")),
+                        )
+                        .await;
+                        return;
+                    }
+                    Ok(n) => n,
+                    Err(e) => {
+                        let _ =
+                            send(&tx, Err(Status::aborted(format!("reading failed: {e}")))).await;
+                        return;
+                    }
+                };
+                if let Some(limit) = &served.limit {
+                    limit.take(n).await;
+                }
+                left -= n as u64;
+                served.sent.fetch_add(n as u64, Ordering::Relaxed);
+                let chunk = pb::FileChunk {
+                    data: buffer[..n].to_vec(),
+                };
+                if !send(&tx, Ok(chunk)).await {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Opens `path` without following a link, if it still has `stat`.
+async fn open_unchanged(
+    path: &std::path::Path,
+    stat: Option<Stat>,
+) -> std::io::Result<tokio::fs::File> {
+    let file = tokio::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .open(path)
+        .await?;
+    let now = Stat::of(&file.metadata().await?);
+    if Some(now) != stat {
+        return Err(std::io::Error::other(
+            "changed since the snapshot: a newer one follows",
+        ));
+    }
+    Ok(file)
+}
+
+/// A connection, holding its place among [`MAX_CONNECTIONS`].
+struct Conn {
+    io: TcpStream,
+    _place: OwnedSemaphorePermit,
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+impl Connected for Conn {
+    type ConnectInfo = TcpConnectInfo;
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.io.connect_info()
+    }
+}
+
+/// Serves the peer service on `listener` until `shutdown`, with TLS
+/// (client certificates required) when `tls` is given.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<PeerState>,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let places = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let incoming = futures::stream::unfold((listener, places), |(listener, places)| async move {
+        loop {
+            match listener.accept().await {
+                Ok((io, _)) => {
+                    let Ok(place) = places.clone().try_acquire_owned() else {
+                        // Full: this one is closed at once (dropped).
+                        continue;
+                    };
+                    let _ = io.set_nodelay(true);
+                    let conn = Conn { io, _place: place };
+                    return Some((Ok::<_, std::io::Error>(conn), (listener, places)));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "peer service: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    });
+    let service = PeerServiceServer::new(Peer(state))
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    let mut builder = tonic::transport::Server::builder()
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)));
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    builder
+        .add_service(service)
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+        .await?;
+    Ok(())
+}
