@@ -319,7 +319,16 @@ impl Cluster {
     /// kept by a holder process, so the data outlives restarts and nothing
     /// outside changes).
     pub fn use_small_disk(&mut self, size: &str) -> SmallDisk {
-        let control = self.path("disk");
+        let (disk, wrapper) = self.small_disk(&self.path("data"), "disk", size);
+        self.coordinator_wrapper = wrapper;
+        disk
+    }
+
+    /// A tmpfs of `size` at `at`, seen only in a mount namespace of its
+    /// own (its control files in `NAME/`), and the command prefix that
+    /// runs a program inside that namespace.
+    pub fn small_disk(&self, at: &Path, name: &str, size: &str) -> (SmallDisk, Vec<String>) {
+        let control = self.path(name);
         std::fs::create_dir_all(&control).expect("control dir");
         nix::unistd::mkfifo(&control.join("fifo"), nix::sys::stat::Mode::S_IRWXU).expect("fifo");
         let script = control.join("small-disk.sh");
@@ -333,7 +342,7 @@ impl Cluster {
         holder
             .arg("--mount")
             .arg(&script)
-            .arg(self.path("data"))
+            .arg(at)
             .arg(&control)
             .arg(size);
         let holder = Proc::spawn(holder, control.join("holder.log"));
@@ -344,11 +353,13 @@ impl Cluster {
             wrapper.extend(["--user".into(), "--preserve-credentials".into()]);
         }
         wrapper.extend(["--mount".into(), "--".into()]);
-        self.coordinator_wrapper = wrapper;
-        SmallDisk {
-            control,
-            _holder: holder,
-        }
+        (
+            SmallDisk {
+                control,
+                _holder: holder,
+            },
+            wrapper,
+        )
     }
 
     /// A coordinator started with `--config FILE`, the file holding
@@ -786,7 +797,20 @@ impl Cluster {
     }
 
     pub fn start_agent_with(&mut self, node: &str, config: &Path) {
-        let mut command = Command::new(bin("failover-agent"));
+        self.start_agent_wrapped(node, config, &[]);
+    }
+
+    /// Starts an agent through `wrapper` (e.g. into a small disk's mount
+    /// namespace: [`Cluster::small_disk`]).
+    pub fn start_agent_wrapped(&mut self, node: &str, config: &Path, wrapper: &[String]) {
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin("failover-agent"));
+                c
+            }
+            None => Command::new(bin("failover-agent")),
+        };
         command.arg("--config").arg(config).env("RUST_LOG", "info");
         let log = unique(self.path(&format!("agent-{node}.log")));
         self.agents

@@ -91,6 +91,7 @@ pub async fn start(
     }
     let state = Arc::new(PeerState::new(
         setup.node_id.clone(),
+        setup.tls.is_some(),
         roles.clone(),
         served.clone(),
     ));

@@ -79,6 +79,8 @@ pub struct Served {
 
 pub struct PeerState {
     pub node_id: String,
+    /// Clients present certificates (TLS): each must name a node.
+    pub tls: bool,
     pub roles: watch::Receiver<RoleBoard>,
     pub syncs: HashMap<String, Arc<Served>>,
     transfers: Arc<Semaphore>,
@@ -87,11 +89,13 @@ pub struct PeerState {
 impl PeerState {
     pub fn new(
         node_id: String,
+        tls: bool,
         roles: watch::Receiver<RoleBoard>,
         syncs: HashMap<String, Arc<Served>>,
     ) -> PeerState {
         PeerState {
             node_id,
+            tls,
             roles,
             syncs,
             transfers: Arc::new(Semaphore::new(MAX_TRANSFERS)),
@@ -148,6 +152,22 @@ impl PeerState {
         Ok((served.clone(), published, epoch))
     }
 
+    /// With TLS, only an agent (a node certificate) may fetch copies.
+    fn check_caller<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        if !self.tls {
+            return Ok(());
+        }
+        let named = request
+            .peer_certs()
+            .and_then(|certs| certs.first().map(|c| proto::identity::named_by(c.as_ref())));
+        match named {
+            Some(Ok(Some(proto::identity::Named::Node(_)))) => Ok(()),
+            _ => Err(Status::permission_denied(
+                "only a node's agent (a node certificate) may fetch synced copies",
+            )),
+        }
+    }
+
     fn permit(&self) -> Result<OwnedSemaphorePermit, Status> {
         self.transfers
             .clone()
@@ -180,6 +200,7 @@ impl PeerService for Peer {
         &self,
         request: Request<pb::ManifestRequest>,
     ) -> Result<Response<Self::GetManifestStream>, Status> {
+        self.0.check_caller(&request)?;
         let r = request.into_inner();
         let (_, published, epoch) = self.0.source(&r.group, &r.sync, r.epoch)?;
         let permit = self.0.permit()?;
@@ -216,6 +237,7 @@ impl PeerService for Peer {
         &self,
         request: Request<pb::ReadFileRequest>,
     ) -> Result<Response<Self::ReadFileStream>, Status> {
+        self.0.check_caller(&request)?;
         let r = request.into_inner();
         let (served, published, _) = self.0.source(&r.group, &r.sync, r.epoch)?;
         let entry = published

@@ -302,3 +302,99 @@ fn bad_sync_keys_are_refused_in_one_line() {
         assert_eq!(stderr.trim().lines().count(), 1, "{text}: {stderr}");
     }
 }
+
+#[test]
+fn copies_travel_over_tls_and_only_to_node_certificates() {
+    use agent::sync::tls::{PeerTls, channel};
+    use proto::v1 as pb;
+    let mut c = Cluster::start_secure(&[]);
+    write_tree(&c.path("data-a"), 20, "v1");
+    c.add_group("g", &["a", "b"]);
+    start_syncing(&mut c, "a", "");
+    c.wait_primary("g", "a");
+    start_syncing(&mut c, "b", "");
+    wait_in_step(&c, "g", "a", &["b"]);
+    let log = c.agent("a").log_text();
+    assert!(log.contains("tls=true"), "{log}");
+    let port: u16 = log
+        .split("peer service listening port=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .expect("the peer port in a's log");
+    let address = format!("127.0.0.1:{port}");
+    let pki = c.pki.as_ref().unwrap();
+    let ask = |cert: (PathBuf, PathBuf), expected: &str| {
+        let tls = PeerTls::load(&pki.ca(), &cert.0, &cert.1).unwrap();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let mut client = agent::sync::fetch::client(channel(&address, expected, Some(&tls))?);
+            let request = pb::ManifestRequest {
+                group: "g".into(),
+                sync: "data".into(),
+                epoch: 0,
+                have: String::new(),
+            };
+            client
+                .get_manifest(request)
+                .await
+                .map(|_| ())
+                .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+        })
+    };
+    // Another node of the fleet is answered.
+    assert_eq!(ask(pki.node("c"), "a"), Ok(()));
+    // An operator's certificate is no agent's.
+    let refused = ask(pki.operator("viewer-1", "viewer"), "a").unwrap_err();
+    assert!(refused.starts_with("PermissionDenied"), "{refused}");
+    // A member checks that the peer is the primary it was told of.
+    let impostor = ask(pki.node("c"), "b").unwrap_err();
+    assert!(impostor.contains("does not name node b"), "{impostor}");
+}
+
+#[test]
+fn a_full_disk_on_the_standby_is_a_clear_error_and_the_old_copy_stays() {
+    let mut c = Cluster::start();
+    let a = c.path("data-a");
+    write_tree(&a, 20, "v1");
+    write_big(&a.join("big.bin"), 3, 4);
+    c.add_group("g", &["a", "b"]);
+    let a = start_syncing(&mut c, "a", "");
+    c.wait_primary("g", "a");
+    // b's copy lives on a file system of its own, 16 MB.
+    let standby = c.path("standby");
+    let (disk, wrapper) = c.small_disk(&standby, "standby-disk", "16m");
+    let b = standby.join("data");
+    let config = c.agent_config("b", &sync_section(&b, ""));
+    c.start_agent_wrapped("b", &config, &wrapper);
+    wait_in_step(&c, "g", "a", &["b"]);
+    let old = c.path("old");
+    assert!(
+        Command::new("cp")
+            .arg("-a")
+            .arg(&a)
+            .arg(&old)
+            .status()
+            .unwrap()
+            .success()
+    );
+
+    disk.fill();
+    write_big(&a.join("big.bin"), 3, 5);
+    let g = c.wait_until("b reports the full disk", || {
+        let g = c.try_ctl_json(&["group", "show", "g"])?;
+        let error = syncs_of(&g, "b").first()?["error"].as_str()?.to_owned();
+        error.contains("No space left").then_some(g)
+    });
+    assert_eq!(held(&g, "b").unwrap().1, "stale");
+    // What b holds (seen from inside its namespace) is the old copy.
+    let mut inside = Command::new(&wrapper[0]);
+    inside
+        .args(&wrapper[1..])
+        .args(["diff", "-r", "-x", "*.lock"]);
+    let status = inside.arg(&old).arg(&b).status().unwrap();
+    assert!(status.success(), "b's copy changed while its disk was full");
+
+    disk.free();
+    wait_in_step(&c, "g", "a", &["b"]);
+}
