@@ -47,6 +47,8 @@ const SINK_SECRET: &str = "fault-runner-sink-secret";
 /// How long a sink may take, at the end, to deliver what it missed (its
 /// backoff reaches a minute).
 const SINK_CATCH_UP: Duration = Duration::from_secs(90);
+/// How long the synced copies may take to agree once the faults end.
+const SYNC_CATCH_UP: Duration = Duration::from_secs(60);
 
 const REPLICAS: usize = 3;
 const ETCD_MEMBERS: usize = 3;
@@ -114,6 +116,9 @@ pub struct Report {
     pub dark_ms: u64,
     /// Events the coordinator's webhook sink got (with one coordinator).
     pub notified: usize,
+    /// Every running member of the first group held the primary's synced
+    /// copy at the end.
+    pub synced: bool,
     pub violations: Vec<String>,
     /// Where the run's logs were kept (only when something was violated).
     pub kept_logs: Option<String>,
@@ -130,13 +135,18 @@ impl std::fmt::Display for Report {
         write!(
             f,
             "seed {}: {total} faults ({}), {} failovers, slowest convergence {} ms, \
-             dark time {} ms, {} events notified, {} violations",
+             dark time {} ms, {} events notified, synced copies {}, {} violations",
             self.seed,
             kinds.join(", "),
             self.failovers,
             self.slowest_convergence_ms,
             self.dark_ms,
             self.notified,
+            if self.synced {
+                "in step"
+            } else {
+                "not in step"
+            },
             self.violations.len()
         )?;
         for v in &self.violations {
@@ -183,6 +193,8 @@ struct Run {
     /// The coordinator's webhook sink (with one coordinator): every event
     /// must reach it at least once, in order, whatever the faults.
     sink: Option<WebhookReceiver>,
+    /// Steps taken (names the files the primary adds to its copy).
+    steps: u64,
 }
 
 impl Run {
@@ -215,6 +227,14 @@ impl Run {
             Some((disk, sink)) => (Some(disk), Some(sink)),
             None => (None, None),
         };
+        // Every agent syncs a directory of the first group: the primary's
+        // copy follows it through every fault.
+        c.sync_group = Some(GROUPS[0].0.to_owned());
+        for (i, node) in NODES.iter().chain([SPARE].iter()).enumerate() {
+            let dir = c.sync_dir(node);
+            std::fs::create_dir_all(&dir).expect("sync directory");
+            std::fs::write(dir.join("seed"), format!("{node} {i}\n")).expect("sync seed");
+        }
         for (i, node) in NODES.iter().enumerate() {
             c.start_agent_proxied(node, config.seed * 10 + i as u64);
         }
@@ -232,6 +252,7 @@ impl Run {
             model: BTreeMap::new(),
             coordinator_down: Vec::new(),
             sink,
+            steps: 0,
         };
         for (name, members) in GROUPS {
             run.create_group(name, &members);
@@ -317,6 +338,80 @@ impl Run {
         }
         self.restart_exited_agents();
         self.converge();
+        self.change_synced_state();
+    }
+
+    /// The first group's primary changes its synced directory (a new
+    /// file, the oldest gone), so every failover has something to carry.
+    fn change_synced_state(&mut self) {
+        self.steps = self.steps.saturating_add(1);
+        let Some(g) = self.c.try_ctl_json(&["group", "show", GROUPS[0].0]) else {
+            return;
+        };
+        let Some(primary) = g["primary"].as_str() else {
+            return;
+        };
+        let dir = self.c.sync_dir(primary);
+        let _ = std::fs::write(
+            dir.join(format!("step-{}", self.steps)),
+            format!("{}\n", self.steps),
+        );
+        if let Some(old) = self.steps.checked_sub(5) {
+            let _ = std::fs::remove_file(dir.join(format!("step-{old}")));
+        }
+    }
+
+    /// At the end every running member of the first group holds the
+    /// primary's copy, fresh, within [`SYNC_CATCH_UP`].
+    fn check_sync(&mut self) {
+        let deadline = Instant::now() + SYNC_CATCH_UP;
+        loop {
+            let g = self
+                .c
+                .try_ctl_json(&["group", "show", GROUPS[0].0])
+                .unwrap_or_default();
+            let state = |node: &str| -> Option<(String, String)> {
+                let m = g["members"]
+                    .as_array()?
+                    .iter()
+                    .find(|m| m["node"] == node)?;
+                let s = m["syncs"].as_array()?.first()?;
+                Some((
+                    s["snapshot"].as_str()?.to_owned(),
+                    s["state"].as_str()?.to_owned(),
+                ))
+            };
+            let primary = g["primary"].as_str().unwrap_or_default().to_owned();
+            let source = state(&primary);
+            let running: Vec<&str> = GROUPS[0]
+                .1
+                .iter()
+                .copied()
+                .filter(|n| *n != primary && self.c.agents.contains_key(*n))
+                .collect();
+            let behind: Vec<&str> = running
+                .iter()
+                .copied()
+                .filter(|n| {
+                    let source = source.as_ref().map(|(s, _)| s.as_str());
+                    state(n).is_none_or(|(snapshot, st)| {
+                        Some(snapshot.as_str()) != source || st != "fresh"
+                    })
+                })
+                .collect();
+            if source.as_ref().is_some_and(|(_, st)| st == "source") && behind.is_empty() {
+                self.report.synced = true;
+                return;
+            }
+            let last = format!("primary {primary} ({source:?}), behind: {behind:?}");
+            if Instant::now() > deadline {
+                self.report.violations.push(format!(
+                    "the synced copies did not converge within {SYNC_CATCH_UP:?}: {last}"
+                ));
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// With replicas: the agent faults as with one coordinator, and the
@@ -1085,6 +1180,7 @@ impl Run {
 
     fn finish(mut self) -> Report {
         self.check_sink();
+        self.check_sync();
         let Run {
             c,
             inflicted,

@@ -268,6 +268,9 @@ pub struct Cluster {
     /// A command the coordinator is started under (its command line
     /// follows), e.g. one that gives it a small file system of its own.
     pub coordinator_wrapper: Vec<String>,
+    /// When set, every agent syncs its `sync-NODE` directory for this
+    /// group (`[[sync]] name = "state"`), as in the fault runner.
+    pub sync_group: Option<String>,
     coordinator_starts: u32,
     /// With [`Cluster::start_replicated`]: the etcd cluster, and the
     /// coordinator replicas (then `coordinator` is unused).
@@ -433,6 +436,7 @@ impl Cluster {
             pki: None,
             coordinator_args: Vec::new(),
             coordinator_wrapper: Vec::new(),
+            sync_group: None,
             coordinator_starts: 0,
             etcd: None,
             replicas: Vec::new(),
@@ -743,17 +747,30 @@ impl Cluster {
             }
             None => String::new(),
         };
+        let sync = match &self.sync_group {
+            Some(group) => format!(
+                "\n[[sync]]\nname = \"state\"\ngroups = [\"{group}\"]\npath = \"{}\"\ninterval = \"300ms\"\n",
+                self.sync_dir(node).display()
+            ),
+            None => String::new(),
+        };
         std::fs::write(
             &path,
             format!(
                 "node_id = \"{node}\"\ncoordinator = {coordinator}\nrole_log = \"{}\"\n\n\
-                 {tls}[hooks]\non_role_change = \"{}\"\ntimeout = \"10s\"\n{extra}",
+                 {tls}[hooks]\non_role_change = \"{}\"\ntimeout = \"10s\"\n{extra}{sync}",
                 self.role_log(actor).display(),
                 self.path("hook.sh").display()
             ),
         )
         .expect("agent config");
         path
+    }
+
+    /// The directory `node`'s agent syncs when [`Cluster::sync_group`] is
+    /// set.
+    pub fn sync_dir(&self, node: &str) -> PathBuf {
+        self.path(&format!("sync-{node}"))
     }
 
     /// Where `node`'s agent records its role transitions.
