@@ -13,6 +13,7 @@ mod load;
 mod procfs;
 mod second_fault;
 mod stats;
+mod sync;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -82,6 +83,18 @@ enum Command {
     /// connections, slow HTTP, stalled watchers, oversized text, a full
     /// disk): its memory, the heartbeat round trip, lapsed primaries.
     Abuse,
+    /// State sync between two agents: catch-up after a large change
+    /// (throughput, CPU) unlimited, and how closely max_rate holds.
+    Sync {
+        /// The size of the change the standby catches up with, unlimited.
+        #[arg(long, default_value_t = 1024)]
+        change_mib: u64,
+        /// Rate limits to measure, each with a change of --rate-change-mib.
+        #[arg(long, value_delimiter = ',', default_value = "5MiB/s,20MiB/s")]
+        rates: Vec<String>,
+        #[arg(long, default_value_t = 100)]
+        rate_change_mib: u64,
+    },
     /// Everything above, one after the other, with a combined summary.
     All,
 }
@@ -112,6 +125,13 @@ fn main() -> anyhow::Result<()> {
         Command::Abuse => {
             abuse_report(out)?;
         }
+        Command::Sync {
+            change_mib,
+            rates,
+            rate_change_mib,
+        } => {
+            sync_report(out, change_mib, &rates, rate_change_mib)?;
+        }
         Command::All => {
             let sections = [
                 failover_time_report(out, 30, Duration::from_secs(30))?,
@@ -121,6 +141,7 @@ fn main() -> anyhow::Result<()> {
                 restart_report(out, 10_000, 5)?,
                 disk_report(out, 1000)?,
                 abuse_report(out)?,
+                sync_report(out, 1024, &["5MiB/s".to_owned(), "20MiB/s".to_owned()], 100)?,
             ];
             std::fs::write(out.join("summary.md"), sections.join("\n"))?;
         }
@@ -143,6 +164,46 @@ fn write_report(
     std::fs::write(out.join(format!("{name}.md")), &md)?;
     println!("{md}");
     Ok(md)
+}
+
+fn sync_report(
+    out: &std::path::Path,
+    change_mib: u64,
+    rates: &[String],
+    rate_change_mib: u64,
+) -> anyhow::Result<String> {
+    let mut runs = Vec::new();
+    eprintln!("sync: catch-up after a {change_mib} MiB change, unlimited");
+    runs.push(sync::catch_up(change_mib, None));
+    for rate in rates {
+        eprintln!("sync: {rate_change_mib} MiB at {rate}");
+        runs.push(sync::catch_up(rate_change_mib, Some(rate)));
+    }
+    let mut md = String::from(
+        "## State sync (two agents on loopback, one new file on the primary)\n\n\
+         | change | max_rate | catch-up (on disk → standby fresh) | transfer | throughput | \
+         primary CPU | standby CPU | rate error |\n|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in &runs {
+        md.push_str(&format!(
+            "| {} MiB | {} | {:.1} s | {:.1} s | {:.1} MiB/s | {:.1} s | {:.1} s | {} |\n",
+            r.change_mib,
+            r.max_rate.as_deref().unwrap_or("unlimited"),
+            r.catch_up_s,
+            r.transfer_s,
+            r.transfer_mib_per_s,
+            r.primary_cpu_s,
+            r.standby_cpu_s,
+            r.rate_error_pct
+                .map_or("-".to_owned(), |e| format!("{e:+.1} %")),
+        ));
+    }
+    md.push_str(
+        "\nCatch-up includes the primary's scan (hashing the new file), the transfer, the \
+         standby's hash check and fsync, and the swap. Throughput is the standby's received \
+         bytes over the transfer; both agents and the coordinator share the same two cores.\n",
+    );
+    write_report(out, "sync", &runs, md)
 }
 
 fn second_fault_report(out: &std::path::Path, runs: usize) -> anyhow::Result<String> {
