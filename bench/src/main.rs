@@ -92,7 +92,7 @@ enum Command {
         /// Rate limits to measure, each with a change of --rate-change-mib.
         #[arg(long, value_delimiter = ',', default_value = "5MiB/s,20MiB/s")]
         rates: Vec<String>,
-        #[arg(long, default_value_t = 100)]
+        #[arg(long, default_value_t = 200)]
         rate_change_mib: u64,
     },
     /// Everything above, one after the other, with a combined summary.

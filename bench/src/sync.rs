@@ -82,11 +82,11 @@ pub(crate) fn catch_up(change_mib: u64, max_rate: Option<&str>) -> CatchUp {
         configs.push((node, c.agent_config(node, &section), data));
     }
     std::fs::write(configs[0].2.join("seed"), "seed\n").unwrap();
-    c.add_group("g", &["a", "b"]);
-    for (node, config, _) in &configs {
-        c.start_agent_with(node, config);
-    }
+    // Heartbeats carry the byte counter: often, for fine samples.
+    c.add_group_with("g", &["a", "b"], &["--heartbeat-interval", "100ms"]);
+    c.start_agent_with("a", &configs[0].1);
     c.wait_primary("g", "a");
+    c.start_agent_with("b", &configs[1].1);
     let first = c.wait_until("b holds a's first snapshot", || {
         let (_, b, state, a) = sample(&c)?;
         (b == a && state == "fresh").then_some(b)

@@ -44,10 +44,11 @@ impl RateLimit {
         bucket.last = now;
         bucket.tokens -= bytes as f64;
         if bucket.tokens < 0.0 {
+            // The debt stays on the books: the next call credits the time
+            // since `last`, sleep included, so a timer that fires late
+            // (they round up to the millisecond) does not slow the rate.
             let wait = Duration::from_secs_f64(-bucket.tokens / rate);
             tokio::time::sleep(wait).await;
-            bucket.tokens = 0.0;
-            bucket.last = Instant::now();
         }
     }
 }
