@@ -76,7 +76,20 @@ function memberRow(m, checks) {
     el("td", {}, m.healthy ? el("span", { class: "pass" }, "yes") : el("span", { class: "fail" }, "no")),
     el("td", {}, m.maintenance ? badge("maintenance", "warn") : ""),
     checkCells,
+    syncCell(m.syncs || []),
     el("td", { class: "muted" }, m.why_not || ""));
+}
+
+// Each synced path: its state and how long since it was the primary's latest.
+function syncCell(syncs) {
+  const cell = el("td", { class: "checks", "data-field": "syncs" });
+  for (const s of syncs) {
+    const good = s.state === "source" || s.state === "fresh";
+    const age = s.age_ms == null ? "" : " " + (s.age_ms / 1000).toFixed(0) + "s";
+    const title = (s.snapshot ? "snapshot " + s.snapshot.slice(0, 12) : "no copy") + (s.error ? " — " + s.error : "");
+    cell.append(el("span", { class: good ? "pass" : "fail", title }, s.name + ": " + s.state + age));
+  }
+  return cell;
 }
 
 function groupCard(g, checksOf) {
@@ -88,7 +101,7 @@ function groupCard(g, checksOf) {
     el("span", {}, g.phase + " since " + utc(g.phase_since))));
   if (g.alarm) card.append(el("p", { class: "alarm", "data-field": "alarm" }, "⚠ " + g.alarm));
   const table = el("table", {},
-    el("thead", {}, el("tr", {}, ...["pos", "node", "role", "connected", "healthy", "", "checks", "why not"].map((h) => el("th", {}, h)))));
+    el("thead", {}, el("tr", {}, ...["pos", "node", "role", "connected", "healthy", "", "checks", "synced", "why not"].map((h) => el("th", {}, h)))));
   const body = el("tbody");
   for (const m of g.members) body.append(memberRow(m, checksOf(m.node, g.name)));
   table.append(body);
