@@ -34,10 +34,21 @@ impl Staging {
         }
     }
 
-    /// Creates it (owner only) with its `objects` directory.
+    /// Creates it (owner only) with its `objects` directory. Whatever
+    /// else has its name — a link someone planted, a file — is removed
+    /// first, never followed: nothing is written outside it.
     pub fn prepare(&self) -> io::Result<()> {
-        fs::create_dir_all(self.dir.join("objects"))?;
-        fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700))
+        use std::os::unix::fs::DirBuilderExt;
+        for dir in [self.dir.clone(), self.dir.join("objects")] {
+            match fs::symlink_metadata(&dir) {
+                Ok(m) if m.is_dir() => continue,
+                Ok(_) => fs::remove_file(&dir)?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        }
+        Ok(())
     }
 
     /// Where a verified file with this hash waits.
@@ -75,6 +86,9 @@ pub fn build(
 ) -> io::Result<PathBuf> {
     let built = staging.built();
     remove_any(&built)?;
+    // Each source is linked once: two paths with the same content get
+    // inodes of their own (a mode set on one must not change the other).
+    let linked = std::cell::RefCell::new(std::collections::HashSet::new());
     let place_file = |entry: &pb::SyncEntry, at: &Path| -> io::Result<()> {
         let object = staging.object(&entry.sha256);
         let source = if object.exists() {
@@ -84,7 +98,8 @@ pub fn build(
                 io::Error::other(format!("{}: its content was not fetched", entry.path))
             })?
         };
-        if fs::hard_link(&source, at).is_err() {
+        let first_use = linked.borrow_mut().insert(source.clone());
+        if !first_use || fs::hard_link(&source, at).is_err() {
             copy_synced(&source, at)?;
         }
         fs::set_permissions(at, fs::Permissions::from_mode(entry.mode))
@@ -250,5 +265,67 @@ fn carry(from: &Path, to: &Path) -> io::Result<()> {
         fs::hard_link(from, to).or_else(|_| copy_synced(from, to))
     } else {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scanner(root: &Path) -> Scanner {
+        Scanner::new(root.to_owned(), globset::GlobSet::empty())
+    }
+
+    #[test]
+    fn files_with_the_same_content_keep_their_own_modes() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("source");
+        std::fs::create_dir(&source).unwrap();
+        for (name, mode) in [("private.key", 0o600), ("public.txt", 0o644)] {
+            std::fs::write(source.join(name), "same").unwrap();
+            fs::set_permissions(source.join(name), fs::Permissions::from_mode(mode)).unwrap();
+        }
+        let manifest = scanner(&source).scan().unwrap().manifest;
+        let target = dir.path().join("copy");
+        let staging = Staging::for_path(&target);
+        staging.prepare().unwrap();
+        let file = &manifest.entries[1];
+        fs::copy(source.join("private.key"), staging.object(&file.sha256)).unwrap();
+        let built = build(
+            &manifest,
+            &target,
+            &staging,
+            &HashMap::new(),
+            &scanner(&target),
+        )
+        .unwrap();
+        swap(&built, &target, &staging).unwrap();
+        let mode = |name: &str| {
+            fs::metadata(target.join(name))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        assert_eq!((mode("private.key"), mode("public.txt")), (0o600, 0o644));
+        assert_eq!(scanner(&target).scan().unwrap().manifest.id, manifest.id);
+    }
+
+    #[test]
+    fn a_planted_link_in_place_of_the_staging_directory_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        fs::set_permissions(&elsewhere, fs::Permissions::from_mode(0o755)).unwrap();
+        let target = dir.path().join("data");
+        let staging = Staging::for_path(&target);
+        std::os::unix::fs::symlink(&elsewhere, &staging.dir).unwrap();
+        staging.prepare().unwrap();
+        assert!(fs::symlink_metadata(&staging.dir).unwrap().is_dir());
+        assert_eq!(
+            fs::metadata(&elsewhere).unwrap().permissions().mode() & 0o777,
+            0o755
+        );
+        assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0);
     }
 }

@@ -15,7 +15,7 @@ use tokio::io::AsyncWriteExt;
 use tonic::transport::Channel;
 
 use super::apply::Staging;
-use super::manifest::{MAX_ENTRIES, Manifest, hex};
+use super::manifest::{self, MAX_ENTRIES, Manifest, hex};
 use super::peer::MAX_MESSAGE;
 use super::rate::RateLimit;
 
@@ -104,7 +104,8 @@ pub async fn manifest(
             header.entries
         ));
     }
-    let mut entries = Vec::with_capacity(usize::try_from(header.entries).unwrap_or(0));
+    let mut entries = Vec::new();
+    let mut weight = 0usize;
     while let Some(part) = next(&mut stream).await? {
         let Some(pb::manifest_part::Part::Entries(page)) = part.part else {
             return Err("a second manifest header".into());
@@ -112,12 +113,23 @@ pub async fn manifest(
         if entries.len() + page.entries.len() > usize::try_from(header.entries).unwrap_or(0) {
             return Err("the manifest holds more entries than it announced".into());
         }
+        weight = weight.saturating_add(page.entries.iter().map(manifest::weight).sum::<usize>());
+        if weight > manifest::MAX_BYTES {
+            return Err(format!(
+                "the manifest weighs more than {} bytes",
+                manifest::MAX_BYTES
+            ));
+        }
         entries.extend(page.entries);
     }
     if entries.len() as u64 != header.entries {
         return Err("the manifest ended before all its entries".into());
     }
-    let manifest = Manifest::check(entries)?;
+    // Checking and hashing a large manifest is work: off the async threads
+    // (the agent's heartbeats must not wait for it).
+    let manifest = tokio::task::spawn_blocking(move || Manifest::check(entries))
+        .await
+        .map_err(|e| format!("checking the manifest stopped: {e}"))??;
     if manifest.id != header.snapshot {
         return Err("the manifest's entries do not match its snapshot id".into());
     }

@@ -21,6 +21,14 @@ const MAX_PATH: usize = 4096;
 const MAX_DEPTH: usize = 64;
 /// The longest symbolic link target.
 const MAX_TARGET: usize = 4096;
+/// The most a manifest may weigh, paths and targets and hashes counted
+/// (a peer's heavier one is refused as it arrives).
+pub const MAX_BYTES: usize = 64 * 1024 * 1024;
+
+/// What one entry weighs against [`MAX_BYTES`].
+pub fn weight(e: &pb::SyncEntry) -> usize {
+    e.path.len() + e.target.len() + e.sha256.len() + 32
+}
 
 /// One snapshot: its entries (the root first, then parents before
 /// children) and its id.
@@ -63,6 +71,12 @@ impl Manifest {
             return Err(format!(
                 "the manifest has {} entries, more than {MAX_ENTRIES}",
                 entries.len()
+            ));
+        }
+        let total: usize = entries.iter().map(weight).sum();
+        if total > MAX_BYTES {
+            return Err(format!(
+                "the manifest weighs {total} bytes, more than {MAX_BYTES}"
             ));
         }
         let Some(root) = entries.first() else {

@@ -166,6 +166,7 @@ enum Round {
 impl Worker {
     async fn run(mut self, shutdown: CancellationToken) {
         let mut roles = self.roles.clone();
+        let mut last_again = false;
         loop {
             let round = self.plan();
             let again_now = match round {
@@ -174,19 +175,37 @@ impl Worker {
                     false
                 }
                 Round::Fetch(source) => {
-                    *self
-                        .served
-                        .published
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner()) = None;
-                    self.fetch(&source).await
+                    self.unpublish();
+                    // A role change ends the transfer at once: a node that
+                    // became primary publishes, one told of a new primary
+                    // fetches from it.
+                    let before = shape_of(&self.roles, &self.config);
+                    let mut watch = self.roles.clone();
+                    let config = self.config.clone();
+                    let changed = async move {
+                        while watch.changed().await.is_ok() {
+                            if shape_of(&watch, &config) != before {
+                                return;
+                            }
+                        }
+                        std::future::pending::<()>().await
+                    };
+                    let applied = tokio::select! {
+                        applied = self.fetch(&source) => applied,
+                        _ = changed => {
+                            self.client = None;
+                            tracing::info!(sync = %self.config.name, "the roles changed: the transfer under way is dropped");
+                            false
+                        }
+                    };
+                    // At once again after a new copy (the primary may have
+                    // moved on meanwhile), but not twice in a row.
+                    let again = applied && !last_again;
+                    last_again = again;
+                    again
                 }
                 Round::Idle => {
-                    *self
-                        .served
-                        .published
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner()) = None;
+                    self.unpublish();
                     false
                 }
             };
@@ -199,7 +218,7 @@ impl Worker {
             } else {
                 self.config.interval.max(RETRY_MIN)
             };
-            let before = self.shape();
+            let before = shape_of(&self.roles, &self.config);
             let deadline = tokio::time::Instant::now() + wait;
             loop {
                 tokio::select! {
@@ -209,7 +228,7 @@ impl Worker {
                         if changed.is_err() {
                             return;
                         }
-                        if self.shape() != before {
+                        if shape_of(&self.roles, &self.config) != before {
                             break;
                         }
                     }
@@ -218,23 +237,13 @@ impl Worker {
         }
     }
 
-    /// This sync's groups and this node's role in each, leases aside.
-    fn shape(&self) -> Vec<(String, RoleView)> {
-        self.roles
-            .borrow()
-            .iter()
-            .filter(|(g, _)| self.config.covers(g))
-            .map(|(g, v)| {
-                let acting = v.acting_until.map(|_| Duration::ZERO);
-                (
-                    g.clone(),
-                    RoleView {
-                        acting_until: acting,
-                        ..v.clone()
-                    },
-                )
-            })
-            .collect()
+    /// Serves no snapshot (this node is not the acting primary).
+    fn unpublish(&self) {
+        *self
+            .served
+            .published
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     fn groups(&self) -> Vec<String> {
@@ -429,6 +438,14 @@ impl Worker {
                 self.persist(!was_current);
                 return Ok(false);
             }
+            // The same content, announced as new: nothing to rebuild.
+            Answer::Newer { manifest, epoch } if manifest.id == have => {
+                self.held.current = true;
+                self.held.epoch = epoch;
+                self.held.confirmed = Some(asked_at);
+                self.persist(false);
+                return Ok(false);
+            }
             Answer::Newer { manifest, epoch } => (manifest, epoch),
         };
         if self.held.current {
@@ -555,6 +572,26 @@ impl Worker {
         self.board
             .set(&self.config.name, &self.config.groups, held_state, statuses);
     }
+}
+
+/// The groups of `config` and this node's role in each, leases aside:
+/// what decides the next round.
+fn shape_of(roles: &watch::Receiver<RoleBoard>, config: &SyncConfig) -> Vec<(String, RoleView)> {
+    roles
+        .borrow()
+        .iter()
+        .filter(|(g, _)| config.covers(g))
+        .map(|(g, v)| {
+            let acting = v.acting_until.map(|_| Duration::ZERO);
+            (
+                g.clone(),
+                RoleView {
+                    acting_until: acting,
+                    ..v.clone()
+                },
+            )
+        })
+        .collect()
 }
 
 fn short(id: &str) -> &str {

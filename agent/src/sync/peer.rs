@@ -5,6 +5,7 @@
 //! reading is dropped; connections and streams are capped.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -152,6 +153,14 @@ impl PeerState {
         Ok((served.clone(), published, epoch))
     }
 
+    /// Whether this node is `group`'s primary and may act, now.
+    fn may_serve(&self, group: &str) -> bool {
+        self.roles
+            .borrow()
+            .get(group)
+            .is_some_and(|v| v.role == Role::Primary && v.may_act(clock::now()))
+    }
+
     /// With TLS, only an agent (a node certificate) may fetch copies.
     fn check_caller<T>(&self, request: &Request<T>) -> Result<(), Status> {
         if !self.tls {
@@ -263,11 +272,19 @@ impl PeerService for Peer {
             .await
             .map_err(|e| Status::aborted(format!("{}: {e}", clip(&r.path))))?;
         let (tx, rx) = mpsc::channel(2);
+        let state = self.0.clone();
+        let group = r.group.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let mut left = size;
             let mut buffer = vec![0u8; CHUNK];
             while left > 0 {
+                if !state.may_serve(&group) {
+                    // Demoted while sending: the new primary's copy is the
+                    // one to fetch now.
+                    let _ = send(&tx, Err(Status::aborted("no longer the group's primary"))).await;
+                    return;
+                }
                 let want = usize::try_from(left.min(CHUNK as u64)).unwrap_or(CHUNK);
                 let n = match file.read(&mut buffer[..want]).await {
                     Ok(0) => {
@@ -321,10 +338,19 @@ async fn open_unchanged(
     Ok(file)
 }
 
-/// A connection, holding its place among [`MAX_CONNECTIONS`].
+/// A connection that sends nothing within this long is closed.
+const FIRST_BYTES: Duration = Duration::from_secs(10);
+/// A connection that sends nothing for this long is closed (an agent
+/// fetching polls every `interval`; a quiet one answers pings).
+const IDLE: Duration = Duration::from_secs(60);
+
+/// A connection, holding its place among [`MAX_CONNECTIONS`], closed
+/// when its client sends nothing for a while (so idle connections cannot
+/// keep the places from the members that need them).
 struct Conn {
     io: TcpStream,
     _place: OwnedSemaphorePermit,
+    quiet_until: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl AsyncRead for Conn {
@@ -333,7 +359,22 @@ impl AsyncRead for Conn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        let before = buf.filled().len();
+        match Pin::new(&mut self.io).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                let next = tokio::time::Instant::now() + IDLE;
+                self.quiet_until.as_mut().reset(next);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => match self.quiet_until.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the peer sent nothing for too long",
+                ))),
+                Poll::Pending => Poll::Pending,
+            },
+            other => other,
+        }
     }
 }
 
@@ -378,7 +419,11 @@ pub async fn serve(
                         continue;
                     };
                     let _ = io.set_nodelay(true);
-                    let conn = Conn { io, _place: place };
+                    let conn = Conn {
+                        io,
+                        _place: place,
+                        quiet_until: Box::pin(tokio::time::sleep(FIRST_BYTES)),
+                    };
                     return Some((Ok::<_, std::io::Error>(conn), (listener, places)));
                 }
                 Err(e) => {

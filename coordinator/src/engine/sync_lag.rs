@@ -7,7 +7,7 @@
 //! since its copy was last the primary's latest) and grow here from the
 //! moment their heartbeat arrived; nothing of it is stored.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::Now;
@@ -17,15 +17,23 @@ use super::node::Nodes;
 use crate::model::SyncReport;
 use proto::vocab::SyncState;
 
-/// The names of the syncs any member reports for group `g`.
-fn sync_names<'a>(g: &Group, nodes: &'a Nodes) -> BTreeSet<&'a str> {
-    g.members()
-        .iter()
-        .filter_map(|m| nodes.get(m))
-        .flat_map(|n| n.syncs.iter())
-        .filter(|r| r.group == g.name())
-        .map(|r| r.name.as_str())
-        .collect()
+/// The syncs of group `g`: those a member reports publishing (the
+/// primary, or the last one), each with the snapshot it published. A name
+/// only some standby knows (a configuration out of step) counts for
+/// nothing.
+fn published<'a>(g: &Group, nodes: &'a Nodes) -> BTreeMap<&'a str, &'a str> {
+    let mut published = BTreeMap::new();
+    // The current primary's word wins over an earlier one's.
+    let mut members: Vec<&String> = g.members().iter().collect();
+    members.sort_by_key(|m| g.primary() == Some(m.as_str()));
+    for n in members.into_iter().filter_map(|m| nodes.get(m)) {
+        for r in n.syncs.iter().filter(|r| r.group == g.name()) {
+            if r.state == SyncState::Source {
+                published.insert(r.name.as_str(), r.snapshot.as_str());
+            }
+        }
+    }
+    published
 }
 
 /// The reports of `node` for group `g` with their ages at `now`.
@@ -45,21 +53,21 @@ pub(super) fn reports_at<'a>(
         .iter()
         .filter(|r| r.group == g.name())
         .map(|r| match r.state {
-            // The primary's own copy is the latest by definition.
-            SyncState::Source => (r, Some(Duration::ZERO)),
+            // The primary's own copy is the latest while it publishes.
+            SyncState::Source if n.session.is_some() => (r, Some(Duration::ZERO)),
+            SyncState::Source => (r, Some(since)),
             _ => (r, r.age.map(|a| a.saturating_add(since))),
         })
         .collect()
 }
 
-/// How old `node`'s copy is at `now`: the oldest over every sync of the
-/// group; `None` when it holds no copy of one of them (or reports none
-/// that another member reports). Zero when the group syncs nothing.
+/// How old `node`'s copy is at `now`: the oldest over every published
+/// sync of the group; `None` when it holds no copy of one of them. Zero
+/// when the group syncs nothing.
 pub(super) fn copy_age(g: &Group, nodes: &Nodes, node: &str, now: Now) -> Option<Duration> {
-    let names = sync_names(g, nodes);
     let reports = reports_at(g, nodes, node, now);
     let mut oldest = Duration::ZERO;
-    for name in names {
+    for name in published(g, nodes).into_keys() {
         let age = reports
             .iter()
             .find(|(r, _)| r.name == name)
@@ -69,9 +77,22 @@ pub(super) fn copy_age(g: &Group, nodes: &Nodes, node: &str, now: Now) -> Option
     Some(oldest)
 }
 
-/// A copy's age as an order: no copy is the oldest of all.
-fn rank(age: Option<Duration>) -> Duration {
-    age.unwrap_or(Duration::MAX)
+/// How fresh `node`'s copy is, as an order (smaller is fresher): first
+/// how many published snapshots it does not hold — a member holding what
+/// the primary last published beats any that does not, whatever ages
+/// they claim — then its age, no copy the oldest of all.
+fn rank(g: &Group, nodes: &Nodes, node: &str, now: Now) -> (usize, Duration) {
+    let reports = reports_at(g, nodes, node, now);
+    let missing = published(g, nodes)
+        .iter()
+        .filter(|(name, snapshot)| {
+            !reports
+                .iter()
+                .any(|(r, _)| r.name == **name && r.snapshot == **snapshot && !snapshot.is_empty())
+        })
+        .count();
+    let age = copy_age(g, nodes, node, now).unwrap_or(Duration::MAX);
+    (missing, age)
 }
 
 /// Whether automatic promotion must skip `node`: `max_sync_lag` is set,
@@ -88,23 +109,24 @@ pub(super) fn too_stale(
     if limit.is_zero() {
         return false;
     }
-    let age = rank(copy_age(g, nodes, node, now));
+    let age = copy_age(g, nodes, node, now).unwrap_or(Duration::MAX);
     if age <= limit {
         return false;
     }
+    let mine = rank(g, nodes, node, now);
     g.members()
         .iter()
         .filter(|m| m.as_str() != node && Some(m.as_str()) != exclude)
         .filter(|m| g.primary() != Some(m.as_str()))
         .filter(|m| eligible(g, nodes, m, now))
-        .any(|m| rank(copy_age(g, nodes, m, now)) < age)
+        .any(|m| rank(g, nodes, m, now) < mine)
 }
 
 /// Whether `node`'s copy is within `max_sync_lag` (always, when it is
 /// off): a voluntary move (failback) waits for that.
 pub(super) fn within_lag(g: &Group, nodes: &Nodes, node: &str, now: Now) -> bool {
     let limit = g.policy().max_sync_lag;
-    limit.is_zero() || rank(copy_age(g, nodes, node, now)) <= limit
+    limit.is_zero() || copy_age(g, nodes, node, now).is_some_and(|age| age <= limit)
 }
 
 /// Why `node` is skipped, in words, if it is.

@@ -166,14 +166,26 @@ impl Sim {
 
     /// From now on `node` reports its copy of sync "data" in `group`.
     fn set_sync(&mut self, node: &str, group: &str, state: SyncState, age_secs: Option<u64>) {
+        let snapshot = if age_secs.is_some() {
+            "ab".repeat(32)
+        } else {
+            String::new()
+        };
+        self.set_sync_of(node, group, state, age_secs, snapshot);
+    }
+
+    fn set_sync_of(
+        &mut self,
+        node: &str,
+        group: &str,
+        state: SyncState,
+        age_secs: Option<u64>,
+        snapshot: String,
+    ) {
         let report = SyncReport {
             group: group.into(),
             name: "data".into(),
-            snapshot: if age_secs.is_some() {
-                "ab".repeat(32)
-            } else {
-                String::new()
-            },
+            snapshot,
             epoch: 1,
             age: age_secs.map(Duration::from_secs),
             bytes: 0,
@@ -2087,5 +2099,29 @@ fn an_operator_may_still_take_over_to_a_stale_member() {
     });
     let _ = reply;
     sim.run_for(WAIT * 2, &["rec-2", "rec-3"]);
+    assert_eq!(sim.primary("recorders").0.as_deref(), Some("rec-2"));
+}
+
+#[test]
+fn a_copy_that_is_not_the_published_snapshot_ranks_below_one_that_is() {
+    // rec-3 claims a fresh copy of a snapshot the primary never
+    // published (a lie, or a configuration out of step); rec-2 holds what
+    // was published, older than the limit: rec-2 is not skipped for it.
+    let mut sim = with_copies(Duration::from_secs(30), Some(40), Some(0));
+    sim.set_sync_of(
+        "rec-3",
+        "recorders",
+        SyncState::Fresh,
+        Some(0),
+        "cd".repeat(32),
+    );
+    // A sync only rec-3 reports counts for nothing.
+    let mut extra = sim.syncs["rec-3"].clone();
+    extra.push(SyncReport {
+        name: "ghost".into(),
+        ..extra[0].clone()
+    });
+    sim.syncs.insert("rec-3".into(), extra);
+    sim.run_for(WAIT + Duration::from_millis(10), &["rec-2", "rec-3"]);
     assert_eq!(sim.primary("recorders").0.as_deref(), Some("rec-2"));
 }
