@@ -281,6 +281,44 @@ impl AgentConfig {
                 );
             }
         }
+        // A sync must not carry the agent's own state or configuration to
+        // other nodes, nor hold another sync.
+        let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_owned());
+        let own = [
+            ("state_dir", Some(absolute(&state_dir))),
+            (
+                "the configuration file",
+                args.config.as_deref().map(absolute),
+            ),
+        ];
+        for sync in &file.sync {
+            for (what, path) in &own {
+                if let Some(path) = path
+                    && path.starts_with(&sync.path)
+                {
+                    bail!(
+                        "[[sync]] {:?}: path {} holds {what} ({}): it would carry this \
+                         agent's own files to other nodes",
+                        sync.name,
+                        sync.path.display(),
+                        path.display()
+                    );
+                }
+            }
+            if let Some(outer) = file
+                .sync
+                .iter()
+                .find(|o| o.name != sync.name && sync.path.starts_with(&o.path))
+            {
+                bail!(
+                    "[[sync]] {:?}: path {} is inside [[sync]] {:?} ({}): syncs must not nest",
+                    sync.name,
+                    sync.path.display(),
+                    outer.name,
+                    outer.path.display()
+                );
+            }
+        }
         let peer_listen = file.peer_listen.unwrap_or_else(|| "0.0.0.0:0".into());
         if peer_listen.parse::<std::net::SocketAddr>().is_err() {
             bail!(

@@ -207,7 +207,7 @@ async fn registry(leadership: &Leadership) -> Registry {
     );
     registry.register(
         "sync_transferred_bytes",
-        "Bytes of content the member's agent sent (primary) or received (standby) for the sync since it started",
+        "Bytes of content the member's agent sent (as primary) and received (as standby) for the sync since it started",
         sync_bytes,
     );
     registry.register(

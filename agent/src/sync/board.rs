@@ -37,8 +37,10 @@ pub type RoleBoard = BTreeMap<String, RoleView>;
 pub struct Live {
     /// When the copy was last known to be the latest (its age).
     pub confirmed: Option<Instant>,
-    /// The bytes moved so far (sent by a primary, received by a standby).
-    pub bytes: Arc<AtomicU64>,
+    /// The bytes of content sent (as primary) and received (as standby)
+    /// so far.
+    pub sent: Arc<AtomicU64>,
+    pub received: Arc<AtomicU64>,
 }
 
 #[derive(Clone, Default)]
@@ -68,7 +70,10 @@ impl SyncBoard {
             .values()
             .map(|(status, live)| {
                 let mut status = status.clone();
-                status.bytes = live.bytes.load(Ordering::Relaxed);
+                status.bytes = live
+                    .sent
+                    .load(Ordering::Relaxed)
+                    .saturating_add(live.received.load(Ordering::Relaxed));
                 status.age_ms = if status.state == pb::SyncState::Source as i32 {
                     Some(0)
                 } else if status.snapshot.is_empty() {

@@ -49,7 +49,12 @@ impl SyncConfig {
     /// may not yet, on a standby that never held a copy).
     pub fn validate(&self) -> anyhow::Result<()> {
         let what = format!("[[sync]] {:?}", self.name);
-        proto::names::validate_node_id(&self.name).with_context(|| format!("{what}: name"))?;
+        if proto::names::validate_node_id(&self.name).is_err() {
+            bail!(
+                "{what}: name must be lowercase letters, digits and '-' (at most 63, \
+                 starting with a letter or digit), e.g. \"config\""
+            );
+        }
         for group in &self.groups {
             proto::names::validate_group_name(group).with_context(|| format!("{what}: groups"))?;
         }
@@ -61,7 +66,7 @@ impl SyncConfig {
         }
         let Some(name) = self.path.file_name() else {
             bail!(
-                "{what}: path {} names no file or directory",
+                "{what}: path {} cannot be synced whole: give a file or directory below it",
                 self.path.display()
             );
         };
@@ -84,6 +89,16 @@ impl SyncConfig {
                 humantime::format_duration(MIN_INTERVAL),
                 humantime::format_duration(MAX_INTERVAL),
                 humantime::format_duration(self.interval)
+            );
+        }
+        if let Some(pattern) = self
+            .exclude
+            .iter()
+            .find(|p| p.starts_with('/') || p.split('/').any(|part| part == ".."))
+        {
+            bail!(
+                "{what}: exclude pattern {pattern:?} can never match: patterns are relative to \
+                 path, e.g. \"*.lock\" or \"run\""
             );
         }
         if let Some(rate) = &self.max_rate {

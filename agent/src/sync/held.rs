@@ -59,7 +59,8 @@ pub fn read(path: &Path) -> Held {
     Held {
         snapshot: record.snapshot,
         epoch: record.epoch,
-        current: record.current,
+        // Not known to be the latest until compared again in this run.
+        current: false,
         confirmed: (record.confirmed_unix_ms > 0)
             .then(|| Instant::now().checked_sub(ago))
             .flatten(),

@@ -86,6 +86,7 @@ pub async fn start(
                 limit: config.rate().map(|r| Arc::new(RateLimit::new(r))),
                 sent: Arc::new(AtomicU64::new(0)),
                 published: Mutex::new(None),
+                problem: Mutex::new(String::new()),
             }),
         );
     }
@@ -332,10 +333,11 @@ impl Worker {
                     .published
                     .lock()
                     .unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(published));
-                self.error.clear();
+                self.clear_error();
                 self.persist(changed);
             }
             Ok(None) => {
+                self.held = Held::default();
                 self.fail(format!(
                     "{} does not exist: nothing to publish",
                     self.config.path.display()
@@ -350,10 +352,25 @@ impl Worker {
         }
     }
 
+    fn clear_error(&mut self) {
+        self.error.clear();
+        self.served
+            .problem
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
     fn fail(&mut self, error: String) {
         if self.error != error {
             tracing::warn!(sync = %self.config.name, "{error}");
         }
+        // What standbys are told when they ask for a snapshot.
+        *self
+            .served
+            .problem
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = error.clone();
         self.error = error;
     }
 
@@ -389,7 +406,7 @@ impl Worker {
     async fn fetch(&mut self, source: &Source) -> bool {
         match self.try_fetch(source).await {
             Ok(applied) => {
-                self.error.clear();
+                self.clear_error();
                 applied
             }
             Err(e) => {
@@ -411,6 +428,9 @@ impl Worker {
         if have != self.held.snapshot {
             // The copy is not what this node last put there (edited, or
             // removed): its origin is unknown.
+            if !self.held.snapshot.is_empty() && !have.is_empty() {
+                tracing::warn!(sync = %self.config.name, path = %self.config.path.display(), "the copy was changed here since the last snapshot this node received: the primary's copy replaces it");
+            }
             self.held = Held {
                 snapshot: have.clone(),
                 epoch: 0,
@@ -525,16 +545,13 @@ impl Worker {
         let now = crate::clock::now();
         // Before its first look, a copy that exists is one of unknown
         // freshness.
-        let held_state = if !self.held.snapshot.is_empty() {
-            if self.held.current {
-                SyncState::Fresh
-            } else {
-                SyncState::Stale
-            }
-        } else if std::fs::symlink_metadata(&self.config.path).is_ok() {
-            SyncState::Stale
-        } else {
+        let exists = std::fs::symlink_metadata(&self.config.path).is_ok();
+        let held_state = if !exists {
             SyncState::None
+        } else if !self.held.snapshot.is_empty() && self.held.current {
+            SyncState::Fresh
+        } else {
+            SyncState::Stale
         };
         let statuses = roles
             .iter()
@@ -548,11 +565,8 @@ impl Worker {
                 };
                 let live = board::Live {
                     confirmed: self.held.confirmed,
-                    bytes: if source {
-                        self.served.sent.clone()
-                    } else {
-                        self.received.clone()
-                    },
+                    sent: self.served.sent.clone(),
+                    received: self.received.clone(),
                 };
                 (
                     pb::SyncStatus {

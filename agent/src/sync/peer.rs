@@ -76,6 +76,8 @@ pub struct Served {
     /// Bytes of content sent since the agent started.
     pub sent: Arc<AtomicU64>,
     pub published: Mutex<Option<Arc<Published>>>,
+    /// Why there is no snapshot to serve, if something went wrong.
+    pub problem: Mutex<String>,
 }
 
 pub struct PeerState {
@@ -149,7 +151,21 @@ impl PeerState {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
-            .ok_or_else(|| Status::unavailable(format!("no snapshot of {sync} yet")))?;
+            .ok_or_else(|| {
+                let problem = served
+                    .problem
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                if problem.is_empty() {
+                    Status::unavailable(format!("{} has no snapshot of {sync} yet", self.node_id))
+                } else {
+                    Status::unavailable(format!(
+                        "{} has no snapshot of {sync}: {problem}",
+                        self.node_id
+                    ))
+                }
+            })?;
         Ok((served.clone(), published, epoch))
     }
 

@@ -8,6 +8,7 @@ use super::group::Group;
 use super::node::{Node, Nodes};
 use super::sessions;
 use super::*;
+use proto::vocab::SyncState;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct GroupView {
@@ -162,7 +163,13 @@ pub(super) fn group_view(g: &Group, nodes: &Nodes, now: Now) -> GroupView {
                     .into_iter()
                     .map(|(r, age)| SyncView {
                         name: r.name.clone(),
-                        state: r.state,
+                        // A former primary out of reach publishes nothing.
+                        state: match r.state {
+                            SyncState::Source if !node.is_some_and(|n| n.session.is_some()) => {
+                                SyncState::Stale
+                            }
+                            state => state,
+                        },
                         snapshot: r.snapshot.clone(),
                         epoch: r.epoch,
                         age,

@@ -68,6 +68,8 @@ fn settings_are_set_shown_checked_and_kept_across_a_restart() {
             "15s",
             "--fencing",
             "none",
+            "--max-sync-lag",
+            "45s",
         ],
     );
     let expected = serde_json::json!({
@@ -75,7 +77,7 @@ fn settings_are_set_shown_checked_and_kept_across_a_restart() {
         "startup_timeout": "15s", "shutdown_grace": "5s", "abnormal_timeout": "2s",
         "auto_failover": false, "failback": "delayed", "failback_delay": "30s",
         "failback_window": "02:00-04:00", "min_failover_interval": "20s",
-        "standby_mode": "warm", "fencing": "none",
+        "standby_mode": "warm", "fencing": "none", "max_sync_lag": "45s",
     });
     assert_eq!(g["policy"], expected);
 
@@ -137,6 +139,7 @@ fn settings_are_set_shown_checked_and_kept_across_a_restart() {
             &["--failback-delay", "25h"],
             "failback-delay must be between",
         ),
+        (&["--max-sync-lag", "25h"], "max-sync-lag must be between"),
         (&["--failback-window", "25:00-01:00"], "02:00-04:00"),
         (
             &["--failback-window", "01:00-02:00"],

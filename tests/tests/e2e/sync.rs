@@ -268,6 +268,18 @@ fn max_sync_lag_promotes_the_member_with_the_fresh_copy() {
 fn bad_sync_keys_are_refused_in_one_line() {
     let dir = tempfile::tempdir().unwrap();
     let base = "node_id = \"a\"\n";
+    // A sync that holds the agent's own configuration is refused.
+    let own = check_config(
+        "failover-agent",
+        dir.path(),
+        "agent.toml",
+        &format!(
+            "{base}[[sync]]\nname = \"x\"\npath = \"{}\"\n",
+            dir.path().display()
+        ),
+    );
+    let stderr = String::from_utf8_lossy(&own.stderr);
+    assert!(stderr.contains("own files"), "{stderr}");
     let cases = [
         (
             "[[sync]]\nname = \"x\"\npath = \"/no/such/dir/data\"\n",
@@ -287,6 +299,18 @@ fn bad_sync_keys_are_refused_in_one_line() {
             "unique",
         ),
         ("peer_listen = \"everywhere\"\n", "peer_listen"),
+        (
+            "[[sync]]\nname = \"x\"\npath = \"/tmp/x\"\nexclude = [\"/tmp/x/run\"]\n",
+            "can never match",
+        ),
+        (
+            "[[sync]]\nname = \"My Config\"\npath = \"/tmp/x\"\n",
+            "name must be lowercase",
+        ),
+        (
+            "[[sync]]\nname = \"x\"\npath = \"/tmp/x\"\n[[sync]]\nname = \"y\"\npath = \"/tmp/x/y\"\n",
+            "must not nest",
+        ),
         ("peer_advertise = \"no-port\"\n", "peer_advertise"),
     ];
     for (text, expected) in cases {
