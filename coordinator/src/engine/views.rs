@@ -165,7 +165,7 @@ pub(super) fn group_view(g: &Group, nodes: &Nodes, now: Now) -> GroupView {
                         name: r.name.clone(),
                         // A former primary out of reach publishes nothing.
                         state: match r.state {
-                            SyncState::Source if !node.is_some_and(|n| n.session.is_some()) => {
+                            SyncState::Source if node.is_none_or(|n| n.session.is_none()) => {
                                 SyncState::Stale
                             }
                             state => state,
