@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct Record {
     snapshot: String,
+    #[serde(default)]
+    local: String,
     epoch: u64,
     current: bool,
     confirmed_unix_ms: u64,
@@ -22,6 +24,10 @@ struct Record {
 pub struct Held {
     /// Its snapshot id; empty: no copy.
     pub snapshot: String,
+    /// The same copy as this node's own scan sees it (its `exclude` may
+    /// leave out what the primary's does not): unchanged since it was
+    /// put in place while the scan finds this id.
+    pub local: String,
     /// The epoch of the primary it came from (0: unknown).
     pub epoch: u64,
     /// It was the primary's latest when last compared.
@@ -58,6 +64,7 @@ pub fn read(path: &Path) -> Held {
         Duration::from_millis(unix_ms(SystemTime::now()).saturating_sub(record.confirmed_unix_ms));
     Held {
         snapshot: record.snapshot,
+        local: record.local,
         epoch: record.epoch,
         // Not known to be the latest until compared again in this run.
         current: false,
@@ -75,6 +82,7 @@ pub fn write(path: &Path, held: &Held) -> std::io::Result<()> {
         .map_or(0, unix_ms);
     let record = Record {
         snapshot: held.snapshot.clone(),
+        local: held.local.clone(),
         epoch: held.epoch,
         current: held.current,
         confirmed_unix_ms: confirmed,

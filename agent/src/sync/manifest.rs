@@ -55,6 +55,33 @@ impl Manifest {
         Manifest { entries, id, bytes }
     }
 
+    /// The id of this snapshot as `scanner` would see it in place: what
+    /// its `exclude` leaves out (with everything under it) is not there.
+    pub fn as_seen_by(&self, scanner: &Scanner) -> String {
+        let mut left_out: Vec<&str> = Vec::new();
+        let kept: Vec<pb::SyncEntry> = self
+            .entries
+            .iter()
+            .filter(|e| {
+                let under = left_out.iter().any(|dir| {
+                    e.path
+                        .strip_prefix(dir)
+                        .is_some_and(|rest| rest.starts_with('/'))
+                });
+                if under || scanner.excluded(&e.path) {
+                    left_out.push(&e.path);
+                    return false;
+                }
+                true
+            })
+            .cloned()
+            .collect();
+        if kept.len() == self.entries.len() {
+            return self.id.clone();
+        }
+        Manifest::new(kept).id
+    }
+
     /// Whether the synced path is a directory (else a single file).
     pub fn is_dir(&self) -> bool {
         self.entries
@@ -398,6 +425,17 @@ fn dir_entry(relative: String, meta: &Metadata) -> pb::SyncEntry {
     }
 }
 
+/// Whether the regular file at `path` (not followed if a link) holds
+/// `size` bytes with this SHA-256.
+pub fn same_content(path: &Path, size: u64, sha256: &[u8]) -> bool {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return false;
+    };
+    meta.is_file()
+        && meta.len() == size
+        && hash_file(path, Stat::of(&meta)).is_ok_and(|hash| hash.as_slice() == sha256)
+}
+
 /// The SHA-256 of a file that must still have `stat` once read.
 fn hash_file(path: &Path, stat: Stat) -> Result<[u8; 32], ScanError> {
     let io = |source| ScanError::Io {
@@ -469,6 +507,26 @@ mod tests {
         // What was received checks the same.
         let again = Manifest::check(first.entries.clone()).unwrap();
         assert_eq!(again.id, first.id);
+    }
+
+    #[test]
+    fn a_standby_that_excludes_more_sees_the_snapshot_without_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("app");
+        std::fs::create_dir_all(root.join("logs")).unwrap();
+        std::fs::write(root.join("logs/today.log"), "x").unwrap();
+        std::fs::write(root.join("main.conf"), "main").unwrap();
+        std::fs::write(root.join("debug.log"), "y").unwrap();
+        let published = scanner(&root, &[]).scan().unwrap().manifest;
+        // What the standby's own scan of the same copy finds.
+        let standby = scanner(&root, &["logs", "*.log"]);
+        let seen = scanner(&root, &["logs", "*.log"])
+            .scan()
+            .unwrap()
+            .manifest
+            .id;
+        assert_eq!(published.as_seen_by(&standby), seen);
+        assert_eq!(published.as_seen_by(&scanner(&root, &[])), published.id);
     }
 
     #[test]

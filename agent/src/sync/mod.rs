@@ -323,6 +323,7 @@ impl Worker {
                 }
                 self.held = Held {
                     snapshot: scan.manifest.id.clone(),
+                    local: scan.manifest.id.clone(),
                     epoch,
                     current: true,
                     confirmed: Some(Instant::now()),
@@ -421,10 +422,17 @@ impl Worker {
 
     async fn try_fetch(&mut self, source: &Source) -> Result<bool, String> {
         let local = self.scan().await?;
-        let have = local
+        let seen = local
             .as_ref()
             .map(|s| s.manifest.id.clone())
             .unwrap_or_default();
+        // Unchanged since it was put in place: it is the snapshot held,
+        // whatever this node's own `exclude` leaves out of its scan.
+        let have = if !seen.is_empty() && seen == self.held.local {
+            self.held.snapshot.clone()
+        } else {
+            seen.clone()
+        };
         if have != self.held.snapshot {
             // The copy is not what this node last put there (edited, or
             // removed): its origin is unknown.
@@ -433,6 +441,7 @@ impl Worker {
             }
             self.held = Held {
                 snapshot: have.clone(),
+                local: seen.clone(),
                 epoch: 0,
                 current: false,
                 confirmed: None,
@@ -490,6 +499,31 @@ impl Worker {
                 }
             }
         }
+        // Files this node's `exclude` leaves out of its scans but the
+        // primary publishes are used as they are, if their content is the
+        // same (hashed here, off the async threads).
+        let excluded_here: Vec<(Vec<u8>, u64, PathBuf)> = {
+            let scanner = self.scanner.lock().unwrap_or_else(|e| e.into_inner());
+            manifest
+                .entries
+                .iter()
+                .filter(|e| e.kind == pb::EntryKind::File as i32 && scanner.excluded(&e.path))
+                .filter(|e| !local_files.contains_key(&e.sha256))
+                .map(|e| (e.sha256.clone(), e.size, self.config.path.join(&e.path)))
+                .collect()
+        };
+        if !excluded_here.is_empty() {
+            let found = tokio::task::spawn_blocking(move || {
+                excluded_here
+                    .into_iter()
+                    .filter(|(sha, size, path)| manifest::same_content(path, *size, sha))
+                    .map(|(sha, _, path)| (sha, path))
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .unwrap_or_default();
+            local_files.extend(found);
+        }
         let have_hashes: HashSet<Vec<u8>> = local_files.keys().cloned().collect();
         let transfer = fetch::Transfer {
             source,
@@ -522,15 +556,16 @@ impl Worker {
                     "this node acts as primary now: the fetched snapshot is not applied".to_owned(),
                 ),
                 Some(Err(e)) => Err(format!("cannot put the new copy in place: {e}")),
-                Some(Ok(())) => Ok(manifest.id),
+                Some(Ok(())) => Ok((manifest.as_seen_by(&scanner), manifest.id)),
             }
         })
         .await
         .map_err(|e| format!("applying stopped: {e}"))?;
-        let applied = result?;
+        let (local, applied) = result?;
         tracing::info!(sync = %self.config.name, snapshot = %short(&applied), epoch, "new snapshot in place");
         self.held = Held {
             snapshot: applied,
+            local,
             epoch,
             current: true,
             confirmed: Some(asked_at),

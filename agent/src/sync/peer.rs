@@ -80,7 +80,62 @@ pub struct Served {
     pub problem: Mutex<String>,
 }
 
+/// Requests under way on each connection (by the client's address) and
+/// when the last one began or ended: a connection is idle only when none
+/// runs and none came for a while — bytes alone (pings) do not count.
+#[derive(Default)]
+pub struct Activity(Mutex<HashMap<std::net::SocketAddr, (usize, tokio::time::Instant)>>);
+
+impl Activity {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<std::net::SocketAddr, (usize, tokio::time::Instant)>>
+    {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A request begins; the guard ends it.
+    fn begin(self: &Arc<Self>, addr: std::net::SocketAddr) -> Active {
+        let mut map = self.lock();
+        let entry = map.entry(addr).or_insert((0, tokio::time::Instant::now()));
+        entry.0 += 1;
+        entry.1 = tokio::time::Instant::now();
+        Active {
+            activity: self.clone(),
+            addr,
+        }
+    }
+
+    /// Whether the connection from `addr` runs a request, or began or
+    /// ended one within `within`.
+    fn busy(&self, addr: std::net::SocketAddr, within: Duration) -> bool {
+        self.lock()
+            .get(&addr)
+            .is_some_and(|(running, last)| *running > 0 || last.elapsed() < within)
+    }
+
+    fn forget(&self, addr: std::net::SocketAddr) {
+        self.lock().remove(&addr);
+    }
+}
+
+/// A request under way (see [`Activity`]).
+struct Active {
+    activity: Arc<Activity>,
+    addr: std::net::SocketAddr,
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        if let Some(entry) = self.activity.lock().get_mut(&self.addr) {
+            entry.0 = entry.0.saturating_sub(1);
+            entry.1 = tokio::time::Instant::now();
+        }
+    }
+}
+
 pub struct PeerState {
+    activity: Arc<Activity>,
     pub node_id: String,
     /// Clients present certificates (TLS): each must name a node.
     pub tls: bool,
@@ -97,6 +152,7 @@ impl PeerState {
         syncs: HashMap<String, Arc<Served>>,
     ) -> PeerState {
         PeerState {
+            activity: Arc::default(),
             node_id,
             tls,
             roles,
@@ -225,6 +281,7 @@ impl PeerService for Peer {
         &self,
         request: Request<pb::ManifestRequest>,
     ) -> Result<Response<Self::GetManifestStream>, Status> {
+        let active = request.remote_addr().map(|a| self.0.activity.begin(a));
         self.0.check_caller(&request)?;
         let r = request.into_inner();
         let (_, published, epoch) = self.0.source(&r.group, &r.sync, r.epoch)?;
@@ -242,6 +299,7 @@ impl PeerService for Peer {
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(async move {
             let _permit = permit;
+            let _active = active;
             let part = |part| pb::ManifestPart { part: Some(part) };
             if !send(&tx, Ok(part(pb::manifest_part::Part::Header(header)))).await || unchanged {
                 return;
@@ -262,6 +320,7 @@ impl PeerService for Peer {
         &self,
         request: Request<pb::ReadFileRequest>,
     ) -> Result<Response<Self::ReadFileStream>, Status> {
+        let active = request.remote_addr().map(|a| self.0.activity.begin(a));
         self.0.check_caller(&request)?;
         let r = request.into_inner();
         let (served, published, _) = self.0.source(&r.group, &r.sync, r.epoch)?;
@@ -292,6 +351,7 @@ impl PeerService for Peer {
         let group = r.group.clone();
         tokio::spawn(async move {
             let _permit = permit;
+            let _active = active;
             let mut left = size;
             let mut buffer = vec![0u8; CHUNK];
             while left > 0 {
@@ -354,19 +414,29 @@ async fn open_unchanged(
     Ok(file)
 }
 
-/// A connection that sends nothing within this long is closed.
-const FIRST_BYTES: Duration = Duration::from_secs(10);
-/// A connection that sends nothing for this long is closed (an agent
-/// fetching polls every `interval`; a quiet one answers pings).
+/// A connection that starts no request within this long is closed.
+const FIRST_REQUEST: Duration = Duration::from_secs(10);
+/// A connection that runs no request and starts none for this long is
+/// closed (an agent fetching polls every `interval`, and reconnects when
+/// it needs to).
 const IDLE: Duration = Duration::from_secs(60);
 
-/// A connection, holding its place among [`MAX_CONNECTIONS`], closed
-/// when its client sends nothing for a while (so idle connections cannot
-/// keep the places from the members that need them).
+/// A connection, holding its place among [`MAX_CONNECTIONS`], closed when
+/// its client asks for nothing for a while — answering pings is not
+/// asking — so idle connections cannot keep the places from the members
+/// that need them.
 struct Conn {
     io: TcpStream,
     _place: OwnedSemaphorePermit,
-    quiet_until: Pin<Box<tokio::time::Sleep>>,
+    addr: std::net::SocketAddr,
+    activity: Arc<Activity>,
+    check_at: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.activity.forget(self.addr);
+    }
 }
 
 impl AsyncRead for Conn {
@@ -375,19 +445,21 @@ impl AsyncRead for Conn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
         match Pin::new(&mut self.io).poll_read(cx, buf) {
-            Poll::Ready(Ok(())) if buf.filled().len() > before => {
-                let next = tokio::time::Instant::now() + IDLE;
-                self.quiet_until.as_mut().reset(next);
-                Poll::Ready(Ok(()))
-            }
-            Poll::Pending => match self.quiet_until.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "the peer sent nothing for too long",
-                ))),
-                Poll::Pending => Poll::Pending,
+            Poll::Pending => loop {
+                match self.check_at.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(()) if self.activity.busy(self.addr, IDLE) => {
+                        let next = tokio::time::Instant::now() + IDLE;
+                        self.check_at.as_mut().reset(next);
+                    }
+                    Poll::Ready(()) => {
+                        return Poll::Ready(Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "the peer asked for nothing for too long",
+                        )));
+                    }
+                }
             },
             other => other,
         }
@@ -426,25 +498,34 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let places = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let incoming = futures::stream::unfold((listener, places), |(listener, places)| async move {
-        loop {
-            match listener.accept().await {
-                Ok((io, _)) => {
-                    let Ok(place) = places.clone().try_acquire_owned() else {
-                        // Full: this one is closed at once (dropped).
-                        continue;
-                    };
-                    let _ = io.set_nodelay(true);
-                    let conn = Conn {
-                        io,
-                        _place: place,
-                        quiet_until: Box::pin(tokio::time::sleep(FIRST_BYTES)),
-                    };
-                    return Some((Ok::<_, std::io::Error>(conn), (listener, places)));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "peer service: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+    let activity = state.activity.clone();
+    let incoming = futures::stream::unfold((listener, places), move |(listener, places)| {
+        let activity = activity.clone();
+        async move {
+            loop {
+                match listener.accept().await {
+                    Ok((io, _)) => {
+                        let Ok(place) = places.clone().try_acquire_owned() else {
+                            // Full: this one is closed at once (dropped).
+                            continue;
+                        };
+                        let _ = io.set_nodelay(true);
+                        let Ok(addr) = io.peer_addr() else {
+                            continue;
+                        };
+                        let conn = Conn {
+                            io,
+                            _place: place,
+                            addr,
+                            activity: activity.clone(),
+                            check_at: Box::pin(tokio::time::sleep(FIRST_REQUEST)),
+                        };
+                        return Some((Ok::<_, std::io::Error>(conn), (listener, places)));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "peer service: accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
                 }
             }
         }
@@ -464,4 +545,27 @@ pub async fn serve(
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_is_idle_only_when_it_asks_for_nothing() {
+        let activity = Arc::new(Activity::default());
+        let addr: std::net::SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        // Never asked: idle at once (answering pings is not asking).
+        assert!(!activity.busy(addr, IDLE));
+        let transfer = activity.begin(addr);
+        tokio::time::advance(IDLE * 10).await;
+        assert!(activity.busy(addr, IDLE), "a long transfer keeps it");
+        drop(transfer);
+        tokio::time::advance(IDLE / 2).await;
+        assert!(activity.busy(addr, IDLE));
+        tokio::time::advance(IDLE).await;
+        assert!(!activity.busy(addr, IDLE));
+        activity.forget(addr);
+        assert!(activity.lock().is_empty());
+    }
 }

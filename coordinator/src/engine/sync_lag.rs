@@ -17,23 +17,24 @@ use super::node::Nodes;
 use crate::model::SyncReport;
 use proto::vocab::SyncState;
 
-/// The syncs of group `g`: those a member reports publishing (the
-/// primary, or the last one), each with the snapshot it published. A name
-/// only some standby knows (a configuration out of step) counts for
-/// nothing.
+/// The syncs of group `g`: those its primary (or, while it has none, the
+/// last one) reports publishing, each with the snapshot it published. A
+/// name only some standby knows (a configuration out of step), or that a
+/// member which never held the role claims to publish, counts for nothing.
 fn published<'a>(g: &Group, nodes: &'a Nodes) -> BTreeMap<&'a str, &'a str> {
-    let mut published = BTreeMap::new();
-    // The current primary's word wins over an earlier one's.
-    let mut members: Vec<&String> = g.members().iter().collect();
-    members.sort_by_key(|m| g.primary() == Some(m.as_str()));
-    for n in members.into_iter().filter_map(|m| nodes.get(m)) {
-        for r in n.syncs.iter().filter(|r| r.group == g.name()) {
-            if r.state == SyncState::Source {
-                published.insert(r.name.as_str(), r.snapshot.as_str());
-            }
-        }
-    }
-    published
+    let Some(source) = g
+        .primary()
+        .or(g.last_primary.as_deref())
+        .and_then(|p| nodes.get(p))
+    else {
+        return BTreeMap::new();
+    };
+    source
+        .syncs
+        .iter()
+        .filter(|r| r.group == g.name() && r.state == SyncState::Source)
+        .map(|r| (r.name.as_str(), r.snapshot.as_str()))
+        .collect()
 }
 
 /// The reports of `node` for group `g` with their ages at `now`.

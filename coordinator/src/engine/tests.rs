@@ -2115,10 +2115,13 @@ fn a_copy_that_is_not_the_published_snapshot_ranks_below_one_that_is() {
         Some(0),
         "cd".repeat(32),
     );
-    // A sync only rec-3 reports counts for nothing.
+    // A sync only rec-3 reports, even as its source, counts for nothing:
+    // rec-3 never held the role.
     let mut extra = sim.syncs["rec-3"].clone();
     extra.push(SyncReport {
         name: "ghost".into(),
+        state: SyncState::Source,
+        snapshot: "ef".repeat(32),
         ..extra[0].clone()
     });
     sim.syncs.insert("rec-3".into(), extra);

@@ -422,3 +422,50 @@ fn a_full_disk_on_the_standby_is_a_clear_error_and_the_old_copy_stays() {
     disk.free();
     wait_in_step(&c, "g", "a", &["b"]);
 }
+
+#[test]
+fn a_standby_that_excludes_more_does_not_fetch_again_and_again() {
+    let mut c = Cluster::start();
+    let a = c.path("data-a");
+    write_tree(&a, 5, "v1");
+    c.add_group("g", &["a", "b"]);
+    // The primary excludes only *.lock; b also leaves logs out of its scans.
+    let a = start_syncing(&mut c, "a", "");
+    c.wait_primary("g", "a");
+    let b_data = c.path("data-b");
+    let config = c.agent_config(
+        "b",
+        &format!(
+            "\n[[sync]]\nname = \"data\"\npath = \"{}\"\ninterval = \"300ms\"\nexclude = [\"*.lock\", \"*.log\"]\n",
+            b_data.display()
+        ),
+    );
+    c.start_agent_with("b", &config);
+    let before_log = wait_in_step(&c, "g", "a", &["b"]);
+    write_big(&a.join("trace.log"), 1, 6);
+    let first = wait_in_step_past(&c, "g", "a", &["b"], &before_log);
+    // Many rounds later b still holds that one copy: nothing was fetched
+    // again (a loop would count megabytes).
+    let bytes = |g: &Value| syncs_of(g, "b")[0]["bytes"].as_u64().unwrap();
+    let after_first = bytes(&c.group("g"));
+    let applied = |c: &Cluster| {
+        c.agent("b")
+            .log_text()
+            .matches("new snapshot in place")
+            .count()
+    };
+    let settled = applied(&c);
+    std::fs::write(a.join("d00/f0000.conf"), "v2\n").unwrap();
+    wait_in_step_past(&c, "g", "a", &["b"], &first);
+    assert_eq!(
+        applied(&c),
+        settled + 1,
+        "b rebuilt its copy more than once"
+    );
+    let now = bytes(&c.group("g"));
+    assert!(
+        now - after_first < 64 * 1024,
+        "b fetched the log again: {after_first} then {now} bytes\n{}",
+        c.agent("b").log_text()
+    );
+}
