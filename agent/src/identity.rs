@@ -67,23 +67,11 @@ pub fn read_previous_instance(state_dir: &Path, node: &str) -> Option<String> {
 /// Leaves this process's instance id for the next agent (owner-only: it is
 /// the proof that lets the next one take over a role within the grace).
 pub fn leave_instance(state_dir: &Path, node: &str, instance: &str) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let path = previous_instance_file(state_dir, node);
-    let tmp = state_dir.join(format!(
-        ".{PREVIOUS_INSTANCE_FILE}.{node}.tmp-{}",
-        std::process::id()
-    ));
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    file.write_all(format!("{instance}\n").as_bytes())?;
-    file.sync_all()?;
-    drop(file);
-    fs::rename(&tmp, &path)?;
-    File::open(state_dir)?.sync_all()
+    crate::durable_file::replace(
+        &previous_instance_file(state_dir, node),
+        format!("{instance}\n").as_bytes(),
+        0o600,
+    )
 }
 
 /// Reads the installation UUID, creating it atomically if it is missing.

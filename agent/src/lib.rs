@@ -8,6 +8,7 @@ pub mod clock;
 pub mod config;
 pub mod connection;
 pub mod driver;
+pub mod durable_file;
 pub mod hook_output;
 pub mod hooks;
 pub mod identity;

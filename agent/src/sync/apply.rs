@@ -17,6 +17,7 @@ use proto::v1 as pb;
 use super::manifest::{Manifest, Scanner, hex};
 
 /// The staging directory of one synced path.
+#[derive(Clone)]
 pub struct Staging {
     pub dir: PathBuf,
 }

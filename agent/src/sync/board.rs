@@ -113,10 +113,10 @@ impl SyncBoard {
     /// when no sync follows the group.
     pub fn hook_state(&self, group: &str) -> Option<&'static str> {
         let inner = self.inner();
-        let rank = |state: Result<SyncState, _>| match state {
-            Ok(SyncState::Source) | Ok(SyncState::Fresh) => 2,
-            Ok(SyncState::Stale) => 1,
-            _ => 0,
+        let rank = |state: SyncState| match state {
+            SyncState::Source | SyncState::Fresh => 2,
+            SyncState::Stale => 1,
+            SyncState::None => 0,
         };
         let worst = inner
             .defaults
@@ -124,8 +124,8 @@ impl SyncBoard {
             .filter(|(_, (groups, _))| groups.is_empty() || groups.iter().any(|g| g == group))
             .map(
                 |(sync, (_, state))| match inner.statuses.get(&(sync.clone(), group.to_owned())) {
-                    Some((s, _)) => rank(SyncState::try_from(s.state)),
-                    None => rank(Ok::<_, proto::vocab::Unknown>(*state)),
+                    Some((s, _)) => rank(SyncState::try_from(s.state).unwrap_or(SyncState::None)),
+                    None => rank(*state),
                 },
             )
             .min()?;

@@ -45,10 +45,15 @@ pub fn client(channel: Channel) -> PeerServiceClient<Channel> {
         .max_encoding_message_size(MAX_MESSAGE)
 }
 
+/// What a peer's error said, cut to a line's length.
+fn said(status: &tonic::Status) -> String {
+    status.message().chars().take(300).collect()
+}
+
 async fn next<T>(stream: &mut tonic::Streaming<T>) -> Result<Option<T>, String> {
     match tokio::time::timeout(STALL_LIMIT, stream.message()).await {
         Err(_) => Err(format!("the primary sent nothing for {STALL_LIMIT:?}")),
-        Ok(Err(status)) => Err(status.message().chars().take(300).collect()),
+        Ok(Err(status)) => Err(said(&status)),
         Ok(Ok(message)) => Ok(message),
     }
 }
@@ -71,7 +76,7 @@ pub async fn manifest(
     let mut stream = tokio::time::timeout(STALL_LIMIT, client.get_manifest(request))
         .await
         .map_err(|_| "the primary did not answer".to_owned())?
-        .map_err(|s| s.message().chars().take(300).collect::<String>())?
+        .map_err(|s| said(&s))?
         .into_inner();
     let Some(pb::ManifestPart {
         part: Some(pb::manifest_part::Part::Header(header)),
@@ -193,7 +198,7 @@ async fn fetch_file(
     let mut stream = tokio::time::timeout(STALL_LIMIT, client.read_file(request))
         .await
         .map_err(|_| "the primary did not answer".to_owned())?
-        .map_err(|s| s.message().chars().take(300).collect::<String>())?
+        .map_err(|s| said(&s))?
         .into_inner();
     let object = staging.object(&entry.sha256);
     let part = object.with_extension("part");

@@ -1,9 +1,9 @@
 //! What a member remembers of its copy across restarts
 //! (`STATE_DIR/sync-NAME.json`, written atomically): which snapshot it
-//! is, from which epoch, whether it was the primary's latest, and when
-//! that was last confirmed.
+//! is (and how this node's own scan sees it), from which epoch, and when
+//! it was last confirmed to be the primary's latest. After a restart a
+//! copy is not current until compared again.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -15,7 +15,6 @@ struct Record {
     #[serde(default)]
     local: String,
     epoch: u64,
-    current: bool,
     confirmed_unix_ms: u64,
 }
 
@@ -74,7 +73,7 @@ pub fn read(path: &Path) -> Held {
     }
 }
 
-/// Writes it (temporary file, sync, rename, directory sync).
+/// Writes it, whole or not at all.
 pub fn write(path: &Path, held: &Held) -> std::io::Result<()> {
     let confirmed = held
         .age()
@@ -84,15 +83,8 @@ pub fn write(path: &Path, held: &Held) -> std::io::Result<()> {
         snapshot: held.snapshot.clone(),
         local: held.local.clone(),
         epoch: held.epoch,
-        current: held.current,
         confirmed_unix_ms: confirmed,
     };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(&serde_json::to_vec(&record).map_err(std::io::Error::other)?)?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
+    let bytes = serde_json::to_vec(&record).map_err(std::io::Error::other)?;
+    crate::durable_file::replace(path, &bytes, 0o600)
 }

@@ -81,13 +81,10 @@ pub async fn start(
     for config in &setup.syncs {
         served.insert(
             config.name.clone(),
-            Arc::new(Served {
-                config: config.clone(),
-                limit: config.rate().map(|r| Arc::new(RateLimit::new(r))),
-                sent: Arc::new(AtomicU64::new(0)),
-                published: Mutex::new(None),
-                problem: Mutex::new(String::new()),
-            }),
+            Arc::new(Served::new(
+                config.clone(),
+                config.rate().map(|r| Arc::new(RateLimit::new(r))),
+            )),
         );
     }
     let state = Arc::new(PeerState::new(
@@ -123,7 +120,6 @@ pub async fn start(
             roles: roles.clone(),
             tls: setup.tls.clone(),
             client: None,
-            error: String::new(),
             persisted: None,
             config,
         };
@@ -149,8 +145,6 @@ struct Worker {
     tls: Option<tls::PeerTls>,
     /// The open client and whom it reaches.
     client: Option<((String, String), PeerClient)>,
-    /// The last failure (empty after a success).
-    error: String,
     /// When the state file was last written.
     persisted: Option<Instant>,
 }
@@ -214,7 +208,7 @@ impl Worker {
             if again_now {
                 continue;
             }
-            let wait = if self.error.is_empty() {
+            let wait = if self.served.problem().is_empty() {
                 self.config.interval
             } else {
                 self.config.interval.max(RETRY_MIN)
@@ -240,11 +234,7 @@ impl Worker {
 
     /// Serves no snapshot (this node is not the acting primary).
     fn unpublish(&self) {
-        *self
-            .served
-            .published
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = None;
+        self.served.publish(None);
     }
 
     fn groups(&self) -> Vec<String> {
@@ -328,12 +318,11 @@ impl Worker {
                     current: true,
                     confirmed: Some(Instant::now()),
                 };
-                let published = Published::new(scan.manifest, scan.stats, self.config.path.clone());
-                *self
-                    .served
-                    .published
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(published));
+                self.served.publish(Some(Published::new(
+                    scan.manifest,
+                    scan.stats,
+                    self.config.path.clone(),
+                )));
                 self.clear_error();
                 self.persist(changed);
             }
@@ -343,36 +332,21 @@ impl Worker {
                     "{} does not exist: nothing to publish",
                     self.config.path.display()
                 ));
-                *self
-                    .served
-                    .published
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()) = None;
+                self.unpublish();
             }
             Err(e) => self.fail(format!("no snapshot: {e}")),
         }
     }
 
-    fn clear_error(&mut self) {
-        self.error.clear();
-        self.served
-            .problem
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+    fn clear_error(&self) {
+        self.served.set_problem(String::new());
     }
 
-    fn fail(&mut self, error: String) {
-        if self.error != error {
+    fn fail(&self, error: String) {
+        if self.served.problem() != error {
             tracing::warn!(sync = %self.config.name, "{error}");
         }
-        // What standbys are told when they ask for a snapshot.
-        *self
-            .served
-            .problem
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = error.clone();
-        self.error = error;
+        self.served.set_problem(error);
     }
 
     fn persist(&mut self, now: bool) {
@@ -543,7 +517,7 @@ impl Worker {
         let groups = self.groups();
         let scanner = self.scanner.clone();
         let target = self.config.path.clone();
-        let staging = Staging::for_path(&target);
+        let staging = self.staging.clone();
         let board = self.board.clone();
         let result = tokio::task::spawn_blocking(move || {
             let scanner = scanner.lock().unwrap_or_else(|e| e.into_inner());
@@ -588,12 +562,13 @@ impl Worker {
         } else {
             SyncState::Stale
         };
+        let error = self.served.problem();
         let statuses = roles
             .iter()
             .filter(|(g, _)| self.config.covers(g))
             .map(|(group, view)| {
                 let source = view.may_act(now);
-                let state = if source && self.error.is_empty() {
+                let state = if source && error.is_empty() {
                     SyncState::Source
                 } else {
                     held_state
@@ -612,7 +587,7 @@ impl Worker {
                         age_ms: None,
                         bytes: 0,
                         state: pb::SyncState::from(state) as i32,
-                        error: self.error.clone(),
+                        error: error.clone(),
                     },
                     live,
                 )

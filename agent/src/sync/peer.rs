@@ -75,9 +75,45 @@ pub struct Served {
     pub limit: Option<Arc<RateLimit>>,
     /// Bytes of content sent since the agent started.
     pub sent: Arc<AtomicU64>,
-    pub published: Mutex<Option<Arc<Published>>>,
-    /// Why there is no snapshot to serve, if something went wrong.
-    pub problem: Mutex<String>,
+    published: Mutex<Option<Arc<Published>>>,
+    /// The sync's last failure (empty after a success): what standbys
+    /// asking for a snapshot are told, and what the member reports.
+    problem: Mutex<String>,
+}
+
+impl Served {
+    pub fn new(config: SyncConfig, limit: Option<Arc<RateLimit>>) -> Served {
+        Served {
+            config,
+            limit,
+            sent: Arc::default(),
+            published: Mutex::default(),
+            problem: Mutex::default(),
+        }
+    }
+
+    /// Serves `snapshot` from now on (none: serves nothing).
+    pub fn publish(&self, snapshot: Option<Published>) {
+        *self.published.lock().unwrap_or_else(|e| e.into_inner()) = snapshot.map(Arc::new);
+    }
+
+    fn published(&self) -> Option<Arc<Published>> {
+        self.published
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn problem(&self) -> String {
+        self.problem
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn set_problem(&self, problem: String) {
+        *self.problem.lock().unwrap_or_else(|e| e.into_inner()) = problem;
+    }
 }
 
 /// Requests under way on each connection (by the client's address) and
@@ -202,26 +238,17 @@ impl PeerState {
                 clip(group)
             )));
         }
-        let published = served
-            .published
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .ok_or_else(|| {
-                let problem = served
-                    .problem
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone();
-                if problem.is_empty() {
-                    Status::unavailable(format!("{} has no snapshot of {sync} yet", self.node_id))
-                } else {
-                    Status::unavailable(format!(
-                        "{} has no snapshot of {sync}: {problem}",
-                        self.node_id
-                    ))
-                }
-            })?;
+        let published = served.published().ok_or_else(|| {
+            let problem = served.problem();
+            if problem.is_empty() {
+                Status::unavailable(format!("{} has no snapshot of {sync} yet", self.node_id))
+            } else {
+                Status::unavailable(format!(
+                    "{} has no snapshot of {sync}: {problem}",
+                    self.node_id
+                ))
+            }
+        })?;
         Ok((served.clone(), published, epoch))
     }
 

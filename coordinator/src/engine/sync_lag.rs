@@ -62,38 +62,50 @@ pub(super) fn reports_at<'a>(
         .collect()
 }
 
-/// How old `node`'s copy is at `now`: the oldest over every published
-/// sync of the group; `None` when it holds no copy of one of them. Zero
-/// when the group syncs nothing.
-pub(super) fn copy_age(g: &Group, nodes: &Nodes, node: &str, now: Now) -> Option<Duration> {
-    let reports = reports_at(g, nodes, node, now);
-    let mut oldest = Duration::ZERO;
-    for name in published(g, nodes).into_keys() {
-        let age = reports
-            .iter()
-            .find(|(r, _)| r.name == name)
-            .and_then(|(_, age)| *age)?;
-        oldest = oldest.max(age);
-    }
-    Some(oldest)
+/// How fresh one member's copy is.
+struct Freshness {
+    /// How many published snapshots it does not hold.
+    missing: usize,
+    /// The oldest of its copies of the published syncs; `None` when it
+    /// holds no copy of one of them. Zero when the group syncs nothing.
+    age: Option<Duration>,
 }
 
-/// How fresh `node`'s copy is, as an order (smaller is fresher): first
-/// how many published snapshots it does not hold — a member holding what
-/// the primary last published beats any that does not, whatever ages
-/// they claim — then its age, no copy the oldest of all.
-fn rank(g: &Group, nodes: &Nodes, node: &str, now: Now) -> (usize, Duration) {
-    let reports = reports_at(g, nodes, node, now);
-    let missing = published(g, nodes)
-        .iter()
-        .filter(|(name, snapshot)| {
-            !reports
-                .iter()
-                .any(|(r, _)| r.name == **name && r.snapshot == **snapshot && !snapshot.is_empty())
-        })
-        .count();
-    let age = copy_age(g, nodes, node, now).unwrap_or(Duration::MAX);
-    (missing, age)
+impl Freshness {
+    fn of(
+        g: &Group,
+        nodes: &Nodes,
+        published: &BTreeMap<&str, &str>,
+        node: &str,
+        now: Now,
+    ) -> Freshness {
+        let reports = reports_at(g, nodes, node, now);
+        let mut missing = 0;
+        let mut age = Some(Duration::ZERO);
+        for (name, snapshot) in published {
+            let copy = reports.iter().find(|(r, _)| r.name == *name);
+            if !copy.is_some_and(|(r, _)| !snapshot.is_empty() && r.snapshot == *snapshot) {
+                missing += 1;
+            }
+            age = match (age, copy.and_then(|(_, a)| *a)) {
+                (Some(oldest), Some(a)) => Some(oldest.max(a)),
+                _ => None,
+            };
+        }
+        Freshness { missing, age }
+    }
+
+    /// As an order, smaller fresher: a member holding what the primary
+    /// last published beats any that does not, whatever ages they claim;
+    /// then the age, no copy the oldest of all.
+    fn rank(&self) -> (usize, Duration) {
+        (self.missing, self.age.unwrap_or(Duration::MAX))
+    }
+}
+
+/// How old `node`'s copy is at `now` (see [`Freshness::age`]).
+pub(super) fn copy_age(g: &Group, nodes: &Nodes, node: &str, now: Now) -> Option<Duration> {
+    Freshness::of(g, nodes, &published(g, nodes), node, now).age
 }
 
 /// Whether automatic promotion must skip `node`: `max_sync_lag` is set,
@@ -110,17 +122,17 @@ pub(super) fn too_stale(
     if limit.is_zero() {
         return false;
     }
-    let age = copy_age(g, nodes, node, now).unwrap_or(Duration::MAX);
-    if age <= limit {
+    let published = published(g, nodes);
+    let mine = Freshness::of(g, nodes, &published, node, now);
+    if mine.age.is_some_and(|age| age <= limit) {
         return false;
     }
-    let mine = rank(g, nodes, node, now);
     g.members()
         .iter()
         .filter(|m| m.as_str() != node && Some(m.as_str()) != exclude)
         .filter(|m| g.primary() != Some(m.as_str()))
         .filter(|m| eligible(g, nodes, m, now))
-        .any(|m| rank(g, nodes, m, now) < mine)
+        .any(|m| Freshness::of(g, nodes, &published, m, now).rank() < mine.rank())
 }
 
 /// Whether `node`'s copy is within `max_sync_lag` (always, when it is

@@ -12,12 +12,28 @@ use std::process::Command;
 use serde_json::Value;
 use tests::{Cluster, check_config, member};
 
-/// A `[[sync]]` section for `path`.
+/// A `[[sync]]` section for `path`, leaving out `*.lock`.
 fn sync_section(path: &Path, extra: &str) -> String {
+    sync_section_excluding(path, &["*.lock"], extra)
+}
+
+fn sync_section_excluding(path: &Path, exclude: &[&str], extra: &str) -> String {
     format!(
-        "\n[[sync]]\nname = \"data\"\npath = \"{}\"\ninterval = \"300ms\"\nexclude = [\"*.lock\"]\n{extra}",
+        "\n[[sync]]\nname = \"data\"\npath = \"{}\"\ninterval = \"300ms\"\nexclude = {exclude:?}\n{extra}",
         path.display()
     )
+}
+
+/// A copy of the tree at `from` as it is now, kept as `name`.
+fn keep_copy(c: &Cluster, from: &Path, name: &str) -> PathBuf {
+    let to = c.path(name);
+    let copied = Command::new("cp").arg("-a").arg(from).arg(&to).status();
+    assert!(
+        copied.is_ok_and(|s| s.success()),
+        "cp -a {}",
+        from.display()
+    );
+    to
 }
 
 /// Starts `node`'s agent syncing its own data directory (one host, so
@@ -182,29 +198,11 @@ fn a_primary_killed_mid_transfer_leaves_the_old_copy_or_the_new_never_a_mix() {
     // The standby fetches slowly, so the primary dies in the middle.
     let b = start_syncing(&mut c, "b", "max_rate = \"256KiB/s\"\n");
     wait_in_step(&c, "g", "a", &["b"]);
-    let old = c.path("old");
-    assert!(
-        Command::new("cp")
-            .arg("-a")
-            .arg(&a)
-            .arg(&old)
-            .status()
-            .unwrap()
-            .success()
-    );
+    let old = keep_copy(&c, &a, "old");
 
     write_tree(&a, 200, "v2");
     write_big(&a.join("big.bin"), 8, 2);
-    let new = c.path("new");
-    assert!(
-        Command::new("cp")
-            .arg("-a")
-            .arg(&a)
-            .arg(&new)
-            .status()
-            .unwrap()
-            .success()
-    );
+    let new = keep_copy(&c, &a, "new");
     let start = syncs_of(&c.group("g"), "b")[0]["bytes"].as_u64().unwrap();
     c.wait_until("b is receiving the new snapshot", || {
         let g = c.try_ctl_json(&["group", "show", "g"])?;
@@ -392,16 +390,7 @@ fn a_full_disk_on_the_standby_is_a_clear_error_and_the_old_copy_stays() {
     let config = c.agent_config("b", &sync_section(&b, ""));
     c.start_agent_wrapped("b", &config, &wrapper);
     wait_in_step(&c, "g", "a", &["b"]);
-    let old = c.path("old");
-    assert!(
-        Command::new("cp")
-            .arg("-a")
-            .arg(&a)
-            .arg(&old)
-            .status()
-            .unwrap()
-            .success()
-    );
+    let old = keep_copy(&c, &a, "old");
 
     disk.fill();
     write_big(&a.join("big.bin"), 3, 5);
@@ -435,10 +424,7 @@ fn a_standby_that_excludes_more_does_not_fetch_again_and_again() {
     let b_data = c.path("data-b");
     let config = c.agent_config(
         "b",
-        &format!(
-            "\n[[sync]]\nname = \"data\"\npath = \"{}\"\ninterval = \"300ms\"\nexclude = [\"*.lock\", \"*.log\"]\n",
-            b_data.display()
-        ),
+        &sync_section_excluding(&b_data, &["*.lock", "*.log"], ""),
     );
     c.start_agent_with("b", &config);
     let before_log = wait_in_step(&c, "g", "a", &["b"]);
